@@ -1,0 +1,47 @@
+"""The work item and its stream encoding: one field, `item`, holding compact JSON."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+FIELD = b"item"
+
+
+class MalformedItem(ValueError):
+    """An entry that does not decode to a WorkItem: it goes to the dead-letter stream, never into a crash loop."""
+
+
+class WorkItem(BaseModel):
+    id: str = Field(min_length=1, max_length=1024, description="Stable identity: the source's name for it.")
+    data: dict[str, Any] = Field(default_factory=dict, description="The source item, or the previous result.")
+    version: str | None = Field(default=None, description="Changes when the source content changes.")
+    batch: str | None = None
+    attempts: int = Field(default=0, ge=0, description="Failed deliveries so far (explicit failures).")
+    error: str | None = Field(default=None, description="Why the last attempt failed.")
+
+    @property
+    def key(self) -> str:
+        """A short name safe for files and Kubernetes objects, the same for every retry of this item."""
+        return hashlib.sha256(self.id.encode()).hexdigest()[:16]
+
+    def encode(self) -> dict[bytes, bytes]:
+        return {FIELD: encode_json(self.model_dump(exclude_defaults=True))}
+
+    @classmethod
+    def decode(cls, fields: dict[bytes, bytes] | None) -> WorkItem:
+        if not fields or FIELD not in fields:
+            raise MalformedItem("entry has no 'item' field")
+        try:
+            return cls.model_validate_json(fields[FIELD])
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "item"
+            raise MalformedItem(f"{where}: {first['msg']}") from None
+
+
+def encode_json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()

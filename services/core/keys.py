@@ -1,0 +1,41 @@
+"""Redis key names. Every key of a pipeline carries the hash tag {pipeline}, so a pipeline's streams share one
+Redis Cluster slot and multi-key transactions and scripts stay legal there."""
+
+from __future__ import annotations
+
+
+class Keys:
+    def __init__(self, pipeline: str) -> None:
+        self.pipeline = pipeline
+        self.prefix = f"bm:{{{pipeline}}}"
+
+    def stream(self, name: str) -> str:
+        """The stream a stage reads from or writes to."""
+        return f"{self.prefix}:s:{name}"
+
+    def dead_letters(self, stage: str) -> str:
+        return f"{self.prefix}:dlq:{stage}"
+
+    def states(self) -> str:
+        """Hash item id -> state record (see core.progress)."""
+        return f"{self.prefix}:state"
+
+    def versions(self) -> str:
+        """Hash item id -> source version last dispatched (a changed version is work again)."""
+        return f"{self.prefix}:version"
+
+    def counts(self) -> str:
+        """Hash state -> number of items in it."""
+        return f"{self.prefix}:counts"
+
+    def results(self) -> str:
+        """Hash item id -> result JSON of the final stage."""
+        return f"{self.prefix}:results"
+
+    def batch(self) -> str:
+        """Hash describing the current batch (listing complete, how many items)."""
+        return f"{self.prefix}:batch"
+
+    def stage_stats(self, stage: str) -> str:
+        """Hash in/out/failed/dead -> count for one stage, updated inside its commits."""
+        return f"{self.prefix}:stats:{stage}"

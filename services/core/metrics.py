@@ -1,0 +1,30 @@
+"""Prometheus metrics, one /metrics per process. Names: batchmesh_<thing>_<unit>, labels pipeline and stage."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+LABELS = ("pipeline", "stage")
+
+ITEMS_IN = Counter("batchmesh_items_in", "Items read by a stage", LABELS)
+ITEMS_OUT = Counter("batchmesh_items_out", "Items a stage completed (published and acknowledged)", LABELS)
+ITEMS_FAILED = Counter("batchmesh_items_failed", "Failed attempts (each retried or dead-lettered)", LABELS)
+ITEMS_DEAD = Counter("batchmesh_items_dead_lettered", "Items moved to the dead-letter stream", LABELS)
+ITEMS_RECLAIMED = Counter("batchmesh_items_reclaimed", "Entries reclaimed from consumers gone idle", LABELS)
+ITEMS_LOST = Counter(
+    "batchmesh_items_lost", "Pending entries that were deleted from the stream before being processed", LABELS
+)
+PROCESSING = Histogram(
+    "batchmesh_processing_seconds",
+    "Time to process one item",
+    LABELS,
+    buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
+)
+BACKLOG = Gauge("batchmesh_backlog_items", "Entries not yet acknowledged: lag plus pending", LABELS)
+WORKERS = Gauge("batchmesh_workers", "Consumers processing this stage in this process", LABELS)
+
+
+def serve_metrics(port: int) -> None:
+    """Expose /metrics on `port` (0 = don't)."""
+    if port:
+        start_http_server(port)

@@ -1,0 +1,56 @@
+"""Per-item progress: each item id has one state; a counts hash says how many items are in each state.
+
+Both change together in one server-side script, so the counts are exact whatever crashes in between, and the
+script can run inside a stage's commit transaction."""
+
+from __future__ import annotations
+
+from redis import Redis
+from redis.client import Pipeline
+
+from .keys import Keys
+
+QUEUED, RUNNING, DONE, FAILED, DEAD = "queued", "running", "done", "failed", "dead"
+STATES = (QUEUED, RUNNING, DONE, FAILED, DEAD)
+TERMINAL = (DONE, DEAD)
+
+# ARGV: new state, "force" | "keep-terminal", ids... Returns how many ids changed state.
+_SET_STATE = """
+local new, mode, changed = ARGV[1], ARGV[2], 0
+for i = 3, #ARGV do
+  local old = redis.call('HGET', KEYS[1], ARGV[i])
+  local terminal = old == 'done' or old == 'dead'
+  if old ~= new and not (terminal and mode == 'keep-terminal') then
+    redis.call('HSET', KEYS[1], ARGV[i], new)
+    if old then redis.call('HINCRBY', KEYS[2], old, -1) end
+    redis.call('HINCRBY', KEYS[2], new, 1)
+    changed = changed + 1
+  end
+end
+return changed
+"""
+
+
+class Progress:
+    def __init__(self, client: Redis, keys: Keys) -> None:
+        self.keys = keys
+        self._set_state = client.register_script(_SET_STATE)
+        self.client = client
+
+    def mark(self, ids: list[str], state: str, *, pipe: Pipeline | None = None, force: bool = False) -> None:
+        """Move `ids` to `state`. Without `force`, done/dead items stay so (a late duplicate cannot undo them)."""
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}")
+        if ids:
+            mode = "force" if force else "keep-terminal"
+            self._set_state(keys=[self.keys.states(), self.keys.counts()], args=[state, mode, *ids], client=pipe)
+
+    def counts(self) -> dict[str, int]:
+        raw = self.client.hgetall(self.keys.counts())
+        counts = {state: 0 for state in STATES}
+        counts.update({k.decode(): int(v) for k, v in raw.items()})
+        return counts
+
+    def state_of(self, item_id: str) -> str | None:
+        value = self.client.hget(self.keys.states(), item_id)
+        return value.decode() if value is not None else None

