@@ -97,13 +97,25 @@ class EmbeddedRedis:
 
 @contextmanager
 def redis_url(configured: str | None, data_dir: Path, persist: bool = True) -> Iterator[str]:
-    """Yield the Redis URL to use: the configured one, or an embedded server for the duration."""
+    """Yield the Redis URL to use: the configured one; else the embedded server already running on `data_dir`
+    (another batchmesh process started it); else a new embedded server for the duration."""
     if configured:
         yield configured
         return
+    marker = Path(data_dir) / "redis.url"
+    if marker.exists():
+        url = marker.read_text().strip()
+        try:
+            if redis.Redis.from_url(url, socket_connect_timeout=0.5).ping():
+                yield url
+                return
+        except redis.ConnectionError:
+            pass  # a stale marker from a process that died
     server = EmbeddedRedis(data_dir, persist=persist)
     url = server.start()
+    marker.write_text(url)
     try:
         yield url
     finally:
+        marker.unlink(missing_ok=True)
         server.stop()

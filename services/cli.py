@@ -1,0 +1,171 @@
+"""`batchmesh …`: parses arguments and calls the library. Exit codes: 0 done, 1 items dead-lettered or a role
+failed, 2 bad usage or a bad pipeline spec."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from services.core.logs import setup_logging
+from services.core.settings import Settings
+from services.core.spec import Pipeline, SpecError, load_pipeline
+
+EXIT_USAGE = 2
+
+
+def _load(path: str, input_path: str | None = None) -> Pipeline:
+    overrides = {"source.path": str(Path(input_path).resolve())} if input_path else None
+    return load_pipeline(path, overrides)
+
+
+def _stop_on_signals() -> threading.Event:
+    """SIGTERM/SIGINT set an event: roles finish their current batch, commit and return."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _settings(pipeline: Pipeline, **extra: Any) -> Settings:
+    return Settings(pipeline=pipeline.name, **extra)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    pipeline = _load(args.pipeline)
+    stages = ", ".join(f"{name} ({stage.kind})" for name, stage in pipeline.stages.items())
+    print(f"{args.pipeline}: valid pipeline {pipeline.name!r}: {stages}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from services.runner import run_pipeline
+
+    pipeline = _load(args.pipeline, args.input)
+    return run_pipeline(pipeline, Path(args.pipeline), Path(args.out), timeout=args.timeout,
+                        input_path=args.input, quiet=args.quiet)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from services.runner import pipeline_status
+
+    pipeline = _load(args.pipeline)
+    print(json.dumps(pipeline_status(pipeline, Settings(pipeline=pipeline.name)), indent=2))
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from services.runner import dlq_list, dlq_replay
+
+    pipeline = _load(args.pipeline)
+    settings = Settings(pipeline=pipeline.name)
+    if args.action == "list":
+        for letter in dlq_list(pipeline, settings, args.stage):
+            print(json.dumps(letter))
+        return 0
+    moved = dlq_replay(pipeline, settings, args.stage, args.id or None)
+    print(f"replayed {moved} item(s); run the pipeline (or let its workers run) to process them", file=sys.stderr)
+    return 0
+
+
+def cmd_source(args: argparse.Namespace) -> int:
+    from services.source.server import build_backend, serve
+
+    pipeline = _load(args.pipeline, args.input)
+    src = pipeline.source
+    backend = build_backend(src.type, path=src.path, glob=src.glob, filter=src.filter)
+    serve(backend, host=args.host, port=args.port, pipeline=pipeline.name)
+    return 0
+
+
+def cmd_manager(args: argparse.Namespace) -> int:
+    from services.manager import run_manager
+
+    pipeline = _load(args.pipeline)
+    settings = _settings(pipeline)
+    run_manager(pipeline, settings, args.source_url, _stop_on_signals(), port=args.port, once=args.once,
+                pipeline_path=Path(args.pipeline))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from services.core.metrics import serve_metrics
+    from services.workers import run_worker
+
+    pipeline = _load(args.pipeline)
+    if args.stage not in pipeline.stages:
+        raise SpecError("--stage", f"no stage {args.stage!r} in {args.pipeline} (stages: {', '.join(pipeline.stages)})")
+    settings = _settings(pipeline, **({"out_dir": Path(args.out)} if args.out else {}))
+    serve_metrics(args.metrics_port or settings.metrics_port)
+    run_worker(pipeline, args.stage, settings, _stop_on_signals())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="batchmesh", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a whole pipeline locally, each role its own process")
+    p.add_argument("pipeline")
+    p.add_argument("--input", help="replaces the source's path")
+    p.add_argument("--out", default="out", help="where results go (default: out)")
+    p.add_argument("--timeout", type=float, default=0, help="give up after this many seconds (0 = never)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a pipeline spec; exit 2 with the bad field's path if invalid")
+    p.add_argument("pipeline")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("status", help="progress of a pipeline as JSON")
+    p.add_argument("pipeline")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("dlq", help="dead letters: list or replay")
+    p.add_argument("action", choices=["list", "replay"])
+    p.add_argument("pipeline")
+    p.add_argument("--stage", help="only this stage (default: every stage)")
+    p.add_argument("--id", action="append", help="replay only this dead-letter entry id (repeatable)")
+    p.set_defaults(func=cmd_dlq)
+
+    p = sub.add_parser("source", help="role: the source ambassador (REST API v1)")
+    p.add_argument("--pipeline", required=True)
+    p.add_argument("--input")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_source)
+
+    p = sub.add_parser("manager", help="role: the work-queue manager")
+    p.add_argument("--pipeline", required=True)
+    p.add_argument("--source-url", required=True)
+    p.add_argument("--port", type=int, default=0, help="status API and /metrics (0 = none)")
+    p.add_argument("--once", action="store_true", help="list and dispatch once, then exit")
+    p.set_defaults(func=cmd_manager)
+
+    p = sub.add_parser("worker", help="role: a worker replica of one stage")
+    p.add_argument("--pipeline", required=True)
+    p.add_argument("--stage", required=True)
+    p.add_argument("--out", help="root of the items' WORK_OUTPUT_DIRs")
+    p.add_argument("--metrics-port", type=int, default=0)
+    p.set_defaults(func=cmd_worker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(Settings().log_level, Settings().log_json)
+    try:
+        return int(args.func(args) or 0)
+    except SpecError as exc:
+        print(f"batchmesh: invalid pipeline: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

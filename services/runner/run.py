@@ -1,0 +1,146 @@
+"""`batchmesh run`: a whole pipeline on this machine, every role its own process, until the batch is done."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from services.core import Keys, Settings, list_dead_letters, redis_url
+from services.core.results import results
+from services.core.spec import Pipeline
+from services.manager import batch_done, status
+
+from .supervisor import Supervisor, free_port
+from .view import RunView
+
+log = logging.getLogger(__name__)
+EXIT_DEAD, EXIT_TIMEOUT = 1, 3
+
+
+@contextmanager
+def connect(settings: Settings) -> Iterator[redis.Redis]:
+    with redis_url(settings.redis_url, settings.data_dir / "redis") as url:
+        yield redis.Redis.from_url(url)
+
+
+def pipeline_status(pipeline: Pipeline, settings: Settings) -> dict[str, Any]:
+    with connect(settings) as client:
+        return status(client, pipeline)
+
+
+def dlq_list(pipeline: Pipeline, settings: Settings, stage: str | None) -> list[dict[str, Any]]:
+    with connect(settings) as client:
+        return _dead_letters(client, pipeline, stage)
+
+
+def dlq_replay(pipeline: Pipeline, settings: Settings, stage: str | None, ids: list[str] | None) -> int:
+    from services.core import replay
+
+    with connect(settings) as client:
+        keys = Keys(pipeline.name)
+        return sum(replay(client, keys, name, ids) for name in ([stage] if stage else pipeline.stages))
+
+
+def _dead_letters(client: redis.Redis, pipeline: Pipeline, stage: str | None) -> list[dict[str, Any]]:
+    keys = Keys(pipeline.name)
+    return [
+        {"stage": d.stage, "id": d.entry_id, "item": d.item_id, "reason": d.reason, "deliveries": d.deliveries}
+        for name in ([stage] if stage else pipeline.stages)
+        for d in list_dead_letters(client, keys, name)
+    ]
+
+
+def _wait_healthy(url: str, supervisor: Supervisor, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if supervisor.restart_dead(max_restarts=0):
+            break
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not become healthy; logs in {supervisor.log_dir}")
+
+
+def _scale_workers(supervisor: Supervisor, pipeline: Pipeline, path: Path, snap: dict[str, Any]) -> None:
+    """Keep replicas between min and max by backlog: the local stand-in for KEDA's stream-lag trigger."""
+    for name, stage in pipeline.stages.items():
+        work = stage.body
+        if stage.kind != "work" or work.executor != "stream":
+            continue
+        backlog = int(snap["stages"].get(name, {}).get("backlog", 0))
+        want = min(work.replicas.max, max(work.replicas.min, math.ceil(backlog / (work.concurrency * 4)), 1))
+        running = [r for r in supervisor.roles if r.startswith(f"worker-{name}-")]
+        for i in range(len(running), want):
+            supervisor.start(f"worker-{name}-{i}", "worker", "--pipeline", str(path), "--stage", name)
+        for extra in sorted(running)[max(want, work.replicas.min, 1):]:
+            supervisor.stop(extra)
+
+
+def run_pipeline(pipeline: Pipeline, path: Path, out_dir: Path, *, timeout: float = 0,
+                 input_path: str | None = None, quiet: bool = False) -> int:
+    settings = Settings(pipeline=pipeline.name, out_dir=out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with redis_url(settings.redis_url, settings.data_dir / "redis") as url:
+        client = redis.Redis.from_url(url)
+        env = {**os.environ, "REDIS_URL": url, "BATCHMESH_PIPELINE": pipeline.name,
+               "BATCHMESH_OUT_DIR": str(out_dir.resolve()), "BATCHMESH_LOG_JSON": "true",
+               "BATCHMESH_MAX_DELIVERIES": str(pipeline.defaults.max_deliveries),
+               "BATCHMESH_VISIBILITY_TIMEOUT_MS": str(int(pipeline.defaults.visibility_timeout * 1000))}
+        supervisor = Supervisor(env, settings.data_dir / "logs" / pipeline.name)
+        source_args = ["--input", input_path] if input_path else []
+        try:
+            port = free_port()
+            supervisor.start("source", "source", "--pipeline", str(path), "--port", str(port), *source_args)
+            _wait_healthy(f"http://127.0.0.1:{port}/healthz", supervisor)
+            baseline = status(client, pipeline)["stages"]
+            supervisor.start("manager", "manager", "--pipeline", str(path), "--source-url", f"http://127.0.0.1:{port}")
+            code = _watch(client, pipeline, path, supervisor, baseline, timeout, quiet, out_dir)
+        finally:
+            supervisor.stop_all()
+        _write_manifest(client, pipeline, out_dir)
+        return code
+
+
+def _watch(client: redis.Redis, pipeline: Pipeline, path: Path, supervisor: Supervisor,
+           baseline: dict[str, Any], timeout: float, quiet: bool, out_dir: Path) -> int:
+    started = time.monotonic()
+    with RunView(list(pipeline.stages), quiet=quiet) as view:
+        while True:
+            snap = status(client, pipeline)
+            view.update(snap, baseline)
+            if batch_done(client, pipeline):
+                break
+            if timeout and time.monotonic() - started > timeout:
+                view.console.print(f"timed out after {timeout:g}s; the batch is not done")
+                return EXIT_TIMEOUT
+            _scale_workers(supervisor, pipeline, path, snap)
+            if gave_up := supervisor.restart_dead():
+                view.console.print(f"roles keep crashing: {', '.join(gave_up)}; logs in {supervisor.log_dir}")
+                return EXIT_DEAD
+            time.sleep(0.2)
+    snap = status(client, pipeline)
+    dead = _dead_letters(client, pipeline, None)
+    RunView([], quiet=True).summary(snap, dead, str(out_dir))
+    return EXIT_DEAD if snap["counts"].get("dead", 0) else 0
+
+
+def _write_manifest(client: redis.Redis, pipeline: Pipeline, out_dir: Path) -> None:
+    manifest = {
+        "pipeline": pipeline.name,
+        "results": results(client, Keys(pipeline.name)),
+        "dead_letters": _dead_letters(client, pipeline, None),
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))

@@ -1,0 +1,54 @@
+"""What `batchmesh run` shows on stderr: a progress bar per stage while it runs, a summary table at the end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+class RunView:
+    def __init__(self, stages: list[str], quiet: bool = False) -> None:
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=self.console, disable=quiet,
+        )
+        self.tasks = {name: self.progress.add_task(name, total=None, detail="") for name in stages}
+
+    def __enter__(self) -> RunView:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, status: dict[str, Any], baseline: dict[str, dict[str, int]]) -> None:
+        listed = int(status["batch"].get("listed", 0) or 0)
+        for name, task in self.tasks.items():
+            now, before = status["stages"].get(name, {}), baseline.get(name, {})
+            done = sum(int(now.get(k, 0)) - int(before.get(k, 0)) for k in ("out", "dead"))
+            detail = f"failed {int(now.get('failed', 0)) - int(before.get('failed', 0))}  " \
+                     f"dead {int(now.get('dead', 0)) - int(before.get('dead', 0))}  backlog {now.get('backlog', 0)}"
+            self.progress.update(task, completed=done, total=max(listed - int(status.get("skipped", 0)), done) or None,
+                                 detail=detail)
+
+    def summary(self, status: dict[str, Any], dead: list[dict[str, Any]], out_dir: str) -> None:
+        table = Table(title=f"pipeline {status['pipeline']}", title_justify="left")
+        for column in ("state", "items"):
+            table.add_column(column, justify="right" if column == "items" else "left")
+        table.add_row("listed", str(status["batch"].get("listed", 0)))
+        for state, n in status["counts"].items():
+            table.add_row(state, str(n))
+        self.console.print(table)
+        if dead:
+            errors = Table(title="dead-lettered", title_justify="left")
+            for column in ("stage", "item", "reason"):
+                errors.add_column(column, overflow="fold")
+            for letter in dead[:20]:
+                errors.add_row(letter["stage"], str(letter["item"]), letter["reason"][-200:])
+            self.console.print(errors)
+            self.console.print(f"{len(dead)} item(s) dead-lettered: `batchmesh dlq list` / `batchmesh dlq replay`")
+        self.console.print(f"results: {out_dir}")
