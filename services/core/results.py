@@ -10,7 +10,6 @@ from redis import Redis
 
 from .item import encode_json
 from .keys import Keys
-from .progress import DONE
 from .stage import Commit, Delivery, StreamConsumer
 
 
@@ -23,14 +22,7 @@ def finish(
     if output is not None:
         commit.complete(delivery, (output, item.model_copy(update={"data": result, "attempts": 0, "error": None})))
         return
-    commit.complete(delivery)
-    keys, progress = consumer.keys, consumer.progress
-
-    def record(pipe: Any) -> None:
-        pipe.hset(keys.results(), item.id, encode_json(result))
-        progress.mark([item.id], DONE, pipe=pipe)
-
-    commit.also(record)
+    commit.record(delivery, encode_json(result))
 
 
 def results(client: Redis, keys: Keys) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from . import metrics
 from .deadletter import add_dead_letter
 from .item import FIELD, MalformedItem, WorkItem
 from .keys import Keys
-from .progress import DEAD, FAILED, Progress
+from .progress import DEAD, DONE, FAILED, Progress
 from .settings import Settings
 from .trim import SafeTrim
 
@@ -47,6 +47,7 @@ class Commit:
     dead: list[tuple[Delivery, str]] = field(default_factory=list)
     retries: list[tuple[Delivery, str]] = field(default_factory=list)
     actions: list[Callable[[Pipeline], None]] = field(default_factory=list)
+    sink_results: dict[str, bytes] = field(default_factory=dict)
     completed: int = 0
 
     def complete(self, delivery: Delivery, *outputs: tuple[str, WorkItem]) -> None:
@@ -59,6 +60,12 @@ class Commit:
         """The attempt failed: retry it, or dead-letter it once its deliveries are used up."""
         self.retries.append((delivery, reason))
 
+    def record(self, delivery: Delivery, result: bytes) -> None:
+        """The item is done at a sink: store its result (JSON) and mark it done, with the ack."""
+        assert delivery.item is not None, "malformed deliveries are dead-lettered, never recorded"
+        self.complete(delivery)
+        self.sink_results[delivery.item.id] = result
+
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         self.dead.append((delivery, reason))
 
@@ -67,7 +74,7 @@ class Commit:
         self.actions.append(action)
 
     def __bool__(self) -> bool:
-        return bool(self.acks or self.outputs or self.dead or self.retries or self.actions)
+        return bool(self.acks or self.outputs or self.dead or self.retries or self.actions or self.sink_results)
 
 
 class StreamConsumer:
@@ -210,6 +217,9 @@ class StreamConsumer:
             if n:
                 pipe.hincrby(stats, name, n)
         self.progress.mark(retried_ids, FAILED, pipe=pipe)
+        if commit.sink_results:  # one HSET and one state change for the whole batch, not one per item
+            pipe.hset(self.keys.results(), mapping=commit.sink_results)
+            self.progress.mark(list(commit.sink_results), DONE, pipe=pipe)
         self.progress.mark([d.item.id for d, _ in dead if d.item is not None], DEAD, pipe=pipe)
         for action in commit.actions:
             action(pipe)
