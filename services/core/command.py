@@ -4,11 +4,17 @@ Exit 0 = done, anything else (or the timeout) = failed. argv only: item data nev
 
 from __future__ import annotations
 
+import atexit
+import itertools
 import json
 import os
+import selectors
+import shutil
 import signal
 import subprocess
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,9 +56,8 @@ def run_command(
     """Run `argv` for `item`. The output dir is derived from the item, so a retry overwrites, never duplicates."""
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "result.json").unlink(missing_ok=True)  # a stale result of an earlier attempt must not count
-    with tempfile.TemporaryDirectory(prefix="batchmesh-item-") as private:  # mode 0700: only we can read it
-        item_file = Path(private) / "item.json"
-        item_file.write_bytes(item_document(item))
+    item_file = _write_item_file(item)
+    try:
         child_env = {**os.environ, **(env or {}), "WORK_ITEM_FILE": str(item_file),
                      "WORK_OUTPUT_DIR": str(output_dir)}
         try:
@@ -62,13 +67,88 @@ def run_command(
             )
         except OSError as exc:
             return Outcome(False, reason=f"cannot start {argv[0]!r}: {exc.strerror or exc}")
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        output = _communicate(proc, timeout)
+        if output is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # the whole group exited in the meantime
             proc.communicate()
             return Outcome(False, reason=f"timed out after {timeout:g}s")
+        stdout, stderr = output
+    finally:
+        item_file.unlink(missing_ok=True)
     if proc.returncode != 0:
         tail = stderr.decode(errors="replace").strip()[-STDERR_TAIL:]
         return Outcome(False, reason=f"exit code {proc.returncode}: {tail}" if tail else f"exit code {proc.returncode}")
     return Outcome(True, result=read_result(stdout, output_dir))
+
+
+# Item files live in one private directory (mode 0700) per process, one file (mode 0600) per run: a directory per
+# item costs a mkdir and an rmdir each, which on some filesystems is more than the fork+exec of a small command.
+# Keyed by pid, so a forked child (an rq work horse) makes its own; each is removed when its process exits.
+_item_dirs: dict[int, Path] = {}
+_item_dirs_lock = threading.Lock()
+_item_names = itertools.count()
+
+
+def _item_dir(fresh: bool = False) -> Path:
+    pid = os.getpid()
+    with _item_dirs_lock:
+        if fresh or pid not in _item_dirs:
+            path = _item_dirs[pid] = Path(tempfile.mkdtemp(prefix="batchmesh-items-"))
+            atexit.register(lambda: os.getpid() == pid and shutil.rmtree(path, ignore_errors=True))
+        return _item_dirs[pid]
+
+
+def _write_item_file(item: WorkItem) -> Path:
+    document = item_document(item)
+    for fresh in (False, True):  # a tmp cleaner may have removed the directory under a long-running process
+        path = _item_dir(fresh) / f"{next(_item_names)}.json"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileNotFoundError:
+            if fresh:
+                raise
+            continue
+        with os.fdopen(fd, "wb") as f:
+            f.write(document)
+        return path
+    raise AssertionError("unreachable")
+
+
+def _communicate(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, bytes] | None:
+    """Popen.communicate(timeout=...) without its polling: once the pipes close, Popen.wait(timeout) sleeps in
+    growing steps (0.5 ms, 1 ms, 2 ms...) until the exit shows, as long as a small command itself takes. Here the
+    pipes and a pidfd are watched together, so the exit is seen when it happens. None on timeout."""
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3: the standard library's way
+        try:
+            return proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+    deadline = time.monotonic() + timeout
+    chunks: dict[int, list[bytes]] = {proc.stdout.fileno(): [], proc.stderr.fileno(): []}
+    try:
+        with selectors.DefaultSelector() as selector:
+            for fd in (*chunks, pidfd):
+                selector.register(fd, selectors.EVENT_READ)
+            while selector.get_map():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                for key, _ in selector.select(remaining):
+                    data = os.read(key.fd, 65536) if key.fd != pidfd else b""
+                    if data:
+                        chunks[key.fd].append(data)
+                    else:  # EOF, or the process exited
+                        selector.unregister(key.fd)
+    finally:
+        os.close(pidfd)
+    proc.wait()  # it has exited: no wait
+    stdout, stderr = (b"".join(c) for c in chunks.values())
+    proc.stdout.close()
+    proc.stderr.close()
+    return stdout, stderr

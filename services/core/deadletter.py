@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from redis import Redis
 from redis.client import Pipeline
 
-from .item import FIELD, WorkItem
+from .item import FIELD, TO, WorkItem
 from .keys import Keys
 from .progress import QUEUED, Progress
 
@@ -73,7 +73,8 @@ def replay(client: Redis, keys: Keys, stage: str, entry_ids: list[str] | None = 
     """Put dead letters back on the stream they came from, with a fresh delivery budget. Returns how many.
 
     Each move (XADD back, XDEL from the dead-letter stream, state back to queued) is one transaction, so an
-    entry is never both replayed and still dead-lettered. Malformed items cannot be replayed and stay."""
+    entry is never both replayed and still dead-lettered. The replay is addressed to `stage`: other stages reading
+    the same stream already had the item. Malformed items cannot be replayed and stay."""
     progress = Progress(client, keys)
     moved = 0
     for letter in list_dead_letters(client, keys, stage, count=100_000):
@@ -85,7 +86,7 @@ def replay(client: Redis, keys: Keys, stage: str, entry_ids: list[str] | None = 
             continue
         fresh = item.model_copy(update={"attempts": 0, "error": None})
         pipe = client.pipeline(transaction=True)
-        pipe.xadd(letter.stream, fresh.encode())
+        pipe.xadd(letter.stream, {**fresh.encode(), TO: stage.encode()})
         pipe.xdel(keys.dead_letters(stage), letter.entry_id)
         progress.mark([item.id], QUEUED, pipe=pipe, force=True)
         pipe.execute()

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ class EmbeddedRedis:
         raise RuntimeError(f"embedded redis-server did not start; see {self.data_dir / 'redis.log'}")
 
     def _wait_ready(self, timeout_s: float = 10.0) -> bool:
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
@@ -78,10 +80,11 @@ class EmbeddedRedis:
         if self.process is None or self.process.poll() is not None:
             return
         try:  # SHUTDOWN flushes the append-only file, so the state survives for the next run
-            redis.Redis(port=self.port).shutdown(nosave=not self.persist)
+            # No retries: redis-py would otherwise reconnect to the stopped server for seconds before returning.
+            redis.Redis(port=self.port, retry=Retry(NoBackoff(), 0)).shutdown(nosave=not self.persist)
         except redis.ConnectionError:
             pass  # shutdown closes the connection before replying
-        except redis.ResponseError:
+        except redis.RedisError:  # redis-py raises a plain RedisError when SHUTDOWN replied instead of exiting
             self._kill()
         try:
             self.process.wait(timeout=10)

@@ -10,6 +10,9 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 FIELD = b"item"
+# Optional: the one consumer group (stage) an entry is for. A retry or a replayed dead letter goes back on a stream
+# that other stages may read too; they acknowledge it unprocessed, so only the stage that failed it runs it again.
+TO = b"to"
 
 
 class MalformedItem(ValueError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from redis import Redis
 from redis.client import Pipeline
 
+from .guard import register_script_keys
 from .keys import Keys
 
 QUEUED, RUNNING, DONE, FAILED, DEAD = "queued", "running", "done", "failed", "dead"
@@ -35,6 +36,7 @@ class Progress:
     def __init__(self, client: Redis, keys: Keys) -> None:
         self.keys = keys
         self._set_state = client.register_script(_SET_STATE)
+        register_script_keys(self._set_state.sha, "hash", "hash")  # checked before a commit's EXEC
         self.client = client
 
     def mark(self, ids: list[str], state: str, *, pipe: Pipeline | None = None, force: bool = False) -> None:

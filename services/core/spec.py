@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SOURCE = "source"
 _NAME = r"^[a-z0-9]([a-z0-9-]{0,48}[a-z0-9])?$"  # a Kubernetes-safe name: it becomes Deployment names too
@@ -42,7 +42,7 @@ class SourceSpec(Strict):
     type: Literal["directory", "jsonl"] = "directory"
     path: str
     glob: str = "*"
-    poll: float = Field(default=5.0, description="Seconds between listings; new items are picked up.")
+    poll: float = Field(default=5.0, gt=0, description="Seconds between listings; new items are picked up.")
     filter: str | None = Field(default=None, description="JMESPath predicate applied in the ambassador.")
 
     _duration = field_validator("poll", mode="before")(parse_duration)
@@ -147,9 +147,18 @@ class StageSpec(Strict):
 
 class Defaults(Strict):
     max_deliveries: int = Field(default=3, ge=1)
-    visibility_timeout: float = 30.0
+    visibility_timeout: float = Field(default=30.0, gt=0)
 
     _duration = field_validator("visibility_timeout", mode="before")(parse_duration)
+
+
+def _stage_name(name: str) -> str:
+    if name == SOURCE or not re.match(_NAME, name):
+        raise ValueError(f"bad stage name {name!r}: lowercase letters, digits and '-', not 'source'")
+    return name
+
+
+StageName = Annotated[str, AfterValidator(_stage_name)]  # a dict key: its error path names the bad stage
 
 
 class Pipeline(Strict):
@@ -158,15 +167,7 @@ class Pipeline(Strict):
     name: str = Field(pattern=_NAME)
     source: SourceSpec
     defaults: Defaults = Field(default_factory=Defaults)
-    stages: dict[str, StageSpec] = Field(min_length=1)
-
-    @field_validator("stages")
-    @classmethod
-    def _stage_names(cls, stages: dict[str, StageSpec]) -> dict[str, StageSpec]:
-        for name in stages:
-            if name == SOURCE or not re.match(_NAME, name):
-                raise ValueError(f"bad stage name {name!r}: lowercase letters, digits and '-', not 'source'")
-        return stages
+    stages: dict[StageName, StageSpec] = Field(min_length=1)
 
     def readers(self, stream: str) -> list[str]:
         return [name for name, st in self.stages.items() if stream in st.body.inputs]
@@ -183,8 +184,10 @@ class Pipeline(Strict):
         state: dict[str, int] = {}
 
         def visit(node: str, trail: list[str]) -> None:
-            if state.get(node) == 1:
-                raise SpecError(f"stages.{node}", "cycle: " + " -> ".join([*trail, node]))
+            if state.get(node) == 1:  # the input of the stage we came from closes the cycle
+                where = trail[-1]
+                raise SpecError(f"stages.{where}.{self.stages[where].kind}.input",
+                                "cycle: " + " -> ".join([*trail, node]))
             if state.get(node) == 2 or node == SOURCE:
                 return
             state[node] = 1
@@ -214,7 +217,7 @@ def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         pipeline = Pipeline.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top)"
+        where = ".".join(str(p) for p in first["loc"] if p != "[key]") or "(top)"
         raise SpecError(where, first["msg"].removeprefix("Value error, ")) from None
     pipeline.check_graph()
     return pipeline

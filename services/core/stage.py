@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 
 from redis import Redis
 from redis.client import Pipeline
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from . import metrics
 from .deadletter import add_dead_letter
-from .item import FIELD, MalformedItem, WorkItem
+from .guard import CommitError, check_key_types, require_no_retry
+from .item import FIELD, TO, MalformedItem, WorkItem
 from .keys import Keys
 from .progress import DEAD, DONE, FAILED, Progress
 from .settings import Settings
@@ -89,6 +90,7 @@ class StreamConsumer:
         input_stream: str,
         consumer: str | None = None,
     ) -> None:
+        require_no_retry(client)  # a re-sent commit would publish its outputs twice
         self.client = client
         self.settings = settings
         self.keys = Keys(settings.pipeline)
@@ -98,8 +100,9 @@ class StreamConsumer:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.progress = Progress(client, self.keys)
         self._trim = SafeTrim(client)
-        self._reclaim_cursor = b"0-0"
+        self._reclaim_cursor: bytes | str = b"0-0"
         self._next_reclaim = 0.0
+        self._reclaimed_last = False  # the last read() returned reclaimed entries: the next one reads new ones
         self._next_trim = 0.0
         labels = {"pipeline": settings.pipeline, "stage": stage}
         self.m_in, self.m_out = metrics.ITEMS_IN.labels(**labels), metrics.ITEMS_OUT.labels(**labels)
@@ -118,13 +121,20 @@ class StreamConsumer:
     # -- reading -------------------------------------------------------------------------------------------
 
     def read(self, count: int | None = None, block_ms: int | None = None) -> list[Delivery]:
-        """Entries to process: reclaimed ones first when a reclaim is due, else new ones (blocking)."""
+        """Entries to process: reclaimed ones first when a reclaim is due, else new ones (blocking).
+
+        A reclaim is due every half visibility timeout; a reclaim scan that stopped part-way (non-zero cursor)
+        goes on at the next read. A read that returned reclaimed entries is always followed by one that reads
+        new entries, so a stream of reclaimable entries (slow batches) can never starve new ones."""
         now = time.monotonic()
-        if now >= self._next_reclaim:
-            self._next_reclaim = now + max(self.settings.visibility_timeout_ms / 2000, 0.05)
+        if now >= self._next_reclaim and not self._reclaimed_last:
             reclaimed = self.reclaim(count)
+            scan_done = self._reclaim_cursor in (b"0-0", "0-0")
+            self._next_reclaim = now + max(self.settings.visibility_timeout_ms / 2000, 0.05) if scan_done else now
             if reclaimed:
+                self._reclaimed_last = True
                 return reclaimed
+        self._reclaimed_last = False
         block = self.settings.block_ms if block_ms is None else block_ms
         reply = self.client.xreadgroup(
             self.group, self.consumer, {self.stream_key: ">"}, count=count or self.settings.batch_size,
@@ -132,9 +142,20 @@ class StreamConsumer:
         )
         if not reply:
             return []
-        batch = [self._delivery(entry_id, fields, 1) for entry_id, fields in reply[0][1]]
+        batch = [self._delivery(entry_id, fields, 1) for entry_id, fields in self._ours(reply[0][1])]
         self.m_in.inc(len(batch))
         return batch
+
+    def _ours(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Drop (and acknowledge) entries addressed to another stage: retries and replays of a stream's other
+        readers, which must not run here a second time."""
+        group = self.group.encode()
+        foreign = [entry_id for entry_id, fields in entries if fields.get(TO, group) != group]
+        if not foreign:
+            return entries
+        self.client.xack(self.stream_key, self.group, *foreign)
+        skip = set(foreign)
+        return [(entry_id, fields) for entry_id, fields in entries if entry_id not in skip]
 
     def reclaim(self, count: int | None = None) -> list[Delivery]:
         """XAUTOCLAIM entries idle past the visibility timeout, resuming from the last cursor.
@@ -142,29 +163,44 @@ class StreamConsumer:
         A call may return nothing while the cursor is non-zero (it scanned only part of the pending list), so
         the cursor is kept between calls. Entries deleted while pending come back as nil without their id
         (Redis 6.2): their ids are found in our pending list and acknowledged, since nothing is left to do."""
-        cursor, claimed = self.client.xautoclaim(
+        start = self._reclaim_cursor
+        reply = self.client.xautoclaim(
             self.stream_key, self.group, self.consumer, self.settings.visibility_timeout_ms,
-            start_id=self._reclaim_cursor, count=count or self.settings.batch_size,
-        )[:2]
+            start_id=start, count=count or self.settings.batch_size,
+        )
+        cursor, claimed = reply[0], reply[1]
         self._reclaim_cursor = cursor
+        if len(reply) > 2 and reply[2]:  # Redis >= 7 drops deleted entries from the pending list itself
+            self.m_lost.inc(len(reply[2]))
         if not claimed:
             return []
-        # Between batches this consumer holds nothing else, so its pending list is exactly what was claimed.
-        pending = self.client.xpending_range(
-            self.stream_key, self.group, min="-", max="+", count=len(claimed), consumername=self.consumer
-        )
-        times = {p["message_id"]: p["times_delivered"] for p in pending}
+        # Delivery counts per claimed id (exact ranges: this consumer may hold other entries still in flight).
+        pipe = self.client.pipeline(transaction=False)
         live = [(entry_id, fields) for entry_id, fields in claimed if entry_id is not None]
-        lost = [entry_id for entry_id in times if entry_id not in {e for e, _ in live}]
+        for entry_id, _ in live:
+            pipe.xpending_range(self.stream_key, self.group, min=entry_id, max=entry_id, count=1)
+        times = {rows[0]["message_id"]: rows[0]["times_delivered"] for rows in pipe.execute() if rows}
+        lost = self._lost(start, cursor, {e for e, _ in live}) if len(live) < len(claimed) else []
         if lost:
             self.client.xack(self.stream_key, self.group, *lost)
             self.m_lost.inc(len(lost))
             log.warning("pending entries were deleted before processing", extra={
                 "event": "stage.lost", "stage": self.stage, "count": len(lost)})
-        batch = [self._delivery(entry_id, fields, times.get(entry_id, 2)) for entry_id, fields in live]
+        batch = [self._delivery(entry_id, fields, times.get(entry_id, 2)) for entry_id, fields in self._ours(live)]
         self.m_reclaimed.inc(len(batch))
         self.m_in.inc(len(batch))
         return self._cap_deliveries(batch)
+
+    def _lost(self, start: bytes | str, cursor: bytes | str, live: set[bytes]) -> list[bytes]:
+        """Ids of entries the claim returned as nil: ours now, in the scanned range, gone from the stream."""
+        end = "+" if cursor in (b"0-0", "0-0") else "(" + (cursor.decode() if isinstance(cursor, bytes) else cursor)
+        rows = self.client.xpending_range(self.stream_key, self.group, min=start, max=end, count=100_000,
+                                          consumername=self.consumer)
+        candidates = [r["message_id"] for r in rows if r["message_id"] not in live]
+        pipe = self.client.pipeline(transaction=False)
+        for entry_id in candidates:
+            pipe.xrange(self.stream_key, min=entry_id, max=entry_id, count=1)
+        return [entry_id for entry_id, found in zip(candidates, pipe.execute(), strict=True) if not found]
 
     def _cap_deliveries(self, batch: list[Delivery]) -> list[Delivery]:
         """Dead-letter reclaimed entries past the delivery cap (a poison item that kills its consumer)."""
@@ -202,8 +238,9 @@ class StreamConsumer:
                 dead.append((delivery, reason))
                 continue
             # A retry is a new entry carrying the attempt count, so the cap holds across re-deliveries.
+            # It is addressed to this stage: the other stages reading the same stream already had the item.
             retry = delivery.item.model_copy(update={"attempts": delivery.deliveries, "error": reason[-2000:]})
-            pipe.xadd(self.stream_key, retry.encode())
+            pipe.xadd(self.stream_key, {**retry.encode(), TO: self.group.encode()})
             acks.append(delivery.entry_id)
             retried_ids.append(delivery.item.id)
         for delivery, reason in dead:
@@ -223,7 +260,7 @@ class StreamConsumer:
         self.progress.mark([d.item.id for d, _ in dead if d.item is not None], DEAD, pipe=pipe)
         for action in commit.actions:
             action(pipe)
-        pipe.execute()
+        self._execute(pipe)
         self.m_out.inc(commit.completed)
         self.m_failed.inc(len(commit.retries))
         self.m_dead.inc(len(dead))
@@ -232,9 +269,31 @@ class StreamConsumer:
                                                "item": delivery.item.id if delivery.item else None})
         self.maybe_trim()
 
+    def _execute(self, pipe: Pipeline) -> None:
+        """EXEC, all or nothing. MULTI has no rollback: a command failing at EXEC time (WRONGTYPE) fails alone
+        while the rest is applied, so the keys' types are checked first (see core.guard). A queueing error
+        aborts the whole transaction, so nothing was written then either."""
+        check_key_types(self.client, pipe.command_stack)
+        try:
+            results = pipe.execute(raise_on_error=False)
+        except ResponseError as exc:
+            raise CommitError(f"transaction aborted, nothing was committed: {exc}", partial=False) from exc
+        errors = [r for r in results if isinstance(r, Exception)]
+        if errors:
+            log.error("commit partially applied", extra={"event": "stage.partial_commit", "stage": self.stage,
+                                                         "error": str(errors[0])})
+            raise CommitError(f"commit partially applied ({len(errors)} of {len(results)} commands failed): "
+                              f"{errors[0]}", partial=True)
+
     def maybe_trim(self, every_s: float = 1.0) -> None:
+        """Trim acknowledged entries, at most every `every_s`. Best effort: a failure here must not make a
+        commit that already succeeded look failed."""
         now = time.monotonic()
         if now >= self._next_trim:
             self._next_trim = now + every_s
-            self._trim(self.stream_key)
-            self.m_backlog.set(self.client.xlen(self.stream_key))
+            try:
+                self._trim(self.stream_key)
+                self.m_backlog.set(self.client.xlen(self.stream_key))
+            except RedisError as exc:
+                log.warning("trim failed", extra={"event": "stage.trim_failed", "stage": self.stage,
+                                                  "error": str(exc)})

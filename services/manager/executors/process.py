@@ -1,0 +1,130 @@
+"""`process`: the book's one-shot worker. The manager consumes the stage's stream itself and runs every item in
+its own subprocess, `work.concurrency` at a time.
+
+Per-item overhead is kept near a bare fork+exec: entries are read ahead in batches sized to cover ~50 ms of
+work (measured), so a slot never waits for Redis; results are committed in batches (one MULTI for all that
+finished together); completions come back through one queue, not a wait over every future. Entries held longer
+than the visibility timeout are heartbeated (XCLAIM JUSTID), so neither this consumer's own reclaim nor another
+manager's takes a long-running item away."""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from services.core import RUNNING, Commit, Delivery, StreamConsumer
+from services.core import metrics as core_metrics
+from services.core.command import Outcome, run_command
+from services.core.results import finish
+
+from .base import Executor, StageContext
+
+log = logging.getLogger(__name__)
+
+FLUSH_AFTER_S = 0.02  # a result waits at most this long for others to share its commit
+READ_AHEAD_S = 0.05  # read ahead enough items to keep the slots busy this long
+MAX_READ_AHEAD = 256
+
+Done = tuple[Delivery, Outcome, float]
+
+
+class ProcessExecutor(Executor):
+    name = "process"
+
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
+        self.argv, self.env = ctx.command()  # fails at start, not in the thread, if the stage cannot be run
+        self.slots = ctx.work.concurrency
+        self.avg_s = 0.0  # moving average of an item's run time: sizes the read-ahead
+
+    def read_ahead(self) -> int:
+        if not self.avg_s:
+            return self.slots
+        return min(MAX_READ_AHEAD, max(self.slots, math.ceil(self.slots * READ_AHEAD_S / self.avg_s)))
+
+    def run(self) -> None:
+        ctx = self.ctx
+        self.consumer = c = StreamConsumer(ctx.client, ctx.settings, stage=ctx.stage, input_stream=ctx.work.input)
+        self.processing = core_metrics.PROCESSING.labels(**self.labels)
+        self.done: queue.SimpleQueue[Done] = queue.SimpleQueue()
+        held: dict[bytes, Delivery] = {}  # read and not yet finished: submitted to the pool, or running
+        commit, first_result = Commit(), 0.0
+        beat_every = ctx.settings.visibility_timeout_ms / 3000
+        next_beat = time.monotonic() + beat_every
+        workers = core_metrics.WORKERS.labels(**self.labels)
+        workers.set(self.slots)
+        pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix=f"bm-{ctx.stage}")
+        try:
+            while not self.stopping.is_set():
+                ahead = self.read_ahead()
+                if len(held) <= self.slots + ahead // 2:  # refill once half the read-ahead is used up
+                    block = 0 if held or commit else None  # block only when there is nothing else to do
+                    self._submit(pool, c.read(count=self.slots + ahead - len(held), block_ms=block), held, commit)
+                if held:
+                    try:  # wait for a result; briefly when slots are idle, so the stream is polled again soon
+                        first = self.done.get(timeout=0.01 if len(held) < self.slots else beat_every)
+                    except queue.Empty:
+                        first = None
+                    if first is not None:
+                        first_result = first_result or time.monotonic()
+                        self._settle(commit, held, first)
+                        while True:
+                            try:
+                                self._settle(commit, held, self.done.get_nowait())
+                            except queue.Empty:
+                                break
+                now = time.monotonic()
+                if commit and (not held or commit.completed + len(commit.retries) >= ahead
+                               or now - first_result >= FLUSH_AFTER_S):
+                    c.commit(commit)
+                    commit, first_result = Commit(), 0.0
+                if held and now >= next_beat:
+                    c.client.xclaim(c.stream_key, c.group, c.consumer, min_idle_time=0, message_ids=list(held),
+                                    justid=True)  # reset idle time; JUSTID leaves the delivery count alone
+                    next_beat = now + beat_every
+        finally:
+            # Items not started yet stay pending in the stream: a restarted manager reclaims them.
+            pool.shutdown(wait=True, cancel_futures=True)
+            while True:
+                try:
+                    self._settle(commit, held, self.done.get_nowait())
+                except queue.Empty:
+                    break
+            c.commit(commit)
+            workers.set(0)
+
+    def _submit(self, pool: ThreadPoolExecutor, batch: list[Delivery], held: dict[bytes, Delivery],
+                commit: Commit) -> None:
+        started = []
+        for delivery in batch:
+            if delivery.item is None:
+                commit.dead_letter(delivery, delivery.malformed or "malformed item")
+                continue
+            held[delivery.entry_id] = delivery
+            pool.submit(self._run_one, delivery)
+            started.append(delivery.item.id)
+        self.consumer.progress.mark(started, RUNNING)
+
+    def _run_one(self, delivery: Delivery) -> None:
+        item = delivery.item
+        assert item is not None
+        began = time.perf_counter()
+        try:
+            outcome = run_command(self.argv, item, self.ctx.out_dir / item.dirname, timeout=self.ctx.work.timeout,
+                                  env=self.env)
+        except Exception as exc:  # e.g. the output dir cannot be written: a failed attempt, not a crash
+            outcome = Outcome(False, reason=f"{type(exc).__name__}: {exc}")
+        self.done.put((delivery, outcome, time.perf_counter() - began))
+
+    def _settle(self, commit: Commit, held: dict[bytes, Delivery], done: Done) -> None:
+        delivery, outcome, seconds = done
+        held.pop(delivery.entry_id, None)
+        self.processing.observe(seconds)
+        self.avg_s = seconds if not self.avg_s else 0.8 * self.avg_s + 0.2 * seconds
+        if outcome.ok:
+            finish(self.consumer, commit, delivery, outcome.result or {}, output=self.ctx.output)
+        else:
+            commit.fail(delivery, outcome.reason)

@@ -1,0 +1,159 @@
+"""The work-queue manager (book ch. 10): every `source.poll` seconds it lists the source page by page, dispatches
+what is new or changed, and records the batch manifest; it runs the stages' executors and serves its status.
+
+The source has no completion endpoint: what was dispatched (versions), where each item is (states) and the batch
+manifest all live in Redis, so a restarted manager carries on where the last one stopped."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import redis
+from redis import Redis
+from redis.exceptions import ResponseError
+
+from services.core import Keys, Progress, Settings, redis_url
+from services.core.metrics import serve_metrics
+from services.core.spec import Pipeline
+
+from . import gauges
+from .diff import DiffStats, Dispatcher
+from .executors import Executor, StageContext, executor_class, stage_settings
+from .lister import SourceError, list_source
+from .report import status
+
+log = logging.getLogger(__name__)
+
+TICK_S = 1.0  # how often gauges are refreshed and executors checked between polls
+
+
+def new_batch_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+class Manager:
+    def __init__(self, client: Redis, pipeline: Pipeline, settings: Settings, source_url: str, *,
+                 pipeline_path: Path | None = None, page_size: int = 1000) -> None:
+        self.client, self.pipeline, self.settings = client, pipeline, settings
+        self.source_url, self.pipeline_path, self.page_size = source_url, pipeline_path, page_size
+        self.keys = Keys(pipeline.name)
+        self.batch_id = new_batch_id()
+        self.dispatcher = Dispatcher(client, self.keys, Progress(client, self.keys), batch=self.batch_id)
+        self.complete = False
+
+    def ensure_groups(self) -> None:
+        """Every stage's group exists before anything is dispatched: safe trimming counts only existing groups,
+        and a group made later would start after entries already trimmed away."""
+        for name, stage in self.pipeline.stages.items():
+            try:
+                self.client.xgroup_create(self.keys.stream(stage.body.input), name, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def open_batch(self) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.keys.batch())
+        pipe.hset(self.keys.batch(), mapping={"id": self.batch_id, "listed": 0, "new": 0, "complete": 0,
+                                              "updated_at": f"{time.time():.3f}"})
+        pipe.execute()
+
+    def poll(self) -> DiffStats:
+        """List every page and dispatch it; the manifest follows page by page."""
+        total = DiffStats()
+        began = time.perf_counter()
+        for page in list_source(self.source_url, self.page_size):
+            stats = self.dispatcher.dispatch(page)
+            total += stats
+            pipe = self.client.pipeline(transaction=True)
+            if stats.new:
+                pipe.hincrby(self.keys.batch(), "new", stats.new)
+            fields = {"updated_at": f"{time.time():.3f}"}
+            if not self.complete:  # the first pass shows its progress while it lists
+                fields["listed"] = str(total.listed)
+            pipe.hset(self.keys.batch(), mapping=fields)
+            pipe.execute()
+        self.client.hset(self.keys.batch(), mapping={"listed": total.listed, "complete": 1,
+                                                     "updated_at": f"{time.time():.3f}"})
+        level = logging.INFO if total.new or not self.complete else logging.DEBUG
+        log.log(level, "listing dispatched", extra={
+            "event": "manager.dispatch", "batch": self.batch_id, "listed": total.listed, "new": total.new,
+            "known": total.known, "busy": total.busy, "invalid": total.invalid,
+            "seconds": round(time.perf_counter() - began, 3)})
+        self.complete = True
+        return total
+
+    def start_executors(self) -> dict[str, Executor]:
+        executors: dict[str, Executor] = {}
+        for name, stage in self.pipeline.stages.items():
+            ctx = StageContext(self.client, self.pipeline, name, stage_settings(self.pipeline, name, self.settings),
+                               self.pipeline_path)
+            executors[name] = executor_class(stage.body.executor)(ctx)
+        for executor in executors.values():
+            executor.start()
+        return executors
+
+    def tick(self, executors: dict[str, Executor]) -> None:
+        for name, executor in executors.items():
+            if not executor.alive:
+                raise RuntimeError(f"the {executor.name} executor of stage {name!r} crashed: {executor.error!r}")
+        snapshot = status(self.client, self.pipeline)
+        gauges.observe(snapshot)
+        for name, executor in executors.items():
+            executor.observe(snapshot["stages"][name])
+
+    def run(self, stop: threading.Event, *, once: bool = False) -> None:
+        self.ensure_groups()
+        self.open_batch()
+        executors = {} if once else self.start_executors()
+        try:
+            next_poll = next_tick = 0.0
+            while not stop.is_set():
+                if time.monotonic() >= next_poll:
+                    try:
+                        self.poll()
+                    except (httpx.HTTPError, SourceError) as exc:
+                        if once:
+                            raise
+                        log.warning("listing failed; retrying at the next poll", extra={
+                            "event": "manager.list_failed", "reason": str(exc)[:300]})
+                    next_poll = time.monotonic() + self.pipeline.source.poll
+                    if once:
+                        break
+                if time.monotonic() >= next_tick:
+                    self.tick(executors)
+                    next_tick = time.monotonic() + TICK_S
+                stop.wait(max(0.0, min(next_poll, next_tick) - time.monotonic()))
+        finally:
+            for executor in executors.values():
+                executor.stop()
+
+
+def run_manager(pipeline: Pipeline, settings: Settings, source_url: str, stop: threading.Event, port: int = 0,
+                once: bool = False, *, pipeline_path: Path | None = None, host: str = "127.0.0.1",
+                page_size: int = 1000) -> None:
+    """Run the manager until `stop` is set (or after one listing pass with `once`). `port` serves
+    /api/v1/status and /metrics (0 = none; then `settings.metrics_port` serves /metrics alone, if set).
+    `pipeline_path` is the spec file, for stages whose items run the one-shot worker runtime."""
+    from .server import StatusServer  # FastAPI/uvicorn only when the manager runs, not for status()
+
+    if settings.pipeline != pipeline.name:
+        settings = settings.model_copy(update={"pipeline": pipeline.name})
+    with redis_url(settings.redis_url, settings.data_dir / "redis") as url:
+        client = redis.Redis.from_url(url)
+        server = StatusServer(client, pipeline, host, port) if port else None
+        if server is not None:
+            server.start()
+        else:
+            serve_metrics(settings.metrics_port)
+        try:
+            Manager(client, pipeline, settings, source_url, pipeline_path=pipeline_path,
+                    page_size=page_size).run(stop, once=once)
+        finally:
+            if server is not None:
+                server.stop()

@@ -1,0 +1,113 @@
+"""A pipeline's progress as one plain dict — the manager's /api/v1/status, `batchmesh status` and `batchmesh run`
+all read it — and `batch_done`, the runner's exit condition."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis import Redis
+
+from services.core import FAILED, QUEUED, RUNNING, STATES, Keys
+from services.core.spec import Pipeline
+
+from .executors.base import rq_queue_name
+from .executors.stream import desired_replicas
+
+LAG_CAP = 10_000  # Redis 6.2 has no group lag: it is counted (server-side) up to this, and estimated beyond
+
+# KEYS: each stage's input stream; ARGV: each stage's group, then LAG_CAP. Returns {length, pending, lag} each.
+# lag = entries not yet delivered to the group (Redis 7 reports it; 6.2 counts the entries after the group's
+# last-delivered id). Backlog = lag + pending: XLEN alone counts acknowledged entries not yet trimmed too.
+_BACKLOG = """
+local cap = tonumber(ARGV[#ARGV])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local length, pending, lag = 0, 0, 0
+  if redis.call('EXISTS', key) == 1 then
+    length = redis.call('XLEN', key)
+    lag = length
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+      local info = {}
+      for j = 1, #g, 2 do info[g[j]] = g[j + 1] end
+      if info['name'] == ARGV[i] then
+        pending = tonumber(info['pending'])
+        if info['lag'] then
+          lag = tonumber(info['lag'])
+        else
+          lag = #redis.call('XRANGE', key, '(' .. info['last-delivered-id'], '+', 'COUNT', cap)
+          if lag >= cap then lag = math.max(lag, length - pending) end
+        end
+      end
+    end
+  end
+  out[i] = {length, pending, lag}
+end
+return out
+"""
+
+
+def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def _batch(raw: dict[bytes, bytes]) -> dict[str, Any]:
+    batch: dict[str, Any] = _decode(raw)
+    for name in ("listed", "new", "known"):
+        batch[name] = int(batch.get(name, 0) or 0)
+    batch["complete"] = batch.get("complete") == "1"
+    if "updated_at" in batch:
+        batch["updated_at"] = float(batch["updated_at"])
+    return batch
+
+
+def status(client: Redis, pipeline: Pipeline) -> dict[str, Any]:
+    """Batch manifest, item counts per state, and per stage: out/failed/dead, backlog (lag + pending), and what
+    its executor reports (desired replicas for stream stages, jobs waiting in rq for rq stages). Two round trips."""
+    keys = Keys(pipeline.name)
+    stages = list(pipeline.stages.items())
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(keys.batch())
+    pipe.hgetall(keys.counts())
+    for name, _ in stages:
+        pipe.hgetall(keys.stage_stats(name))
+    rq_stages = [name for name, st in stages if st.body.executor == "rq"]
+    for name in rq_stages:
+        pipe.llen(f"rq:queue:{rq_queue_name(pipeline.name, name)}")
+    replies = pipe.execute()
+    backlog = client.register_script(_BACKLOG)(
+        keys=[keys.stream(st.body.input) for _, st in stages], args=[*(name for name, _ in stages), LAG_CAP])
+    batch = _batch(replies[0])
+    counts = {state: 0 for state in STATES}
+    counts.update({k: int(v) for k, v in _decode(replies[1]).items()})
+    rq_waiting = dict(zip(rq_stages, replies[2 + len(stages):], strict=True))
+    out: dict[str, Any] = {}
+    for (name, stage), raw, (length, pending, lag) in zip(stages, replies[2:2 + len(stages)], backlog, strict=True):
+        work = stage.body
+        stats = {k: int(v) for k, v in _decode(raw).items()}
+        entry: dict[str, Any] = {
+            "executor": work.executor, "input": work.input,
+            **{k: stats.get(k, 0) for k in ("out", "failed", "dead")},
+            "backlog": int(lag) + int(pending), "lag": int(lag), "pending": int(pending), "length": int(length),
+        }
+        if work.executor == "stream":
+            entry["desired_replicas"] = desired_replicas(work, entry["backlog"])
+        if name in rq_waiting:
+            entry["rq_queued"] = int(rq_waiting[name])
+        out[name] = entry
+    return {
+        "pipeline": pipeline.name,
+        "batch": batch,
+        "counts": {"listed": batch["listed"], **counts},
+        "skipped": max(batch["listed"] - batch["new"], 0),
+        "stages": out,
+    }
+
+
+def batch_done(client: Redis, pipeline: Pipeline) -> bool:
+    """The first full listing was dispatched and no item is queued, running or waiting for a retry."""
+    keys = Keys(pipeline.name)
+    pipe = client.pipeline(transaction=False)
+    pipe.hget(keys.batch(), "complete")
+    pipe.hmget(keys.counts(), [QUEUED, RUNNING, FAILED])
+    complete, busy = pipe.execute()
+    return complete == b"1" and not any(int(n or 0) for n in busy)

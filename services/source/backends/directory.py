@@ -1,0 +1,160 @@
+"""Directory backend: one item per regular file under a root, matched by a glob ('*', '**/*.mp4', 'a/*/b.txt')."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import logging
+import mimetypes
+import os
+import stat
+import threading
+import time
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from ..names import InvalidName, contained, validate_name
+from .base import InvalidCursor, Item, Page, SourceBackend, register_backend
+
+log = logging.getLogger(__name__)
+
+
+class Glob:
+    """A path glob matched segment by segment: '*' stays within a segment, '**' spans zero or more segments.
+
+    The same matcher serves listing and lookup, so `get` never serves a name that `list` would not list.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        if not pattern or pattern.startswith("/") or "\\" in pattern or ".." in pattern.split("/"):
+            raise ValueError(f"bad glob {pattern!r}: a relative pattern without '..' or backslashes")
+        self.parts = tuple(p for p in pattern.split("/") if p not in ("", "."))
+        # Without '**' nothing deeper than the pattern can match, so the walk stops there.
+        self.max_depth = None if "**" in self.parts else len(self.parts) - 1
+
+    def match(self, name: str) -> bool:
+        return self._match(tuple(name.split("/")), self.parts)
+
+    def _match(self, parts: tuple[str, ...], pats: tuple[str, ...]) -> bool:
+        if not pats:
+            return not parts
+        if pats[0] == "**":
+            return any(self._match(parts[i:], pats[1:]) for i in range(len(parts) + 1))
+        return bool(parts) and fnmatchcase(parts[0], pats[0]) and self._match(parts[1:], pats[1:])
+
+
+def encode_cursor(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        name = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
+        return validate_name(name)
+    except (binascii.Error, UnicodeDecodeError, InvalidName, ValueError):
+        raise InvalidCursor(f"bad cursor {cursor[:64]!r}: not one this source handed out") from None
+
+
+@register_backend("directory")
+class DirectoryBackend(SourceBackend):
+    """Files under `path` matching `glob`, sorted by name; the cursor is the last name returned.
+
+    The sorted name list is cached for `cache_ttl` seconds so walking all pages costs one directory scan plus a
+    binary search per page (not a scan per page). Files added meanwhile show up once the cache expires; because
+    the cursor is a name, not an index, no file is skipped or repeated when others appear or vanish.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], glob: str = "*", cache_ttl: float = 1.0) -> None:
+        self.root = Path(path).resolve()
+        if not self.root.is_dir():
+            raise ValueError(f"source directory {str(path)!r} does not exist or is not a directory")
+        self.glob = Glob(glob)
+        self.cache_ttl = cache_ttl
+        self._names: list[str] = []
+        self._scanned_at = float("-inf")
+        self._lock = threading.Lock()
+        self._unservable: set[str] = set()
+
+    def list(self, limit: int, cursor: str | None = None) -> Page:
+        after = decode_cursor(cursor) if cursor is not None else None
+        names = self._snapshot()
+        i = bisect.bisect_right(names, after) if after is not None else 0
+        items: list[Item] = []
+        while i < len(names) and len(items) < limit:
+            item = self._item(names[i])
+            if item is not None:  # None: deleted (or replaced by something unservable) since the scan
+                items.append(item)
+            i += 1
+        return items, (encode_cursor(items[-1]["name"]) if items and i < len(names) else None)
+
+    def get(self, name: str) -> Item | None:
+        validate_name(name)
+        return self._item(name) if self.glob.match(name) else None
+
+    def _snapshot(self) -> list[str]:
+        with self._lock:  # one scan at a time; concurrent requests share its result
+            if time.monotonic() - self._scanned_at >= self.cache_ttl:
+                started = time.monotonic()
+                self._names = sorted(self._scan())
+                self._scanned_at = time.monotonic()
+                log.debug("scanned source directory", extra={"root": str(self.root), "files": len(self._names),
+                                                             "seconds": round(self._scanned_at - started, 3)})
+            return self._names
+
+    def _scan(self) -> list[str]:
+        found: list[str] = []
+        stack: list[tuple[str, str, int]] = [(str(self.root), "", 0)]  # (directory, its name prefix, depth)
+        while stack:
+            directory, prefix, depth = stack.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except OSError as exc:
+                log.warning("cannot read source directory", extra={"directory": directory, "error": str(exc)})
+                continue
+            for entry in entries:
+                name = prefix + entry.name
+                try:
+                    # Symlinked directories are not descended (no loops, no escapes); symlinked files are
+                    # checked below and by _item against the resolved root.
+                    if entry.is_dir(follow_symlinks=False):
+                        if self.glob.max_depth is None or depth < self.glob.max_depth:
+                            stack.append((entry.path, name + "/", depth + 1))
+                    elif (entry.is_file(follow_symlinks=False) or entry.is_symlink()) and self.glob.match(name):
+                        found.append(name)
+                except OSError:
+                    continue
+        return [name for name in found if self._servable(name)]
+
+    def _servable(self, name: str) -> bool:
+        """Files whose names the API would refuse (backslash, control character) are left out, warned once."""
+        try:
+            validate_name(name)
+            return True
+        except InvalidName as exc:
+            if name not in self._unservable:
+                self._unservable.add(name)
+                log.warning("skipping a file whose name cannot be served",
+                            extra={"file": repr(name), "reason": str(exc)})
+            return False
+
+    def _item(self, name: str) -> Item | None:
+        path = self.root / name
+        real = contained(self.root, path)  # follows symlinks: a link out of the root is not served
+        if real is None:
+            return None
+        try:
+            st = real.stat()
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return {
+            "name": name,
+            "size": st.st_size,
+            "mtime": st.st_mtime,
+            "content_type": mimetypes.guess_type(name)[0] or "application/octet-stream",
+            "uri": path.as_uri(),
+            "version": f"{st.st_size}-{st.st_mtime_ns}",
+        }
+

@@ -1,0 +1,101 @@
+"""The filter ambassador: a backend wrapping another and keeping only items a JMESPath predicate accepts.
+
+JMESPath, not eval: a predicate from a pipeline spec can read an item, never run code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jmespath
+from jmespath.exceptions import JMESPathError
+from jmespath.functions import Functions
+from prometheus_client import Counter
+
+from .backends.base import Item, Page, SourceBackend
+
+ITEMS_FILTERED = Counter(
+    "batchmesh_source_items_filtered", "Items a source filter dropped from listings", ("pipeline",)
+)
+
+
+def compile_predicate(expression: str) -> Any:
+    """Compile once; ValueError (with the parser's message) for an expression that does not parse."""
+    if not isinstance(expression, str) or not expression.strip():
+        raise ValueError("bad filter expression: empty (expected a JMESPath expression such as \"size > `0`\")")
+    try:
+        compiled = jmespath.compile(expression)
+    except JMESPathError as exc:
+        raise ValueError(f"bad filter expression {expression!r}: {exc}") from None
+    # jmespath only notices an unknown function when it runs; a typo would then silently match nothing.
+    unknown = _functions(compiled.parsed) - set(_KNOWN_FUNCTIONS)
+    if unknown:
+        raise ValueError(f"bad filter expression {expression!r}: unknown function(s) {', '.join(sorted(unknown))}")
+    return compiled
+
+
+_KNOWN_FUNCTIONS = Functions().FUNCTION_TABLE
+
+
+def _functions(node: Any) -> set[str]:
+    if not isinstance(node, dict):
+        return set()
+    found = {node["value"]} if node.get("type") == "function_expression" else set()
+    for child in node.get("children", ()):
+        found |= _functions(child)
+    return found
+
+
+def truthy(value: Any) -> bool:
+    """JMESPath truthiness: false, null and empty string/array/object are false; every number (0 too) is true."""
+    if value is None or value is False:
+        return False
+    if isinstance(value, str | list | dict):
+        return bool(value)
+    return True
+
+
+class FilteredBackend(SourceBackend):
+    """Lists and gets from `inner`, hiding items whose `expression` result is not truthy.
+
+    Pages are filled by asking `inner` for exactly the number still missing, so the inner cursor always marks
+    the end of what was returned. A request scans at most `scan_budget` inner items and may return a short
+    (even empty) page with a non-null cursor: the walk goes on, a selective filter just cannot stall one request.
+    """
+
+    type_name = "filtered"
+
+    def __init__(self, inner: SourceBackend, expression: str, pipeline: str | None = None,
+                 scan_budget: int = 20_000) -> None:
+        self.inner = inner
+        self.expression = expression
+        self.predicate = compile_predicate(expression)
+        self.pipeline = pipeline  # None: create_app fills in its own pipeline label
+        self.scan_budget = scan_budget
+
+    def keeps(self, item: Item) -> bool:
+        try:
+            return truthy(self.predicate.search(item))
+        except JMESPathError:  # e.g. comparing a string with a number on an odd item: that item does not match
+            return False
+
+    def list(self, limit: int, cursor: str | None = None) -> Page:
+        kept: list[Item] = []
+        scanned = 0
+        while True:
+            page, cursor = self.inner.list(limit - len(kept), cursor)
+            scanned += len(page)
+            matching = [item for item in page if self.keeps(item)]
+            if len(matching) < len(page):
+                ITEMS_FILTERED.labels(self.pipeline or "default").inc(len(page) - len(matching))
+            kept.extend(matching)
+            # An empty inner page with a cursor would loop forever here: hand the cursor back instead.
+            if cursor is None or not page or len(kept) >= limit or scanned >= max(self.scan_budget, limit):
+                return kept, cursor
+
+    def get(self, name: str) -> Item | None:
+        item = self.inner.get(name)
+        return item if item is not None and self.keeps(item) else None
+
+    def close(self) -> None:
+        self.inner.close()

@@ -1,0 +1,171 @@
+"""The work-queue worker (the book's ch. 10 worker, as a long-running stream consumer): read a batch of items from
+the stage's input stream, run the stage's worker chain on each, then publish/record the results, retry or
+dead-letter the failures and acknowledge — all in ONE commit per batch."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+
+from services.core import metrics
+from services.core.command import Outcome
+from services.core.embedded import redis_url
+from services.core.item import encode_json
+from services.core.progress import RUNNING
+from services.core.results import finish
+from services.core.settings import Settings
+from services.core.spec import Pipeline, SpecError
+from services.core.stage import Commit, Delivery, StreamConsumer
+
+from .chain import Chain, build_chain
+from .lease import Lease
+
+log = logging.getLogger(__name__)
+
+COMMAND_BATCH_FACTOR = 4  # command batches hold concurrency * 4 items: a crash re-runs little work
+
+
+def run_worker(pipeline: Pipeline, stage: str, settings: Settings, stop: threading.Event) -> None:
+    """Process the stage's items until `stop` is set; the batch in hand is finished and committed first."""
+    if stage not in pipeline.stages:
+        raise SpecError("stage", f"no stage {stage!r} (stages: {', '.join(pipeline.stages)})")
+    work = pipeline.stages[stage].body
+    if work.max_deliveries is not None:
+        settings = settings.model_copy(update={"max_deliveries": work.max_deliveries})
+    chain = build_chain(work, stage)  # unknown workers fail here, before anything is read
+    with redis_url(settings.redis_url, settings.data_dir / "redis") as url:
+        client = redis.Redis.from_url(url)
+        try:
+            _Worker(pipeline, stage, settings, chain, client).loop(stop)
+        finally:
+            client.close()
+
+
+class _Worker:
+    def __init__(self, pipeline: Pipeline, stage: str, settings: Settings, chain: Chain, client: redis.Redis) -> None:
+        work = pipeline.stages[stage].body
+        self.stage, self.settings, self.chain, self.client = stage, settings, chain, client
+        self.concurrency = work.concurrency
+        self.output = stage if pipeline.readers(stage) else None  # None: a sink records results instead
+        self.out_root = settings.out_dir / stage
+        self.count = settings.batch_size
+        if chain.has_commands:
+            self.count = min(self.count, work.concurrency * COMMAND_BATCH_FACTOR)
+        # One consumer name per run: two workers in one process must not share a pending list.
+        name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.consumer = StreamConsumer(client, settings, stage=stage, input_stream=work.input, consumer=name)
+        labels = {"pipeline": settings.pipeline, "stage": stage}
+        self.m_time = metrics.PROCESSING.labels(**labels)
+        self.m_workers = metrics.WORKERS.labels(**labels)
+        self.done = self.failed = 0
+
+    def loop(self, stop: threading.Event) -> None:
+        c = self.consumer
+        log.info("worker started", extra={
+            "event": "worker.start", "stage": self.stage, "consumer": c.consumer, "input": c.stream_key,
+            "adapters": self.chain.names, "concurrency": self.concurrency, "batch": self.count})
+        lease = Lease(self.client, c.stream_key, c.group, c.consumer, self.settings.visibility_timeout_ms)
+        self.m_workers.inc()
+        try:
+            with self._pool() as pool:
+                while not stop.is_set():
+                    batch = c.read(self.count)
+                    if batch:
+                        self.process(batch, pool, lease)
+                    else:
+                        c.maybe_trim()  # idle: trim what the last batches acknowledged (rate-limited in core)
+            self._leave()
+        except Exception as exc:
+            # Redis gone, or a CommitError: the uncommitted batch stays pending and is reclaimed after the
+            # visibility timeout; the process exits so that its supervisor (or Kubernetes) restarts it.
+            log.error("worker crashed", exc_info=True, extra={"event": "worker.crash", "stage": self.stage,
+                                                              "consumer": c.consumer, "error": str(exc)})
+            raise
+        finally:
+            lease.close()
+            self.m_workers.dec()
+            log.info("worker stopped", extra={"event": "worker.stop", "stage": self.stage, "consumer": c.consumer,
+                                             "done": self.done, "failed": self.failed})
+
+    @contextmanager
+    def _pool(self) -> Iterator[ThreadPoolExecutor | None]:
+        """Threads only for commands (they wait on child processes); functions run in a plain loop, no overhead."""
+        if not self.chain.has_commands or self.concurrency == 1:
+            yield None
+            return
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"worker-{self.stage}") as pool:
+            yield pool
+
+    def process(self, batch: list[Delivery], pool: ThreadPoolExecutor | None, lease: Lease) -> None:
+        commit = Commit()
+        items: list[Delivery] = []
+        for d in batch:
+            if d.item is None:
+                commit.dead_letter(d, d.malformed or "malformed item")
+            else:
+                items.append(d)
+        c = self.consumer
+        c.progress.mark([d.item.id for d in items if d.item is not None], RUNNING)
+        lease.hold([d.entry_id for d in items])
+        try:
+            outcomes = pool.map(self._run, items) if pool is not None else map(self._run, items)
+            for d, outcome in zip(items, outcomes, strict=True):
+                if outcome.ok:
+                    self._finish(commit, d, outcome.result or {})
+                else:
+                    self._failed(commit, d, outcome.reason)
+            c.commit(commit)
+        finally:
+            lease.release()
+
+    def _run(self, delivery: Delivery) -> Outcome:
+        item = delivery.item
+        assert item is not None
+        started = time.perf_counter()
+        outcome = self.chain.run(item, self.out_root / item.dirname)
+        self.m_time.observe(time.perf_counter() - started)
+        return outcome
+
+    def _finish(self, commit: Commit, delivery: Delivery, result: dict[str, Any]) -> None:
+        """Result JSON is encoded here, never later inside the commit, where it would break the whole batch."""
+        try:
+            if self.output is not None:  # a sink's result is encoded by finish itself, before it is recorded
+                encode_json(result)
+            finish(self.consumer, commit, delivery, result, output=self.output)
+        except (TypeError, ValueError) as exc:
+            self._failed(commit, delivery, f"result is not JSON: {exc}")
+            return
+        self.done += 1
+
+    def _failed(self, commit: Commit, delivery: Delivery, reason: str) -> None:
+        commit.fail(delivery, reason)
+        self.failed += 1
+        item = delivery.item
+        assert item is not None
+        log.warning("item failed", extra={
+            "event": "item.failed", "stage": self.stage, "item": item.id, "delivery": delivery.deliveries,
+            "max_deliveries": self.settings.max_deliveries, "reason": reason[-300:]})
+
+    def _leave(self) -> None:
+        """On a clean stop, drop this consumer from the group (names would pile up with every restart), unless it
+        still holds entries: deleting it would orphan them, so then they stay for another replica to reclaim."""
+        c = self.consumer
+        try:
+            pending = c.client.xpending_range(c.stream_key, c.group, min="-", max="+", count=1,
+                                              consumername=c.consumer)
+            if not pending:
+                c.client.xgroup_delconsumer(c.stream_key, c.group, c.consumer)
+        except redis.RedisError as exc:
+            log.warning("could not leave the consumer group", extra={"event": "worker.leave_failed",
+                                                                      "error": str(exc)})
+
