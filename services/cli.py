@@ -88,7 +88,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
     pipeline = _load(args.pipeline)
     settings = _settings(pipeline)
     run_manager(pipeline, settings, args.source_url, _stop_on_signals(), port=args.port, once=args.once,
-                pipeline_path=Path(args.pipeline))
+                pipeline_path=Path(args.pipeline), host=args.host)
     return 0
 
 
@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("manager", help="role: the work-queue manager")
     p.add_argument("--pipeline", required=True)
     p.add_argument("--source-url", required=True)
+    p.add_argument("--host", default="127.0.0.1", help="address of the status API (0.0.0.0 in a container)")
     p.add_argument("--port", type=int, default=0, help="status API and /metrics (0 = none)")
     p.add_argument("--once", action="store_true", help="list and dispatch once, then exit")
     p.set_defaults(func=cmd_manager)

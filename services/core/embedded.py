@@ -64,16 +64,19 @@ class EmbeddedRedis:
         raise RuntimeError(f"embedded redis-server did not start; see {self.data_dir / 'redis.log'}")
 
     def _wait_ready(self, timeout_s: float = 10.0) -> bool:
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5,
+                             retry=Retry(NoBackoff(), 0))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
+            if self.process is None or self.process.poll() is not None:
                 return False
             try:
-                if client.ping():
-                    return True
-            except redis.ConnectionError:
+                # Whoever answers must be our child: another process may have taken the port first.
+                return int(client.info("server")["process_id"]) == self.process.pid
+            except (redis.ConnectionError, redis.TimeoutError):
                 time.sleep(0.02)
+            except redis.RedisError:  # something else listens there
+                return False
         return False
 
     def stop(self) -> None:

@@ -211,7 +211,9 @@ def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         node = raw
         *parents, last = dotted.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
+            node = node.setdefault(part, {}) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            raise SpecError(".".join(parents), f"not a mapping, cannot set {last!r}")
         node[last] = value
     try:
         pipeline = Pipeline.model_validate(raw)

@@ -1,7 +1,8 @@
 """The stage runtime every role shares: read a batch with a consumer group, do something, then publish the
 outputs and acknowledge the inputs in one MULTI/EXEC, so a crash between the two can neither lose nor
-duplicate a routed message. Entries left pending by a dead consumer are reclaimed after a visibility timeout;
-an entry delivered more than `max_deliveries` times goes to the stage's dead-letter stream with the reason."""
+duplicate a routed message (the keys' types are checked first and the transaction is never re-sent: see
+core.guard). Entries left pending by a dead consumer are reclaimed after a visibility timeout; an entry
+delivered more than `max_deliveries` times goes to the stage's dead-letter stream with the reason."""
 
 from __future__ import annotations
 

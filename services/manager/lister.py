@@ -34,7 +34,10 @@ def list_source(
             response = http.get(url, params=params)
             if response.status_code != 200:
                 raise SourceError(f"GET {response.url} -> {response.status_code}: {response.text[:300]}")
-            body = response.json()
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
             if not isinstance(body, dict) or body.get("kind") != "ItemList" or body.get("apiVersion") != "v1":
                 raise SourceError(f"GET {response.url}: not a v1 ItemList")
             yield list(body.get("items") or [])

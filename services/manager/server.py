@@ -9,8 +9,8 @@ import time
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
-from prometheus_client import make_asgi_app
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from redis import Redis
 
 from services.core.spec import Pipeline
@@ -32,7 +32,10 @@ def build_app(client: Redis, pipeline: Pipeline) -> FastAPI:
         client.ping()
         return {"status": "ok"}
 
-    app.mount("/metrics", make_asgi_app())
+    @app.get("/metrics", response_class=Response)
+    def metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
     return app
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,18 +75,28 @@ def _wait_healthy(url: str, supervisor: Supervisor, timeout_s: float = 30) -> No
 
 
 def _scale_workers(supervisor: Supervisor, pipeline: Pipeline, path: Path, snap: dict[str, Any]) -> None:
-    """Keep replicas between min and max by backlog: the local stand-in for KEDA's stream-lag trigger."""
+    """Keep each stream stage at the replica count the manager asks for (between min and max, by backlog):
+    the local stand-in for KEDA's stream-lag trigger. At least one replica runs, so a batch always finishes."""
     for name, stage in pipeline.stages.items():
-        work = stage.body
-        if stage.kind != "work" or work.executor != "stream":
+        if stage.kind != "work" or stage.body.executor != "stream":
             continue
-        backlog = int(snap["stages"].get(name, {}).get("backlog", 0))
-        want = min(work.replicas.max, max(work.replicas.min, math.ceil(backlog / (work.concurrency * 4)), 1))
-        running = [r for r in supervisor.roles if r.startswith(f"worker-{name}-")]
+        want = max(int(snap["stages"].get(name, {}).get("desired_replicas", 1)), 1)
+        running = sorted(r for r in supervisor.roles if r.startswith(f"worker-{name}-"))
         for i in range(len(running), want):
             supervisor.start(f"worker-{name}-{i}", "worker", "--pipeline", str(path), "--stage", name)
-        for extra in sorted(running)[max(want, work.replicas.min, 1):]:
+        for extra in running[want:]:
             supervisor.stop(extra)
+
+
+def _start_rq_workers(supervisor: Supervisor, pipeline: Pipeline) -> None:
+    """rq stages: rq's own worker runs the jobs the manager enqueues (one per replica)."""
+    for name, stage in pipeline.stages.items():
+        if stage.kind == "work" and stage.body.executor == "rq":
+            for i in range(max(stage.body.replicas.min, 1)):
+                supervisor.start_argv(f"rq-{name}-{i}", [
+                    sys.executable, "-m", "rq.cli", "worker", "--url", supervisor.env["REDIS_URL"],
+                    "--worker-class", "rq.SimpleWorker", "--logging_level", "WARNING",
+                    f"batchmesh-{pipeline.name}-{name}"])
 
 
 def run_pipeline(pipeline: Pipeline, path: Path, out_dir: Path, *, timeout: float = 0,
@@ -95,7 +105,9 @@ def run_pipeline(pipeline: Pipeline, path: Path, out_dir: Path, *, timeout: floa
     out_dir.mkdir(parents=True, exist_ok=True)
     with redis_url(settings.redis_url, settings.data_dir / "redis") as url:
         client = redis.Redis.from_url(url)
-        env = {**os.environ, "REDIS_URL": url, "BATCHMESH_PIPELINE": pipeline.name,
+        bin_dir = str(Path(sys.executable).parent)  # commands like [python, x.py] find this environment first
+        env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]), "REDIS_URL": url,
+               "BATCHMESH_PIPELINE": pipeline.name,
                "BATCHMESH_OUT_DIR": str(out_dir.resolve()), "BATCHMESH_LOG_JSON": "true",
                "BATCHMESH_MAX_DELIVERIES": str(pipeline.defaults.max_deliveries),
                "BATCHMESH_VISIBILITY_TIMEOUT_MS": str(int(pipeline.defaults.visibility_timeout * 1000))}
@@ -105,7 +117,9 @@ def run_pipeline(pipeline: Pipeline, path: Path, out_dir: Path, *, timeout: floa
             port = free_port()
             supervisor.start("source", "source", "--pipeline", str(path), "--port", str(port), *source_args)
             _wait_healthy(f"http://127.0.0.1:{port}/healthz", supervisor)
+            client.delete(Keys(pipeline.name).batch())  # the previous run's "complete" must not end this one
             baseline = status(client, pipeline)["stages"]
+            _start_rq_workers(supervisor, pipeline)
             supervisor.start("manager", "manager", "--pipeline", str(path), "--source-url", f"http://127.0.0.1:{port}")
             code = _watch(client, pipeline, path, supervisor, baseline, timeout, quiet, out_dir)
         finally:

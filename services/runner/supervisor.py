@@ -40,8 +40,11 @@ class Supervisor:
     roles: dict[str, Role] = field(default_factory=dict)
 
     def start(self, name: str, *args: str) -> Role:
+        return self.start_argv(name, [sys.executable, "-m", "services.cli", *args])
+
+    def start_argv(self, name: str, argv: list[str]) -> Role:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        role = Role(name, [sys.executable, "-m", "services.cli", *args], self.log_dir / f"{name}.log")
+        role = Role(name, argv, self.log_dir / f"{name}.log")
         self.roles[name] = role
         self._spawn(role)
         return role
@@ -101,7 +104,7 @@ def _terminate(proc: subprocess.Popen[bytes], grace_s: float) -> None:
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the role's own session: its worker commands go with it
+        os.killpg(proc.pid, signal.SIGKILL)  # the role's own process group (commands it ran have their own)
     except ProcessLookupError:
         pass
     proc.wait()

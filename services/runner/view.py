@@ -26,20 +26,18 @@ class RunView:
         self.progress.stop()
 
     def update(self, status: dict[str, Any], baseline: dict[str, dict[str, int]]) -> None:
-        listed = int(status["batch"].get("listed", 0) or 0)
+        total = int(status["batch"].get("new", 0) or 0)  # dispatched in this batch; done ones are skipped
         for name, task in self.tasks.items():
             now, before = status["stages"].get(name, {}), baseline.get(name, {})
             done = sum(int(now.get(k, 0)) - int(before.get(k, 0)) for k in ("out", "dead"))
             detail = f"failed {int(now.get('failed', 0)) - int(before.get('failed', 0))}  " \
                      f"dead {int(now.get('dead', 0)) - int(before.get('dead', 0))}  backlog {now.get('backlog', 0)}"
-            self.progress.update(task, completed=done, total=max(listed - int(status.get("skipped", 0)), done) or None,
-                                 detail=detail)
+            self.progress.update(task, completed=done, total=max(total, done) or None, detail=detail)
 
     def summary(self, status: dict[str, Any], dead: list[dict[str, Any]], out_dir: str) -> None:
         table = Table(title=f"pipeline {status['pipeline']}", title_justify="left")
         for column in ("state", "items"):
             table.add_column(column, justify="right" if column == "items" else "left")
-        table.add_row("listed", str(status["batch"].get("listed", 0)))
         for state, n in status["counts"].items():
             table.add_row(state, str(n))
         self.console.print(table)

@@ -7,11 +7,24 @@ import uuid
 from collections import Counter
 
 import redis
-from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from services.core import (
-    DEAD, DONE, FAILED, QUEUED, RUNNING, STATES, Keys, Progress, Settings, StreamConsumer, WorkItem,
-    list_dead_letters, replay,
+    DEAD,
+    DONE,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    STATES,
+    Keys,
+    Progress,
+    Settings,
+    StreamConsumer,
+    WorkItem,
+    list_dead_letters,
+    replay,
 )
 from services.core.item import FIELD, TO
 from services.core.stage import Commit, Delivery

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.core import EmbeddedRedis, redis_url
+from services.core import EmbeddedRedis
+from services.core import redis_url as shared_redis_url
 
 
 def _alive(pid: int) -> bool:
@@ -36,20 +37,28 @@ def test_it_starts_on_a_free_loopback_port_and_stops_without_a_trace(tmp_path: P
         redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
 
 
-def test_it_skips_a_port_already_taken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    taken = socket.create_server(("127.0.0.1", 0))
-    ports = iter([taken.getsockname()[1]])
+@pytest.mark.parametrize("taker", ["silent socket", "another redis"])
+def test_it_skips_a_port_already_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str, taker: str
+) -> None:
+    """The port can be taken between probing and binding; whoever answers there must not be mistaken for ours."""
     from services.core import embedded
 
-    real = embedded._free_port
+    listener = socket.create_server(("127.0.0.1", 0)) if taker == "silent socket" else None
+    other = redis.Redis.from_url(redis_url).connection_pool.connection_kwargs["port"]
+    taken = listener.getsockname()[1] if listener else other
+    real, ports = embedded._free_port, iter([int(taken)])
     monkeypatch.setattr(embedded, "_free_port", lambda: next(ports, None) or real())
     server = EmbeddedRedis(tmp_path / "data", persist=False)
     try:
         server.start()
-        assert server.port != taken.getsockname()[1]
+        assert server.port != int(taken)
+        assert server.process is not None
+        assert redis.Redis.from_url(server.url).info("server")["process_id"] == server.process.pid
     finally:
         server.stop()
-        taken.close()
+        if listener:
+            listener.close()
 
 
 def test_data_persists_across_stop_and_start(tmp_path: Path) -> None:
@@ -69,13 +78,13 @@ def test_data_persists_across_stop_and_start(tmp_path: Path) -> None:
 
 def test_redis_url_shares_one_server_per_data_dir_and_stops_it(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    with redis_url(None, data) as url:
-        with redis_url(None, data) as again:
+    with shared_redis_url(None, data) as url:
+        with shared_redis_url(None, data) as again:
             assert again == url, "a second process on the same data dir reuses the running server"
         assert redis.Redis.from_url(url).ping(), "the inner user does not stop the owner's server"
     assert not (data / "redis.url").exists()
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
-    with redis_url("redis://127.0.0.1:1/0", data) as configured:
+    with shared_redis_url("redis://127.0.0.1:1/0", data) as configured:
         assert configured == "redis://127.0.0.1:1/0", "REDIS_URL wins, nothing is started"
         assert not (data / "redis.url").exists()

@@ -67,6 +67,20 @@ def test_an_exec_time_error_commits_nothing(client: redis.Redis, settings: Setti
     assert client.exists(keys.results(), keys.states(), keys.stage_stats("work")) == 0
 
 
+def test_a_progress_key_of_the_wrong_type_commits_nothing(client: redis.Redis, settings: Settings) -> None:
+    """The state change runs as a script inside the transaction; its keys are checked before EXEC too."""
+    keys = Keys(settings.pipeline)
+    c = consumer(client, settings)
+    add(client, settings, "a")
+    (d,) = c.read()
+    client.set(keys.states(), "not a hash")
+    commit = Commit()
+    commit.record(d, b"{}")
+    with pytest.raises(CommitError, match="holds a string"):
+        c.commit(commit)
+    assert pending(client, c) == 1 and client.exists(keys.results(), keys.counts()) == 0
+
+
 def test_an_error_the_check_cannot_see_is_reported_as_partial(
     client: redis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -179,6 +193,7 @@ def test_reclaimed_entries_do_not_starve_new_ones(client: redis.Redis, settings:
 
 
 def test_read_only_reclaims_when_due(client: redis.Redis, settings: Settings) -> None:
+    settings = settings.model_copy(update={"visibility_timeout_ms": 1000})  # due every 0.5 s
     c = consumer(client, settings)
     calls: list[int] = []
     real = c.reclaim

@@ -6,7 +6,8 @@ from __future__ import annotations
 import uuid
 
 import redis
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from services.core.trim import SafeTrim
 

@@ -97,6 +97,9 @@ def test_lister_walks_every_page_and_rejects_non_v1(source_url: str) -> None:
     assert {"name", "version", "uri"} <= set(got[0][0])
     with pytest.raises(SourceError, match="404"):
         list(list_source(source_url + "/nowhere"))
+    html = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200, text="<html>")))
+    with pytest.raises(SourceError, match="not a v1 ItemList"):
+        list(list_source("http://source", client=html))
 
 
 def test_second_pass_dispatches_nothing_and_changed_files_are_work_again(
@@ -195,7 +198,7 @@ def test_manager_picks_up_new_files_serves_status_and_finishes_the_batch(
         assert {"failed", "dead", "lag", "pending", "length"} <= set(work)
         assert json.loads(client.hget(Keys(pipeline.name).results(), "f029.txt")) == {"ok": True}
         wait_for(lambda: f'batchmesh_items{{pipeline="{pipeline.name}",state="done"}} 30.0' in
-                 httpx.get(f"http://127.0.0.1:{port}/metrics/", timeout=5).text)
+                 httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
     finally:
         stop.set()
         thread.join(10)

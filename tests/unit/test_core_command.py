@@ -32,7 +32,8 @@ def test_result_from_stdout_json(tmp_path: Path) -> None:
 
 def test_result_json_wins_over_stdout(tmp_path: Path) -> None:
     outcome = run(tmp_path, "print('progress: 50%')\n"
-                            "open(os.path.join(os.environ['WORK_OUTPUT_DIR'], 'result.json'), 'w').write('{\"f\": 1}')\n")
+                            "out = os.path.join(os.environ['WORK_OUTPUT_DIR'], 'result.json')\n"
+                            "open(out, 'w').write('{\"f\": 1}')\n")
     assert outcome.ok and outcome.result == {"f": 1}
 
 

@@ -104,8 +104,8 @@ def test_two_worker_kinds_in_one_chain_link(tmp_path: Path) -> None:
 
 
 def test_two_stage_kinds(tmp_path: Path) -> None:
-    err = spec_error(tmp_path, {"stages.count.shard": {"input": "tag"}})
-    assert err.path == "stages.count.shard"
+    err = spec_error(tmp_path, {"stages.count.shard": {"input": "tag", "key": "id", "shards": 2}})
+    assert err.path in ("stages.count", "stages.count.shard"), "the stage (or its extra kind) is named"
 
 
 def test_bad_jmespath_filter(tmp_path: Path) -> None:
@@ -129,6 +129,9 @@ def test_not_a_mapping_and_unreadable(tmp_path: Path) -> None:
 def test_overrides_replace_fields(tmp_path: Path) -> None:
     p = load_pipeline(write(tmp_path, VALID), {"source.path": "/elsewhere"})
     assert p.source.path == "/elsewhere"
+    with pytest.raises(SpecError) as raised:
+        load_pipeline(write(tmp_path, VALID), {"source.path.deeper": "x"})
+    assert raised.value.path == "source.path"
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("500ms", 0.5), ("5s", 5), ("2m", 120), ("1h", 3600), (7, 7), ("3", 3)])
