@@ -1,9 +1,12 @@
 """Celery peer: a worker subprocess on a Redis broker, no result backend.
 
 Fastest configuration found on the 2-core bench machine (see DEFAULTS, and the sweep in
-``python -m bench.baselines --celery-sweep``): pool=solo with worker_prefetch_multiplier=64 and
+``python -m bench.baselines --celery-sweep``): pool=solo with worker_prefetch_multiplier=256 and
 ``--without-gossip --without-mingle --without-heartbeat``, log level WARNING, tasks sent with
 ``apply_async`` on one reused producer inside kombu's ``Producer.batch()`` (pipelined LPUSHes).
+Sweep (n=10000, median of 3, other load on the box so +-20%): solo/prefetch 256 ~790/s, solo/4 ~710,
+threads -c2/256 ~750, prefork -c2/256 ~725, prefork -c2/4 ~600; pipelined vs per-call send made no
+consistent difference (the worker, not the sender, is the bottleneck).
 The rest (acks on receipt, json, the Redis transport's unacked bookkeeping) is Celery's default.
 Completion: each task INCRs a counter key; the parent polls it until it equals n.
 """
@@ -24,7 +27,7 @@ from typing import Any
 import redis
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULTS: dict[str, Any] = {"pool": "solo", "concurrency": 1, "prefetch": 64, "batch_send": True}
+DEFAULTS: dict[str, Any] = {"pool": "solo", "concurrency": 1, "prefetch": 256, "batch_send": True}
 SEND_BATCH = 1000  # kombu publish-batch size (Redis commands per pipeline flush)
 
 
@@ -61,11 +64,30 @@ def measure_celery(
 
     tag = uuid.uuid4().hex[:8]
     queue, key = f"bench-celery-{tag}", f"bench-celery-count-{tag}"
-    env = dict(os.environ, BENCH_REDIS_URL=redis_url, BENCH_CELERY_PREFETCH=str(prefetch),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    cmd = [sys.executable, "-m", "celery", "-A", "bench.baselines.celery_app", "worker",
-           f"--pool={pool}", f"--concurrency={concurrency}", "-Q", queue, "-n", f"bench-{tag}@%h",
-           "--loglevel=WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    env = dict(
+        os.environ,
+        BENCH_REDIS_URL=redis_url,
+        BENCH_CELERY_PREFETCH=str(prefetch),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "bench.baselines.celery_app",
+        "worker",
+        f"--pool={pool}",
+        f"--concurrency={concurrency}",
+        "-Q",
+        queue,
+        "-n",
+        f"bench-{tag}@%h",
+        "--loglevel=WARNING",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
     conn = redis.Redis.from_url(redis_url)
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
@@ -82,8 +104,15 @@ def measure_celery(
                 seconds = time.perf_counter() - t0
             done = int(conn.get(key) or 0)
             assert done == n, f"celery ran {done} of {n} tasks"
-            return {"items_per_s": n / seconds, "seconds": seconds, "n": done,
-                    "pool": pool, "concurrency": concurrency, "prefetch": prefetch, "batch_send": batch_send}
+            return {
+                "items_per_s": n / seconds,
+                "seconds": seconds,
+                "n": done,
+                "pool": pool,
+                "concurrency": concurrency,
+                "prefetch": prefetch,
+                "batch_send": batch_send,
+            }
         except BaseException:
             log.seek(0)
             sys.stderr.write(log.read().decode(errors="replace")[-4000:])

@@ -5,9 +5,10 @@ They live here, in core, so every role can use them (the source ambassador's fil
 of field paths, scalar literals, ==/!=, number orderings, !, && and || is *simple*: it also compiles to a small
 program the routers' Lua script evaluates with the same semantics, so such routers run server-side.
 
-Semantics both evaluators share: an expression that fails on an item (e.g. a string compared with a number)
-yields null; truthiness is JMESPath's (false, null, "", [] and {} are false, every number is true); a value
-becomes a route/shard key when it is a string, a boolean ("true"/"false") or an integer below 2**53."""
+Semantics both evaluators share: ordering a string against a number is null (jmespath would raise); any other
+failure on an item (a function given the wrong type) makes the whole expression null; truthiness is JMESPath's
+(false, null, "", [] and {} are false, every number is true); a value becomes a route/shard key when it is a
+string, a boolean ("true"/"false") or an integer below 2**53."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Annotated, Any, ClassVar
 import jmespath
 from jmespath.exceptions import JMESPathError
 from jmespath.functions import Functions
+from jmespath.visitor import TreeInterpreter
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 EXACT = 2**53  # numbers beyond this are not exact in Lua (doubles): they are never keys nor simple literals
@@ -48,6 +50,19 @@ def route_key(value: Any) -> str | None:
     return None
 
 
+class _Interpreter(TreeInterpreter):
+    def visit_comparator(self, node: dict[str, Any], value: Any) -> Any:
+        # jmespath raises TypeError ordering a string against a number; that comparison is null, not the whole
+        # expression (so `!(data.ch < `0`)` is true for a string ch, as in the Lua evaluator).
+        try:
+            return super().visit_comparator(node, value)
+        except TypeError:
+            return None
+
+
+_INTERPRETER = _Interpreter()
+
+
 class Expression:
     """A compiled JMESPath expression; `program` is its Lua form when it is simple, else None."""
 
@@ -66,8 +81,8 @@ class Expression:
 
     def search(self, document: Any) -> Any:
         try:
-            return self.compiled.search(document)
-        except Exception:  # noqa: BLE001 - jmespath raises TypeError/JMESPathError on odd items: that is null
+            return _INTERPRETER.visit(self.compiled.parsed, document)
+        except Exception:  # noqa: BLE001 - e.g. a function given the wrong type on an odd item: that is null
             return None
 
     def __repr__(self) -> str:
@@ -82,12 +97,19 @@ def compile_expression(text: str) -> Expression:
     try:
         compiled = jmespath.compile(text)
     except JMESPathError as exc:
-        raise ValueError(f"bad expression {text!r}: {exc}") from None
+        raise ValueError(f"bad expression {text!r}: {_reason(exc)}") from None
     # jmespath only notices an unknown function when it runs; a typo would then silently match nothing.
     unknown = _functions(compiled.parsed) - _KNOWN_FUNCTIONS
     if unknown:
         raise ValueError(f"bad expression {text!r}: unknown function(s) {', '.join(sorted(unknown))}")
     return Expression(text, compiled, _program(compiled.parsed))
+
+
+def _reason(exc: JMESPathError) -> str:
+    """One line: jmespath's messages end with the expression and a caret on lines of their own."""
+    first = str(exc).splitlines()[0].rstrip(":")
+    position = getattr(exc, "lex_position", None)
+    return f"{first} (at column {position})" if position is not None and "column" not in first else first
 
 
 def compile_predicate(text: str) -> Callable[[Any], bool]:
@@ -114,12 +136,13 @@ def _path(node: dict[str, Any]) -> list[str] | None:
 
 
 def _literal(node: dict[str, Any]) -> tuple[bool, Any]:
-    value = node.get("value") if node["type"] == "literal" else ...
-    if value is None or isinstance(value, bool | str) or (isinstance(value, float) and abs(value) < float("inf")):
-        return True, value
-    if isinstance(value, int) and abs(value) < EXACT:
-        return True, value
-    return False, None
+    """(is a scalar literal Lua represents exactly, its value)."""
+    if node["type"] != "literal":
+        return False, None
+    value = node["value"]
+    exact = value is None or isinstance(value, bool | str) or (isinstance(value, float) and abs(value) < float("inf")) \
+        or (isinstance(value, int) and abs(value) < EXACT)
+    return exact, value if exact else None
 
 
 def _program(node: dict[str, Any]) -> dict[str, Any] | None:
@@ -135,7 +158,7 @@ def _program(node: dict[str, Any]) -> dict[str, Any] | None:
         return {"op": "not", "a": inner} if inner is not None else None
     if kind in ("and_expression", "or_expression"):
         a, b = (_program(c) for c in node["children"])
-        return {"op": kind[:-11], "a": a, "b": b} if a is not None and b is not None else None
+        return {"op": kind.split("_")[0], "a": a, "b": b} if a is not None and b is not None else None
     if kind == "comparator":
         # One side a path, the other a scalar literal (or both literals): never two containers, whose equality
         # Lua cannot decide ([] and {} decode alike). Orderings need a number literal (Lua orders strings by

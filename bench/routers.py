@@ -1,0 +1,216 @@
+"""Router benchmark: messages/s of each router, server-side (Lua) and Python path, against a raw pipelined client
+XADD loop measured in the same run on the same Redis; and the hop latency through one router at a paced rate.
+
+    python -m bench.routers [--n 50000] [--url redis://...] [--rate 10000] [--seconds 5]
+
+Throughput: the input stream is filled first (not timed), then the router is stepped until it has taken every
+entry; msg/s counts input messages (a copier writes two outputs per input). Latency: a producer process stamps
+each item with its send time at a paced rate, a router process routes, and this process reads the router's
+outputs and measures receive time - send time (the first second is warm-up)."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import multiprocessing as mp
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from services.core import EmbeddedRedis, Keys, Settings, WorkItem
+from services.core.spec_routers import CopySpec, FilterSpec, MergeSpec, RouterSpec, ShardSpec, SplitSpec
+from services.router import build_router
+
+CHANNELS = ("sms", "email", "push")
+SPLIT = SplitSpec(input="in", by="data.channel", routes={"sms": "sms", "email": "email"}, default="other")
+ROUTERS: list[tuple[str, RouterSpec]] = [
+    ("copy", CopySpec(input="in", to=["a", "b"])),
+    ("filter", FilterSpec(input="in", where="data.channel == 'sms'")),
+    ("filter (jmespath)", FilterSpec(input="in", where="contains(['sms', 'push'], data.channel)")),
+    ("split", SPLIT),
+    ("shard", ShardSpec(input="in", key="data.user", shards=4)),
+    ("merge", MergeSpec(inputs=["in", "in2"])),
+]
+
+
+def _item(i: int, **extra: Any) -> dict[bytes, bytes]:
+    data = {"channel": CHANNELS[i % 3], "user": f"u{i % 1000}", "promo": i % 2 == 0, **extra}
+    return WorkItem(id=f"user-{i}", data=data).encode()
+
+
+def _fill(client: redis.Redis, streams: list[str], n: int, chunk: int = 1000) -> None:
+    for start in range(0, n, chunk):
+        pipe = client.pipeline(transaction=False)
+        for i in range(start, min(start + chunk, n)):
+            pipe.xadd(streams[i % len(streams)], _item(i))
+        pipe.execute()
+
+
+def raw_xadd(client: redis.Redis, n: int) -> float:
+    """The baseline: the client's own pipelined XADD loop (1000 per round trip), items pre-encoded."""
+    key, items = f"bench:{uuid.uuid4().hex}", [_item(i) for i in range(n)]
+    started = time.perf_counter()
+    for start in range(0, n, 1000):
+        pipe = client.pipeline(transaction=False)
+        for fields in items[start:start + 1000]:
+            pipe.xadd(key, fields)
+        pipe.execute()
+    rate = n / (time.perf_counter() - started)
+    client.delete(key)
+    return rate
+
+
+def router_rate(client: redis.Redis, url: str, spec: RouterSpec, server_side: bool, n: int, batch: int) -> float:
+    settings = Settings(redis_url=url, pipeline=f"b{uuid.uuid4().hex[:8]}", batch_size=batch)
+    keys = Keys(settings.pipeline)
+    router = build_router(client, settings, "r", spec, server_side=server_side)
+    _fill(client, [keys.stream(s) for s in spec.inputs], n)
+    started = time.perf_counter()
+    while router.step(0):
+        pass
+    rate = n / (time.perf_counter() - started)
+    client.delete(*client.keys(f"{keys.prefix}*"))
+    return rate
+
+
+def _route(url: str, pipeline: str, server_side: bool, stop: Any) -> None:
+    client = redis.Redis.from_url(url)
+    router = build_router(client, Settings(redis_url=url, pipeline=pipeline, block_ms=100), "r", SPLIT,
+                          server_side=server_side)
+    while not stop.is_set():
+        router.step(100)
+
+
+def _produce(url: str, key: str, rate: int, seconds: float) -> None:
+    """Send on schedule: every message whose time has come, each stamped when it is sent."""
+    client = redis.Redis.from_url(url)
+    started, sent, total = time.perf_counter(), 0, int(rate * seconds)
+    while sent < total:
+        due = min(total, int((time.perf_counter() - started) * rate) + 1)
+        if due <= sent:
+            time.sleep(max(0.0, started + sent / rate - time.perf_counter()))
+            continue
+        pipe = client.pipeline(transaction=False)
+        for i in range(sent, due):
+            pipe.xadd(key, _item(i, t=time.time()))
+        pipe.execute()
+        sent = due
+
+
+def _receive(client: redis.Redis, outputs: dict[str, Any], total: int, start: float, hops: list[float]) -> int:
+    """Read the router's outputs until `total` arrived; hop times (ms) after the first second go to `hops`."""
+    received = 0
+    while received < total:
+        reply = client.xread(outputs, block=2000)
+        if not reply:
+            break
+        now = time.time()
+        for stream, entries in reply:
+            outputs[stream.decode()] = entries[-1][0]
+            for _, fields in entries:
+                received += 1
+                sent = json.loads(fields[b"item"])["data"]["t"]
+                if sent >= start + 1.0:
+                    hops.append((now - sent) * 1000)
+    return received
+
+
+def latency(url: str, server_side: bool | None, rate: int, seconds: float) -> dict[str, Any]:
+    """server_side None: no router at all, the consumer reads the producer's stream (the floor of this machine)."""
+    client = redis.Redis.from_url(url)
+    pipeline = f"l{uuid.uuid4().hex[:8]}"
+    keys = Keys(pipeline)
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    router = ctx.Process(target=_route, args=(url, pipeline, server_side, stop), daemon=True)
+    if server_side is None:
+        outputs = {keys.stream("in"): "0-0"}
+    else:
+        outputs = {keys.stream(o): "0-0" for o in SPLIT.outputs("r")}
+        router.start()
+        while not client.exists(keys.stream("in")):  # the router made its group: it is up
+            time.sleep(0.01)
+    producer = ctx.Process(target=_produce, args=(url, keys.stream("in"), rate, seconds), daemon=True)
+    start = time.time()
+    producer.start()
+    hops: list[float] = []
+    gc.disable()  # a collection in this (measuring) process would show up as router latency
+    try:
+        received = _receive(client, outputs, int(rate * seconds), start, hops)
+    finally:
+        gc.enable()
+    producer.join(10)
+    stop.set()
+    if server_side is not None:
+        router.join(10)
+    client.delete(*client.keys(f"{keys.prefix}*"))
+    hops.sort()
+    q = statistics.quantiles(hops, n=100) if len(hops) > 1 else [float("nan")] * 99
+    path = {None: "-", True: "lua", False: "python"}[server_side]
+    return {"router": "none (raw hop)" if server_side is None else "split", "path": path, "rate": rate,
+            "received": received, "p50_ms": q[49], "p99_ms": q[98], "max_ms": hops[-1] if hops else float("nan")}
+
+
+def run(redis_url: str, n: int, *, batch: int = 256, rate: int = 10_000, seconds: float = 5.0) -> list[dict]:
+    """One row per measurement. Throughput rows: router, path, msg_s, ratio (vs the raw XADD loop measured just
+    before); latency rows: router, path, rate, p50_ms, p99_ms, max_ms."""
+    client = redis.Redis.from_url(redis_url)
+    rows: list[dict[str, Any]] = []
+    for name, spec in ROUTERS:
+        for server_side in (True, False):
+            if server_side and name.endswith("(jmespath)"):
+                continue  # not simple: Python only
+            raw = raw_xadd(client, n)  # re-measured next to each router: the machine's load drifts
+            rate_ = router_rate(client, redis_url, spec, server_side, n, batch)
+            rows.append({"router": name, "path": "lua" if server_side else "python", "msg_s": rate_,
+                         "raw_xadd_msg_s": raw, "ratio": rate_ / raw})
+    for side in (None, True, False):
+        rows.append(latency(redis_url, side, rate, seconds))
+    return rows
+
+
+def median_rows(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Row by row (the runs have the same rows), the median of every number."""
+    return [{k: statistics.median(r[k] for r in rows) if isinstance(v, float | int) else v
+             for k, v in rows[0].items()} for rows in zip(*runs, strict=True)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=50_000)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--url", default=None, help="Redis to use (default: a fresh embedded redis-server)")
+    ap.add_argument("--rate", type=int, default=10_000)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--repeat", type=int, default=1, help="runs; the table shows the median of each figure")
+    args = ap.parse_args()
+    server = None
+    if args.url is None:
+        server = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="bench-routers-")), persist=False)
+    url = args.url or server.start()  # type: ignore[union-attr]
+    try:
+        info = redis.Redis.from_url(url).info("server")
+        print(f"redis {info['redis_version']} at {url}; n={args.n}, batch={args.batch}, median of {args.repeat}")
+        rows = median_rows([run(url, args.n, batch=args.batch, rate=args.rate, seconds=args.seconds)
+                            for _ in range(args.repeat)])
+    finally:
+        if server is not None:
+            server.stop()
+    print(f"\n{'router':<18} {'path':<7} {'msg/s':>10} {'raw XADD/s':>11} {'ratio':>6}")
+    for r in (r for r in rows if "msg_s" in r):
+        print(f"{r['router']:<18} {r['path']:<7} {r['msg_s']:>10,.0f} {r['raw_xadd_msg_s']:>11,.0f} "
+              f"{r['ratio']:>5.2f}x")
+    print(f"\n{'hop latency':<18} {'path':<7} {'rate/s':>8} {'recv':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}")
+    for r in (r for r in rows if "p99_ms" in r):
+        print(f"{r['router']:<18} {r['path']:<7} {r['rate']:>8,} {r['received']:>7,} {r['p50_ms']:>7.2f} "
+              f"{r['p99_ms']:>7.2f} {r['max_ms']:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()

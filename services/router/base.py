@@ -1,0 +1,277 @@
+"""What every router shares: consume the input stream(s) with the consumer group named after the stage, decide
+each item's outputs, publish them and acknowledge the inputs in one step — a core `Commit` (one MULTI/EXEC) on
+the Python path, one Lua call on the server-side path. A router kind is one small subclass registered by name.
+
+Both paths route an entry's `item` field byte for byte and judge only what they read: an entry whose item is not a
+JSON object with a non-empty string id (at most 1024 characters) and an object `data` is dead-lettered; anything
+else about the item is for the stage that uses it to check."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+from prometheus_client import Counter, Gauge
+from redis import Redis
+from redis.client import Pipeline
+from redis.exceptions import RedisError, ResponseError
+
+from services.core import STATES, Commit, Delivery, Keys, Settings, StreamConsumer
+from services.core import metrics as core_metrics
+from services.core.item import FIELD
+from services.core.spec_routers import Expression, RouterSpec
+
+from .document import Document, document, entry_id_key
+from .scripts import RouteScript
+
+log = logging.getLogger(__name__)
+
+LABELS = core_metrics.LABELS
+ITEMS_FILTERED = Counter("batchmesh_items_filtered", "Items a filter dropped (acknowledged, not published)", LABELS)
+ITEMS_SPILLED = Counter("batchmesh_items_spilled", "Items routed away from their unhealthy home shard",
+                        (*LABELS, "shard"))
+SHARD_HEALTHY = Gauge("batchmesh_shard_healthy", "1 while a shard takes its own items", (*LABELS, "shard"))
+
+DropHook = Callable[[Pipeline, list[str]], None]  # (the commit's transaction, ids of the dropped items)
+
+ROUTERS: dict[str, type[Router]] = {}
+
+
+def register(cls: type[Router]) -> type[Router]:
+    """Class decorator: make a router kind available by its spec kind name (copy, filter, ...)."""
+    ROUTERS[cls.kind] = cls
+    return cls
+
+
+class Router:
+    kind: ClassVar[str]
+    mode: ClassVar[str] = "all"  # what the Lua script does: all | filter | split | shard
+
+    def __init__(
+        self, client: Redis, settings: Settings, stage: str, spec: RouterSpec, *, server_side: bool | None = None,
+        consumer: str | None = None, drop_state: str | None = None, on_drop: DropHook | None = None,
+    ) -> None:
+        if drop_state is not None and drop_state not in STATES:
+            raise ValueError(f"unknown drop state {drop_state!r} (one of {', '.join(STATES)})")
+        self.prepare(spec)  # first: a spec it rejects must not get as far as creating consumer groups
+        self.client, self.settings, self.stage, self.spec = client, settings, stage, spec
+        self.keys = Keys(settings.pipeline)
+        self.outputs: list[str] = spec.outputs(stage)
+        self.output_keys = [self.keys.stream(name) for name in self.outputs]
+        self.consumer_name = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.consumers = [StreamConsumer(client, settings, stage=stage, input_stream=name,
+                                         consumer=self.consumer_name) for name in spec.inputs]
+        self.drop_state, self.on_drop = drop_state, on_drop
+        expr = self.expression()
+        possible = (expr is None or expr.simple) and on_drop is None  # a Python callback needs the Python path
+        if server_side and not possible:
+            why = "it calls back into Python on drops" if on_drop else f"{expr} is not simple"
+            raise ValueError(f"stage {stage!r} cannot run server-side: {why}")
+        self.server_side = possible if server_side is None else server_side
+        self.count = self.batch_count()
+        self._program = expr.program_json if expr is not None else ""
+        self._script = RouteScript(client) if self.server_side else None
+        self._tail = [self.keys.dead_letters(stage), self.keys.stage_stats(stage), self.keys.states(),
+                      self.keys.counts()]
+        self._next_reclaim = 0.0
+        self._round = 0
+        self._spilled = [0] * len(self.outputs)  # per output (shard), during one Python-path batch
+        self.labels = {"pipeline": settings.pipeline, "stage": stage}
+        self.m_filtered = ITEMS_FILTERED.labels(**self.labels)
+
+    # -- what a kind defines -------------------------------------------------------------------------------
+
+    def prepare(self, spec: Any) -> None:
+        """Compile what decisions need from the spec (called early in __init__, before the path is chosen)."""
+
+    def expression(self) -> Expression | None:
+        """The expression decisions depend on (None: they depend on nothing in the item)."""
+        return None
+
+    def decide(self, doc: Document) -> Sequence[int]:
+        """Indexes into `self.outputs` the item goes to; empty = dropped (only a filter drops)."""
+        return range(len(self.outputs))
+
+    def lua_conf(self) -> dict[str, Any]:
+        return {}
+
+    def batch_count(self) -> int:
+        """Entries read per input per step."""
+        return self.settings.batch_size
+
+    def before_step(self) -> None:
+        """Called before every batch (the sharder refreshes its shards' health here, when it is due)."""
+
+    # -- running -------------------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Route until `stop` is set, then leave the consumer group cleanly."""
+        log.info("router started", extra={"event": "router.start", "stage": self.stage, "kind": self.kind,
+                                          "server_side": self.server_side, "inputs": self.spec.inputs,
+                                          "outputs": self.outputs, "consumer": self.consumer_name})
+        workers = core_metrics.WORKERS.labels(**self.labels)
+        workers.inc()
+        try:
+            while not stop.is_set():
+                self.step(self.settings.block_ms)
+            self.leave()
+        finally:
+            workers.dec()
+            log.info("router stopped", extra={"event": "router.stop", "stage": self.stage})
+
+    def step(self, block_ms: int = 0) -> int:
+        """Route one batch (per input); returns how many entries it took. Waits up to `block_ms` when idle."""
+        self.before_step()
+        return self._server_step(block_ms) if self.server_side else self._python_step(block_ms)
+
+    def _python_step(self, block_ms: int) -> int:
+        taken, n = 0, len(self.consumers)
+        start, self._round = self._round % n, self._round + 1
+        for c in self.consumers[start:] + self.consumers[:start]:  # rotate: no input always goes first
+            batch = c.read(self.count, block_ms=block_ms if n == 1 else 0)
+            if batch:
+                self.route_batch(c, batch)
+                taken += len(batch)
+        if not taken:
+            for c in self.consumers:
+                c.maybe_trim()
+            if n > 1 and block_ms:
+                self._wait(dict(zip([c.stream_key for c in self.consumers], self._delivered(), strict=True)),
+                           block_ms)
+        return taken
+
+    def _server_step(self, block_ms: int) -> int:
+        assert self._script is not None
+        taken = self._reclaim_if_due()
+        start, self._round = self._round % len(self.consumers), self._round + 1  # the same rotation as in Python
+        order = self.consumers[start:] + self.consumers[:start]
+        try:
+            r = self._script(inputs=[c.stream_key for c in order], outputs=self.output_keys, tail=self._tail,
+                             group=self.stage, count=self.count, mode=self.mode, program=self._program,
+                             drop_state=self.drop_state or "", conf=self.lua_conf())
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            for c in self.consumers:  # an input was deleted (or its group destroyed) under us: start again
+                c.ensure_group()
+            return taken
+        first = self.consumers[0]  # every consumer of this router has the same metric labels
+        first.m_in.inc(r.read)
+        first.m_out.inc(r.completed)
+        first.m_dead.inc(r.dead)
+        self._account(r.filtered, r.spilled)
+        for c in self.consumers:
+            c.maybe_trim()
+        taken += r.read + r.skipped
+        if block_ms and taken < self.count:  # not a full batch: caught up, so wait for more, from where the
+            # group is now (no second, empty script call first: at a steady trickle that halves the round trips)
+            self._wait(dict(zip([c.stream_key for c in order], r.seen, strict=True)), block_ms)
+        return taken
+
+    def _reclaim_if_due(self) -> int:
+        """Entries a crashed consumer of this stage left pending (the Python path's: a script never leaves any)
+        are reclaimed by core and routed on the Python path, with the same decisions."""
+        now = time.monotonic()
+        if now < self._next_reclaim:
+            return 0
+        self._next_reclaim = now + max(self.settings.visibility_timeout_ms / 2000, 0.05)
+        taken = 0
+        for c in self.consumers:
+            batch = c.reclaim(self.count)
+            if batch:
+                self.route_batch(c, batch)
+                taken += len(batch)
+        return taken
+
+    def route_batch(self, consumer: StreamConsumer, batch: list[Delivery]) -> None:
+        """The Python path: decide every delivery, then publish and acknowledge in one core commit."""
+        commit = Commit()
+        published: list[tuple[str, bytes]] = []
+        dropped: list[str] = []
+        self._spilled = [0] * len(self.outputs)
+        for d in batch:
+            doc, why = document(d)
+            if doc is None:
+                commit.dead_letter(d, f"malformed item: {why}")
+                continue
+            targets = self.decide(doc)
+            if targets:
+                commit.complete(d)
+                published.extend((self.output_keys[t], d.raw) for t in targets)
+            else:
+                commit.acks.append(d.entry_id)
+                dropped.append(doc["id"])
+        spilled = self._spilled
+
+        def publish(pipe: Pipeline) -> None:  # raw bytes: the item is passed on exactly as it came
+            for key, raw in published:
+                pipe.xadd(key, {FIELD: raw})
+            stats = self.keys.stage_stats(self.stage)
+            if dropped:
+                pipe.hincrby(stats, "filtered", len(dropped))
+                if self.drop_state:
+                    consumer.progress.mark(dropped, self.drop_state, pipe=pipe)
+                if self.on_drop:
+                    self.on_drop(pipe, dropped)
+            if sum(spilled):
+                pipe.hincrby(stats, "spilled", sum(spilled))
+
+        commit.also(publish)
+        consumer.commit(commit)
+        self._account(len(dropped), spilled)
+
+    def _account(self, filtered: int, spilled: list[int]) -> None:
+        if filtered:
+            self.m_filtered.inc(filtered)
+        for shard, n in enumerate(spilled):
+            if n:
+                ITEMS_SPILLED.labels(**self.labels, shard=str(shard)).inc(n)
+
+    def _delivered(self) -> list[bytes]:
+        """Each input's last id delivered to this group: anything newer is still to be read."""
+        pipe = self.client.pipeline(transaction=False)
+        for c in self.consumers:
+            pipe.xinfo_groups(c.stream_key)
+        ids = []
+        for groups in pipe.execute():
+            mine = [g for g in groups if g["name"] in (self.stage, self.stage.encode())]
+            ids.append(mine[0]["last-delivered-id"] if mine else b"0-0")
+        return ids
+
+    def caught_up(self) -> bool:
+        """Every entry of every input was delivered to this stage and none is still pending (a step can take
+        nothing while entries remain: core acknowledges entries addressed to other stages without returning them)."""
+        pipe = self.client.pipeline(transaction=False)
+        for c in self.consumers:
+            pipe.xrevrange(c.stream_key, count=1)
+            pipe.xpending(c.stream_key, c.group)
+        replies = pipe.execute()
+        for top, pending, delivered in zip(replies[0::2], replies[1::2], self._delivered(), strict=True):
+            if pending["pending"] or (top and entry_id_key(top[0][0]) > entry_id_key(delivered)):
+                return False
+        return True
+
+    def _wait(self, after: dict[str, bytes], block_ms: int) -> None:
+        """Block until an input has an entry newer than its id in `after` (a wake-up only: XREAD consumes
+        nothing, and an entry added since the ids were taken wakes it at once)."""
+        self.client.xread(after, count=1, block=block_ms)
+
+    def leave(self) -> None:
+        """Drop this consumer from its groups unless it still holds entries (those stay for a replica)."""
+        for c in self.consumers:
+            try:
+                if not c.client.xpending_range(c.stream_key, c.group, min="-", max="+", count=1,
+                                               consumername=c.consumer):
+                    c.client.xgroup_delconsumer(c.stream_key, c.group, c.consumer)
+            except RedisError as exc:
+                log.warning("could not leave the consumer group", extra={
+                    "event": "router.leave_failed", "stage": self.stage, "error": str(exc)})
+
+
+__all__ = ["ROUTERS", "Document", "DropHook", "Router", "document", "register"]

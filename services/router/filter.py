@@ -1,0 +1,31 @@
+"""The filter: only items a JMESPath predicate holds for go on, to <stage> (`filter: {input, where}`).
+
+Dropped items are acknowledged, counted (`batchmesh_items_filtered_total`, stats field `filtered`) and, if the
+wiring asks, moved to a progress state (`drop_state`, in the same transaction/script) or handed to a Python
+callback (`on_drop`, Python path only). The predicate compiler is core's (`compile_predicate`), so the source
+ambassador filters with the same expressions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from services.core.spec_routers import Expression, FilterSpec, compile_expression, truthy
+
+from .base import Document, Router, register
+
+
+@register
+class Filter(Router):
+    kind: ClassVar[str] = "filter"
+    mode: ClassVar[str] = "filter"
+    spec: FilterSpec
+
+    def prepare(self, spec: FilterSpec) -> None:
+        self.where = compile_expression(spec.where)
+
+    def expression(self) -> Expression:
+        return self.where
+
+    def decide(self, doc: Document) -> Sequence[int]:
+        return (0,) if truthy(self.where.search(doc)) else ()

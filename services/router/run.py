@@ -1,0 +1,43 @@
+"""The runnable entry of a router stage: the kind comes from the spec model, the class from the registry."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import redis
+
+from services.core import Settings
+from services.core.embedded import redis_url
+from services.core.spec_routers import RouterSpec
+
+from . import copier, filter, merger, sharder, splitter  # noqa: F401 - importing registers the kinds
+from .base import ROUTERS, DropHook, Router
+
+
+def build_router(client: redis.Redis, settings: Settings, stage: str, spec: RouterSpec, *,
+                 server_side: bool | None = None, drop_state: str | None = None,
+                 on_drop: DropHook | None = None, consumer: str | None = None, **options: Any) -> Router:
+    """A router of the spec's kind; `options` go to that kind (e.g. the sharder's consumer_timeout_ms)."""
+    try:
+        cls = ROUTERS[spec.kind]
+    except (KeyError, AttributeError):
+        raise ValueError(f"no router kind for {type(spec).__name__} (kinds: {', '.join(sorted(ROUTERS))})") from None
+    return cls(client, settings, stage, spec, server_side=server_side, drop_state=drop_state, on_drop=on_drop,
+               consumer=consumer, **options)
+
+
+def run_router(pipeline_name: str, stage: str, spec_model: RouterSpec, settings: Settings, stop: threading.Event,
+               *, server_side: bool | None = None, drop_state: str | None = None,
+               on_drop: DropHook | None = None) -> None:
+    """Route the stage's items until `stop` is set. `server_side`: None = in Lua when the expression is simple,
+    True = in Lua or raise ValueError, False = in Python."""
+    settings = settings.model_copy(update={"pipeline": pipeline_name})
+    with redis_url(settings.redis_url, settings.data_dir / "redis") as url:
+        client = redis.Redis.from_url(url)
+        try:
+            router = build_router(client, settings, stage, spec_model, server_side=server_side,
+                                  drop_state=drop_state, on_drop=on_drop)
+            router.run(stop)
+        finally:
+            client.close()
