@@ -22,7 +22,7 @@ from redis import Redis
 
 # KEYS: inputs (nin), outputs, dead-letter stream, stage stats, progress states, progress counts.
 # ARGV: group, count per input, nin, mode (all|filter|split|shard), program (JSON or ''),
-#       drop state ('' = leave), conf JSON ({"routes", "default"} | {"health", "seed"}).
+#       drop state ('' = leave), conf JSON ({"routes": {value: output}, "default": output} | {"health": "1011"}).
 # Returns {read, completed, filtered, dead, skipped, {spilled per shard}, {the group's last-delivered id per input}}.
 ROUTE_LUA = r"""
 local group, count, nin = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])

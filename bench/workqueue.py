@@ -1,0 +1,94 @@
+"""(a) No-op work queue, items/s: the `stream` executor against RQ's SimpleWorker and Celery on one Redis.
+
+Ours, set up like the peers (one producer in this process, ONE consumer process, the same n items):
+- a `batchmesh worker` subprocess (the CLI entry point the worker containers run: `run_worker`, builtin `noop`,
+  default settings) is started before the clock and warmed up with one item, as the Celery peer warms its worker;
+- the clock starts when this process starts enqueueing, through the manager's real enqueue path: the
+  `Dispatcher` (HMGET diff + dispatch script), page by page, 1000 listed items a page;
+- it stops when the pipeline's progress counts all n items done (a sink: results recorded, state `done`).
+Producer and consumer overlap on the two cores, as the Celery peer's do (RQ's burst worker drains after the
+enqueue by its design). The listed items are the smallest valid ones (a name), like the peers' `noop(i)`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from services.core import Keys, Progress
+from services.manager.diff import Dispatcher
+
+from .common import drop_pipeline, minimal_item, pages, pipeline_name, wait_done
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE = "work"
+SPEC = """apiVersion: batchmesh/v1
+kind: Pipeline
+name: {name}
+source: {{type: directory, path: {source}}}
+stages:
+  {stage}: {{work: {{input: source, worker: noop, executor: stream}}}}
+"""
+
+
+def _start_workers(url: str, spec: Path, tmp: Path, count: int) -> list[subprocess.Popen[bytes]]:
+    env = dict(os.environ, REDIS_URL=url, BATCHMESH_OUT_DIR=str(tmp / "out"), BATCHMESH_DATA_DIR=str(tmp / "data"),
+               BATCHMESH_LOG_JSON="true",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    argv = [sys.executable, "-m", "services.cli", "worker", "--pipeline", str(spec), "--stage", STAGE]
+    return [subprocess.Popen(argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=(tmp / f"worker-{i}.log").open("wb"))
+            for i in range(count)]
+
+
+def _stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()  # SIGTERM: the worker finishes its batch, commits and leaves the group
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def measure_stream(url: str, n: int, workers: int = 1) -> dict[str, Any]:
+    """Time dispatching `n` listed items until `workers` stream-worker processes have done them all."""
+    name = pipeline_name("bwq")
+    client = redis.Redis.from_url(url)
+    keys = Keys(name)
+    dispatcher = Dispatcher(client, keys, Progress(client, keys))
+    with tempfile.TemporaryDirectory(prefix="bench-wq-") as tmpdir:
+        tmp = Path(tmpdir)
+        spec = tmp / "pipeline.yaml"
+        spec.write_text(SPEC.format(name=name, source=tmp, stage=STAGE))
+        client.xgroup_create(keys.stream("source"), STAGE, id="0", mkstream=True)  # as Manager.ensure_groups
+        procs = _start_workers(url, spec, tmp, workers)
+        try:
+            alive = lambda: all(p.poll() is None for p in procs)  # noqa: E731
+            dispatcher.dispatch([{"name": "warm-up"}])
+            wait_done(client, name, 1, timeout=60, alive=alive)  # the workers are up and consuming
+            started = time.perf_counter()
+            for page in pages(n, minimal_item):
+                dispatcher.dispatch(page)
+            enqueued = time.perf_counter() - started
+            wait_done(client, name, n + 1, timeout=60 + n / 500, alive=alive)
+            seconds = time.perf_counter() - started
+            counts = Progress(client, keys).counts()
+        except BaseException:
+            for log in sorted(tmp.glob("worker-*.log")):
+                sys.stderr.write(log.read_text(errors="replace")[-3000:])
+            raise
+        finally:
+            _stop_workers(procs)
+            drop_pipeline(client, name)
+            client.close()
+    assert counts["done"] == n + 1 and not counts["dead"] and not counts["failed"], counts
+    return {"items_per_s": n / seconds, "seconds": seconds, "enqueue_seconds": enqueued, "n": n, "workers": workers}
