@@ -105,6 +105,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_router(args: argparse.Namespace) -> int:
+    from services.core.metrics import serve_metrics
+    from services.core.progress import DONE
+    from services.router import run_router
+
+    pipeline = _load(args.pipeline)
+    routers = pipeline.router_stages()
+    if args.stage not in routers:
+        raise SpecError("--stage", f"no router stage {args.stage!r} in {args.pipeline} (routers: {', '.join(routers)})")
+    settings = _settings(pipeline)
+    serve_metrics(args.metrics_port or settings.metrics_port)
+    # An item a filter drops is finished: it counts as done, so the batch can complete.
+    run_router(pipeline.name, args.stage, routers[args.stage], settings, _stop_on_signals(), drop_state=DONE)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="batchmesh", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="status API and /metrics (0 = none)")
     p.add_argument("--once", action="store_true", help="list and dispatch once, then exit")
     p.set_defaults(func=cmd_manager)
+
+    p = sub.add_parser("router", help="role: a router stage (copy, filter, split, shard, merge)")
+    p.add_argument("--pipeline", required=True)
+    p.add_argument("--stage", required=True)
+    p.add_argument("--metrics-port", type=int, default=0)
+    p.set_defaults(func=cmd_router)
 
     p = sub.add_parser("worker", help="role: a worker replica of one stage")
     p.add_argument("--pipeline", required=True)

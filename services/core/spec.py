@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .spec_routers import ROUTER_SPECS, CopySpec, FilterSpec, MergeSpec, ShardSpec, SplitSpec
+
 SOURCE = "source"
 _NAME = r"^[a-z0-9]([a-z0-9-]{0,48}[a-z0-9])?$"  # a Kubernetes-safe name: it becomes Deployment names too
 
@@ -126,23 +128,41 @@ class WorkSpec(Strict):
         return [self.input]
 
 
+KINDS = ("work", *ROUTER_SPECS)
+
+
 class StageSpec(Strict):
+    """Exactly one kind: `work` (workers run items) or a router (copy, filter, split, shard, merge)."""
+
     work: WorkSpec | None = None
+    copy_: CopySpec | None = Field(default=None, alias="copy")
+    filter: FilterSpec | None = None
+    split: SplitSpec | None = None
+    shard: ShardSpec | None = None
+    merge: MergeSpec | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> StageSpec:
-        if sum(v is not None for v in (self.work,)) != 1:
-            raise ValueError("a stage names exactly one kind, e.g. 'work'")
+        given = [kind for kind in KINDS if self._get(kind) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a stage names exactly one kind of {', '.join(KINDS)}; got {given or 'none'}")
         return self
+
+    def _get(self, kind: str) -> Any:
+        return getattr(self, "copy_" if kind == "copy" else kind)
 
     @property
     def kind(self) -> str:
-        return "work"
+        return next(kind for kind in KINDS if self._get(kind) is not None)
 
     @property
-    def body(self) -> WorkSpec:
-        assert self.work is not None
-        return self.work
+    def body(self) -> Any:
+        """The kind's own spec: a WorkSpec or one of the router specs."""
+        return self._get(self.kind)
+
+    def outputs(self, name: str) -> list[str]:
+        """Streams this stage writes: a work stage its own name; routers as their kind names them."""
+        return [name] if self.kind == "work" else self.body.outputs(name)
 
 
 class Defaults(Strict):
@@ -173,14 +193,33 @@ class Pipeline(Strict):
         return [name for name, st in self.stages.items() if stream in st.body.inputs]
 
     def sinks(self) -> list[str]:
-        return [name for name in self.stages if not self.readers(name)]
+        """Work stages nobody reads from: they record results and mark items done."""
+        return [name for name, st in self.stages.items() if st.kind == "work" and not self.readers(name)]
+
+    def work_stages(self) -> dict[str, WorkSpec]:
+        return {name: st.body for name, st in self.stages.items() if st.kind == "work"}
+
+    def router_stages(self) -> dict[str, Any]:
+        return {name: st.body for name, st in self.stages.items() if st.kind != "work"}
+
+    def producers(self) -> dict[str, str]:
+        """Stream name -> the stage writing it."""
+        return {out: name for name, st in self.stages.items() for out in st.outputs(name)}
 
     def check_graph(self) -> None:
-        """Every input is a stream someone writes; the graph has no cycle."""
+        """Every input is a stream someone writes, every router output is read, the graph has no cycle."""
+        producers = self.producers()
         for name, stage in self.stages.items():
+            field = "inputs" if stage.kind == "merge" else "input"
             for stream in stage.body.inputs:
-                if stream != SOURCE and stream not in self.stages:
-                    raise SpecError(f"stages.{name}.{stage.kind}.input", f"unknown stream {stream!r}")
+                if stream != SOURCE and stream not in producers:
+                    known = ", ".join(sorted([SOURCE, *producers]))
+                    raise SpecError(f"stages.{name}.{stage.kind}.{field}",
+                                    f"unknown stream {stream!r} (streams: {known})")
+            if stage.kind != "work":
+                for stream in stage.outputs(name):
+                    if not self.readers(stream):
+                        raise SpecError(f"stages.{name}.{stage.kind}", f"output {stream!r} is read by no stage")
         state: dict[str, int] = {}
 
         def visit(node: str, trail: list[str]) -> None:
@@ -188,11 +227,12 @@ class Pipeline(Strict):
                 where = trail[-1]
                 raise SpecError(f"stages.{where}.{self.stages[where].kind}.input",
                                 "cycle: " + " -> ".join([*trail, node]))
-            if state.get(node) == 2 or node == SOURCE:
+            if state.get(node) == 2:
                 return
             state[node] = 1
-            for upstream in self.stages[node].body.inputs:
-                visit(upstream, [*trail, node])
+            for stream in self.stages[node].body.inputs:
+                if stream != SOURCE:
+                    visit(producers[stream], [*trail, node])
             state[node] = 2
 
         for name in self.stages:

@@ -50,11 +50,12 @@ class Manager:
         """Every stage's group exists before anything is dispatched: safe trimming counts only existing groups,
         and a group made later would start after entries already trimmed away."""
         for name, stage in self.pipeline.stages.items():
-            try:
-                self.client.xgroup_create(self.keys.stream(stage.body.input), name, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            for stream in stage.body.inputs:
+                try:
+                    self.client.xgroup_create(self.keys.stream(stream), name, id="0", mkstream=True)
+                except ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
 
     def open_batch(self) -> None:
         pipe = self.client.pipeline(transaction=True)
@@ -90,10 +91,10 @@ class Manager:
 
     def start_executors(self) -> dict[str, Executor]:
         executors: dict[str, Executor] = {}
-        for name, stage in self.pipeline.stages.items():
+        for name, work in self.pipeline.work_stages().items():  # routers run as their own role
             ctx = StageContext(self.client, self.pipeline, name, stage_settings(self.pipeline, name, self.settings),
                                self.pipeline_path)
-            executors[name] = executor_class(stage.body.executor)(ctx)
+            executors[name] = executor_class(work.executor)(ctx)
         for executor in executors.values():
             executor.start()
         return executors

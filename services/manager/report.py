@@ -61,36 +61,46 @@ def _batch(raw: dict[bytes, bytes]) -> dict[str, Any]:
 
 
 def status(client: Redis, pipeline: Pipeline) -> dict[str, Any]:
-    """Batch manifest, item counts per state, and per stage: out/failed/dead, backlog (lag + pending), and what
-    its executor reports (desired replicas for stream stages, jobs waiting in rq for rq stages). Two round trips."""
+    """Batch manifest, item counts per state, and per stage: out/failed/dead (routers: filtered/spilled too),
+    backlog (lag + pending over its inputs), and what its executor reports (desired replicas for stream stages,
+    jobs waiting in rq for rq stages). Two round trips."""
     keys = Keys(pipeline.name)
     stages = list(pipeline.stages.items())
+    work = pipeline.work_stages()
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.batch())
     pipe.hgetall(keys.counts())
     for name, _ in stages:
         pipe.hgetall(keys.stage_stats(name))
-    rq_stages = [name for name, st in stages if st.body.executor == "rq"]
+    rq_stages = [name for name, spec in work.items() if spec.executor == "rq"]
     for name in rq_stages:
         pipe.llen(f"rq:queue:{rq_queue_name(pipeline.name, name)}")
     replies = pipe.execute()
+    reads = [(name, stream) for name, st in stages for stream in st.body.inputs]  # one (group, stream) per input
     backlog = client.register_script(_BACKLOG)(
-        keys=[keys.stream(st.body.input) for _, st in stages], args=[*(name for name, _ in stages), LAG_CAP])
+        keys=[keys.stream(stream) for _, stream in reads], args=[*(name for name, _ in reads), LAG_CAP])
+    per_stage: dict[str, list[int]] = {name: [0, 0, 0] for name, _ in stages}
+    for (name, _), figures in zip(reads, backlog, strict=True):
+        per_stage[name] = [a + int(b) for a, b in zip(per_stage[name], figures, strict=True)]
     batch = _batch(replies[0])
     counts = {state: 0 for state in STATES}
     counts.update({k: int(v) for k, v in _decode(replies[1]).items()})
     rq_waiting = dict(zip(rq_stages, replies[2 + len(stages):], strict=True))
     out: dict[str, Any] = {}
-    for (name, stage), raw, (length, pending, lag) in zip(stages, replies[2:2 + len(stages)], backlog, strict=True):
-        work = stage.body
+    for (name, stage), raw in zip(stages, replies[2:2 + len(stages)], strict=True):
+        length, pending, lag = per_stage[name]
         stats = {k: int(v) for k, v in _decode(raw).items()}
         entry: dict[str, Any] = {
-            "executor": work.executor, "input": work.input,
+            "kind": stage.kind, "inputs": stage.body.inputs,
             **{k: stats.get(k, 0) for k in ("out", "failed", "dead")},
-            "backlog": int(lag) + int(pending), "lag": int(lag), "pending": int(pending), "length": int(length),
+            "backlog": lag + pending, "lag": lag, "pending": pending, "length": length,
         }
-        if work.executor == "stream":
-            entry["desired_replicas"] = desired_replicas(work, entry["backlog"])
+        if stage.kind == "work":
+            entry["executor"] = stage.body.executor
+            if stage.body.executor == "stream":
+                entry["desired_replicas"] = desired_replicas(stage.body, entry["backlog"])
+        else:
+            entry.update({k: stats[k] for k in ("filtered", "spilled") if k in stats})
         if name in rq_waiting:
             entry["rq_queued"] = int(rq_waiting[name])
         out[name] = entry
@@ -104,10 +114,9 @@ def status(client: Redis, pipeline: Pipeline) -> dict[str, Any]:
 
 
 def batch_done(client: Redis, pipeline: Pipeline) -> bool:
-    """The first full listing was dispatched and no item is queued, running or waiting for a retry."""
-    keys = Keys(pipeline.name)
-    pipe = client.pipeline(transaction=False)
-    pipe.hget(keys.batch(), "complete")
-    pipe.hmget(keys.counts(), [QUEUED, RUNNING, FAILED])
-    complete, busy = pipe.execute()
-    return complete == b"1" and not any(int(n or 0) for n in busy)
+    """The first full listing was dispatched, no item is queued, running or waiting for a retry, and no stage
+    has anything in flight (an item copied to two branches is done at its first sink, not yet at the other)."""
+    snapshot = status(client, pipeline)
+    counts = snapshot["counts"]
+    return (snapshot["batch"]["complete"] and not any(counts[s] for s in (QUEUED, RUNNING, FAILED))
+            and not any(stage["backlog"] for stage in snapshot["stages"].values()))

@@ -77,8 +77,8 @@ def _wait_healthy(url: str, supervisor: Supervisor, timeout_s: float = 30) -> No
 def _scale_workers(supervisor: Supervisor, pipeline: Pipeline, path: Path, snap: dict[str, Any]) -> None:
     """Keep each stream stage at the replica count the manager asks for (between min and max, by backlog):
     the local stand-in for KEDA's stream-lag trigger. At least one replica runs, so a batch always finishes."""
-    for name, stage in pipeline.stages.items():
-        if stage.kind != "work" or stage.body.executor != "stream":
+    for name, work in pipeline.work_stages().items():
+        if work.executor != "stream":
             continue
         want = max(int(snap["stages"].get(name, {}).get("desired_replicas", 1)), 1)
         running = sorted(r for r in supervisor.roles if r.startswith(f"worker-{name}-"))
@@ -90,9 +90,9 @@ def _scale_workers(supervisor: Supervisor, pipeline: Pipeline, path: Path, snap:
 
 def _start_rq_workers(supervisor: Supervisor, pipeline: Pipeline) -> None:
     """rq stages: rq's own worker runs the jobs the manager enqueues (one per replica)."""
-    for name, stage in pipeline.stages.items():
-        if stage.kind == "work" and stage.body.executor == "rq":
-            for i in range(max(stage.body.replicas.min, 1)):
+    for name, work in pipeline.work_stages().items():
+        if work.executor == "rq":
+            for i in range(max(work.replicas.min, 1)):
                 supervisor.start_argv(f"rq-{name}-{i}", [
                     sys.executable, "-m", "rq.cli", "worker", "--url", supervisor.env["REDIS_URL"],
                     "--worker-class", "rq.SimpleWorker", "--logging_level", "WARNING",
@@ -120,6 +120,8 @@ def run_pipeline(pipeline: Pipeline, path: Path, out_dir: Path, *, timeout: floa
             client.delete(Keys(pipeline.name).batch())  # the previous run's "complete" must not end this one
             baseline = status(client, pipeline)["stages"]
             _start_rq_workers(supervisor, pipeline)
+            for name in pipeline.router_stages():
+                supervisor.start(f"router-{name}", "router", "--pipeline", str(path), "--stage", name)
             supervisor.start("manager", "manager", "--pipeline", str(path), "--source-url", f"http://127.0.0.1:{port}")
             code = _watch(client, pipeline, path, supervisor, baseline, timeout, quiet, out_dir)
         finally:
