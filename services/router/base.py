@@ -24,8 +24,9 @@ from redis.exceptions import RedisError, ResponseError
 
 from services.core import STATES, Commit, Delivery, Keys, Settings, StreamConsumer
 from services.core import metrics as core_metrics
+from services.core.expressions import Expression
 from services.core.item import FIELD
-from services.core.spec_routers import Expression, RouterSpec
+from services.core.spec_routers import RouterSpec
 
 from .document import Document, document, entry_id_key
 from .scripts import RouteScript

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from services.core.spec_routers import Expression, FilterSpec, compile_expression, truthy
+from services.core.expressions import Expression, compile_expression, truthy
+from services.core.spec_routers import FilterSpec
 
 from .base import Document, Router, register
 

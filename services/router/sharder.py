@@ -15,7 +15,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from services.core.spec_routers import Expression, ShardSpec, compile_expression, route_key
+from services.core.expressions import Expression, compile_expression, route_key
+from services.core.spec_routers import ShardSpec
 
 from .base import SHARD_HEALTHY, Document, Router, register
 from .health import ShardHealth

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from services.core.spec_routers import Expression, SplitSpec, compile_expression, route_key
+from services.core.expressions import Expression, compile_expression, route_key
+from services.core.spec_routers import SplitSpec
 
 from .base import Document, Router, register
 

@@ -5,12 +5,9 @@ JMESPath, not eval: a predicate from a pipeline spec can read an item, never run
 
 from __future__ import annotations
 
-from typing import Any
-
-import jmespath
-from jmespath.exceptions import JMESPathError
-from jmespath.functions import Functions
 from prometheus_client import Counter
+
+from services.core.expressions import Expression, compile_expression, truthy
 
 from .backends.base import Item, Page, SourceBackend
 
@@ -19,40 +16,14 @@ ITEMS_FILTERED = Counter(
 )
 
 
-def compile_predicate(expression: str) -> Any:
-    """Compile once; ValueError (with the parser's message) for an expression that does not parse."""
+def compile_predicate(expression: str) -> Expression:
+    """Compile once; ValueError naming what is wrong for an expression that does not parse or is empty."""
     if not isinstance(expression, str) or not expression.strip():
         raise ValueError("bad filter expression: empty (expected a JMESPath expression such as \"size > `0`\")")
     try:
-        compiled = jmespath.compile(expression)
-    except JMESPathError as exc:
-        raise ValueError(f"bad filter expression {expression!r}: {exc}") from None
-    # jmespath only notices an unknown function when it runs; a typo would then silently match nothing.
-    unknown = _functions(compiled.parsed) - set(_KNOWN_FUNCTIONS)
-    if unknown:
-        raise ValueError(f"bad filter expression {expression!r}: unknown function(s) {', '.join(sorted(unknown))}")
-    return compiled
-
-
-_KNOWN_FUNCTIONS = Functions().FUNCTION_TABLE
-
-
-def _functions(node: Any) -> set[str]:
-    if not isinstance(node, dict):
-        return set()
-    found = {node["value"]} if node.get("type") == "function_expression" else set()
-    for child in node.get("children", ()):
-        found |= _functions(child)
-    return found
-
-
-def truthy(value: Any) -> bool:
-    """JMESPath truthiness: false, null and empty string/array/object are false; every number (0 too) is true."""
-    if value is None or value is False:
-        return False
-    if isinstance(value, str | list | dict):
-        return bool(value)
-    return True
+        return compile_expression(expression)
+    except ValueError as exc:
+        raise ValueError(f"bad filter expression: {exc}") from None
 
 
 class FilteredBackend(SourceBackend):
@@ -74,10 +45,7 @@ class FilteredBackend(SourceBackend):
         self.scan_budget = scan_budget
 
     def keeps(self, item: Item) -> bool:
-        try:
-            return truthy(self.predicate.search(item))
-        except JMESPathError:  # e.g. comparing a string with a number on an odd item: that item does not match
-            return False
+        return truthy(self.predicate.search(item))  # an expression failing on an odd item is null: no match
 
     def list(self, limit: int, cursor: str | None = None) -> Page:
         kept: list[Item] = []

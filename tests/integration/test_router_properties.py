@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from jmespath.visitor import TreeInterpreter
 
 from services.core import Keys, Settings
+from services.core.expressions import compile_expression, route_key, truthy
 from services.core.spec_routers import (
     CopySpec,
     FilterSpec,
@@ -26,9 +27,6 @@ from services.core.spec_routers import (
     RouterSpec,
     ShardSpec,
     SplitSpec,
-    compile_expression,
-    route_key,
-    truthy,
 )
 from services.router import Router, build_router, shard_hash
 

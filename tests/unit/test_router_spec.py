@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from services.core.expressions import compile_expression, compile_predicate, route_key, truthy
 from services.core.spec_routers import (
     ROUTER_SPECS,
     CopySpec,
@@ -14,10 +15,6 @@ from services.core.spec_routers import (
     MergeSpec,
     ShardSpec,
     SplitSpec,
-    compile_expression,
-    compile_predicate,
-    route_key,
-    truthy,
 )
 from services.router import shard_hash, shard_of
 
