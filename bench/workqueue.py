@@ -28,6 +28,7 @@ from .common import drop_pipeline, minimal_item, pages, pipeline_name, wait_done
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE = "work"
+MIN_ITEM_S = 0.00001  # a lower bound of our time per item: the end is polled for less often while far away
 SPEC = """apiVersion: batchmesh/v1
 kind: Pipeline
 name: {name}
@@ -42,9 +43,12 @@ def _start_workers(url: str, spec: Path, tmp: Path, count: int) -> list[subproce
                BATCHMESH_LOG_JSON="true",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     argv = [sys.executable, "-m", "services.cli", "worker", "--pipeline", str(spec), "--stage", STAGE]
-    return [subprocess.Popen(argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=(tmp / f"worker-{i}.log").open("wb"))
-            for i in range(count)]
+    procs = []
+    for i in range(count):
+        with (tmp / f"worker-{i}.log").open("wb") as log:  # the child keeps its own copy of the descriptor
+            procs.append(subprocess.Popen(argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=log))
+    return procs
 
 
 def _stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -79,7 +83,7 @@ def measure_stream(url: str, n: int, workers: int = 1) -> dict[str, Any]:
             for page in pages(n, minimal_item):
                 dispatcher.dispatch(page)
             enqueued = time.perf_counter() - started
-            wait_done(client, name, n + 1, timeout=60 + n / 500, alive=alive)
+            wait_done(client, name, n + 1, timeout=60 + n / 500, item_s=MIN_ITEM_S, alive=alive)
             seconds = time.perf_counter() - started
             counts = Progress(client, keys).counts()
         except BaseException:

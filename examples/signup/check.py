@@ -120,7 +120,8 @@ def check(record_dir: str | Path, signups: Iterable[dict[str, Any]], allow_resen
 
 
 def summary(record_dir: str | Path, signups: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts for the report: expected vs delivered (distinct) per kind and channel, and resends."""
+    """Counts for the report: expected vs delivered (distinct) per kind and channel, resends, and how many user
+    ids in the recordings are not in the input (delivered counts include their messages)."""
     t = tally(Path(record_dir))
     delivered: Counter[str] = Counter()
     for (_, kind, channel), mids in t.sent.items():
@@ -128,8 +129,10 @@ def summary(record_dir: str | Path, signups: list[dict[str, Any]]) -> dict[str, 
     sms = sum(s.get("channel") == "sms" for s in signups)
     expected = {"verification/email": len(signups), "welcome/email": len(signups) - sms, "welcome/sms": sms,
                 "promo/email": sum(s.get("promo") is True for s in signups)}
+    known = {str(s["id"]) for s in signups}
     return {"users": len(signups), "expected": expected, "delivered": {k: delivered[k] for k in expected},
-            "resends": sum(n - 1 for n in t.received.values())}
+            "resends": sum(n - 1 for n in t.received.values()),
+            "unknown_users": len({user for user, _, _ in t.sent if user not in known})}
 
 
 def load_signups(path: Path) -> list[dict[str, Any]]:
@@ -153,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         got = report["delivered"][key]
         print(f"  {key:<20} {got:>6} delivered / {want:>6} expected{'' if got == want else '   <-- mismatch'}")
     violations = check(args.record, signups, allow_resends=args.allow_resends)
+    if report["unknown_users"]:
+        print(f"  messages for {report['unknown_users']} user id(s) not in the input (labelled with another id?)")
     for line in violations[:SHOW]:
         print(f"  VIOLATION {line}")
     if len(violations) > SHOW:

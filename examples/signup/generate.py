@@ -5,6 +5,9 @@
 Every address is fake on purpose: emails are under `example.test` (a TLD reserved by RFC 2606, so no mail can ever
 leave for a real person) and phone numbers come from ranges reserved for fiction (Ofcom's drama numbers
 +44 7700 900xxx, and North America's 555-01xx). The same seed always writes the same bytes.
+
+The person's name is `full_name`, not `name`: the JSONL source names an item by its `name` field before `id`, and
+the item's name is its identity in the pipeline (people's names are neither unique nor safe ids).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def signups(count: int, seed: int = 0) -> list[dict[str, Any]]:
         first, last = rng.choice(FIRST), rng.choice(LAST)
         out.append({
             "id": f"u{n:0{width}d}",
-            "name": f"{first} {last}",
+            "full_name": f"{first} {last}",
             # the number keeps addresses unique even when two users share a name
             "email": f"{ascii_slug(first)}.{ascii_slug(last)}.{n}@example.test",
             "phone": fake_phone(rng),

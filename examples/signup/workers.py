@@ -1,5 +1,7 @@
 """The sign-up flow's workers, registered in-process: send-verification, send-welcome-email, send-welcome-sms and
-send-promo. Each gets the item document {"id", "name", "data": <sign-up>, ...} and sends one real message.
+send-promo. Each gets the item document {"id", "name", "data": <sign-up>, ...} and sends one real message; the
+user is `data.id` (the sign-up's own id, which the JSONL source also uses as the item id), greeted by
+`data.full_name`.
 
 Settings come from the environment, read on every call (the runtime's environment, or a test's):
 SIGNUP_SMTP_HOST (127.0.0.1), SIGNUP_SMTP_PORT (8025), SIGNUP_WEBHOOK_URL (http://127.0.0.1:8026/sms) and
@@ -102,17 +104,27 @@ def _mark_sent(output_dir: Path, purpose: str, item: dict[str, Any], result: dic
     tmp.replace(_ledger(output_dir, purpose))  # atomic: a crash leaves the old state or the new, never half
 
 
+def user_id_of(item: dict[str, Any]) -> str:
+    """The sign-up's id labels every message; the item id only if the sign-up has none."""
+    value = item["data"].get("id")
+    return value if isinstance(value, str) and value else str(item["id"])
+
+
+def greeting_name(data: dict[str, Any]) -> str:
+    return str(data.get("full_name") or "there")
+
+
 def send_mail(item: dict[str, Any], output_dir: Path, *, kind: str, purpose: str, subject: str, text: str,
               extra_headers: dict[str, str] | None = None) -> dict[str, Any]:
     """Send one e-mail over SMTP unless this item's `purpose` was already sent; the result dict either way."""
-    data, user_id = item["data"], item["id"]
+    data, user_id = item["data"], user_id_of(item)
     to, mid = _email(data), message_id(purpose, user_id)
     if (done := _already_sent(output_dir, purpose, item, mid)) is not None:
         log.info("already sent, not sending again", extra={"event": "signup.skip", "item": user_id, "kind": kind})
         return done
     msg = EmailMessage()
     msg["From"] = SENDER
-    msg["To"] = Address(str(data.get("name") or ""), addr_spec=to)
+    msg["To"] = Address(str(data.get("full_name") or ""), addr_spec=to)
     msg["Subject"] = subject
     msg["Message-ID"] = mid
     msg["Date"] = formatdate(usegmt=True)
@@ -136,9 +148,9 @@ def send_mail(item: dict[str, Any], output_dir: Path, *, kind: str, purpose: str
 @worker("send-verification")
 def send_verification(item: dict[str, Any], output_dir: Path) -> dict[str, Any]:
     """The result is the sign-up plus what was sent: downstream routers still see channel, promo, email, phone."""
-    data, user_id = item["data"], item["id"]
+    data, user_id = item["data"], user_id_of(item)
     link = f"{SITE}/verify?id={quote(user_id, safe='')}&token={verification_token(user_id)}"
-    text = (f"Hi {data.get('name') or 'there'},\n\nplease confirm your e-mail address by opening this link:\n\n"
+    text = (f"Hi {greeting_name(data)},\n\nplease confirm your e-mail address by opening this link:\n\n"
             f"{link}\n\nIf you did not sign up, ignore this message.\n")
     sent = send_mail(item, output_dir, kind="verification", purpose="verification",
                      subject="Verify your account", text=text)
@@ -147,19 +159,18 @@ def send_verification(item: dict[str, Any], output_dir: Path) -> dict[str, Any]:
 
 @worker("send-welcome-email")
 def send_welcome_email(item: dict[str, Any], output_dir: Path) -> dict[str, Any]:
-    name = item["data"].get("name") or "there"
-    text = f"Hi {name},\n\nwelcome to batchmesh! Your account is ready.\n"
+    text = f"Hi {greeting_name(item['data'])},\n\nwelcome to batchmesh! Your account is ready.\n"
     return send_mail(item, output_dir, kind="welcome", purpose="welcome-email", subject="Welcome to batchmesh",
                      text=text)
 
 
 @worker("send-promo")
 def send_promo(item: dict[str, Any], output_dir: Path) -> dict[str, Any]:
-    data, user_id = item["data"], item["id"]
+    data, user_id = item["data"], user_id_of(item)
     if data.get("promo") is not True:  # consent is checked here too, not only by the filter upstream
         raise ValueError("user did not opt in to promotions")
     unsubscribe = f"{SITE}/unsubscribe?id={quote(user_id, safe='')}"
-    text = f"Hi {data.get('name') or 'there'},\n\nyou asked for our offers: here is this month's.\n\n" \
+    text = f"Hi {greeting_name(data)},\n\nyou asked for our offers: here is this month's.\n\n" \
            f"Unsubscribe: {unsubscribe}\n"
     return send_mail(item, output_dir, kind="promo", purpose="promo", subject="This month's offer",
                      text=text, extra_headers={"List-Unsubscribe": f"<{unsubscribe}>"})
@@ -168,13 +179,13 @@ def send_promo(item: dict[str, Any], output_dir: Path) -> dict[str, Any]:
 @worker("send-welcome-sms")
 def send_welcome_sms(item: dict[str, Any], output_dir: Path) -> dict[str, Any]:
     """POST the SMS to the gateway webhook; Idempotency-Key lets a gateway drop a resend."""
-    data, user_id = item["data"], item["id"]
+    data, user_id = item["data"], user_id_of(item)
     to, mid = _field(data, "phone", _E164), message_id("welcome-sms", user_id)
     if (done := _already_sent(output_dir, "welcome-sms", item, mid)) is not None:
         log.info("already sent, not sending again", extra={"event": "signup.skip", "item": user_id,
                                                              "kind": "welcome"})
         return done
-    first = str(data.get("name") or "").split(" ")[0] or "there"
+    first = greeting_name(data).split(" ")[0]
     body = {"to": to, "text": f"Welcome to batchmesh, {first}!", "signup_id": user_id, "kind": "welcome",
             "message_id": mid}
     response = httpx.post(webhook_url(), json=body, headers={"Idempotency-Key": mid}, timeout=TIMEOUT)

@@ -187,6 +187,7 @@ class Pipeline(Strict):
     name: str = Field(pattern=_NAME)
     source: SourceSpec
     defaults: Defaults = Field(default_factory=Defaults)
+    plugins: list[str] = Field(default_factory=list, description="Modules or .py files registering @worker functions.")
     stages: dict[StageName, StageSpec] = Field(min_length=1)
 
     def readers(self, stream: str) -> list[str]:

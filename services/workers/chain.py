@@ -16,7 +16,7 @@ from services.core.item import WorkItem
 from services.core.spec import SpecError, WorkSpec
 
 from .adapters import Adapter, CommandAdapter, FunctionAdapter
-from .registry import resolve
+from .registry import load_plugins, resolve
 
 
 class Chain:
@@ -46,8 +46,13 @@ class Chain:
         return outcome
 
 
-def build_chain(work: WorkSpec, stage: str) -> Chain:
-    """The stage's adapters. An unknown worker name is a spec error, raised before any item is read."""
+def build_chain(work: WorkSpec, stage: str, plugins: list[str] | None = None) -> Chain:
+    """The stage's adapters, after importing the pipeline's `plugins` (modules registering workers). An unknown
+    worker name or a plugin that does not import is a spec error, raised before any item is read."""
+    try:
+        load_plugins(plugins or [])
+    except (ImportError, LookupError, SyntaxError) as exc:
+        raise SpecError("plugins", f"cannot load: {exc}") from None
     adapters: list[Adapter] = []
     for i, ref in enumerate(work.adapters):
         if ref.command is not None:

@@ -37,7 +37,7 @@ def run_once(pipeline: Pipeline, stage: str, item_file: Path, output_dir: Path) 
         sys.stderr.write(f"no stage {stage!r} in pipeline {pipeline.name!r}\n")
         return EXIT_USAGE
     try:
-        chain = build_chain(pipeline.stages[stage].body, stage)
+        chain = build_chain(pipeline.stages[stage].body, stage, pipeline.plugins)
         item = read_item(item_file)
     except SpecError as exc:
         sys.stderr.write(f"invalid pipeline: {exc}\n")

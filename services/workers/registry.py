@@ -68,3 +68,25 @@ def resolve(name: str) -> WorkerFn:
     if not callable(target):
         raise LookupError(f"worker {name!r} is not callable")
     return target
+
+
+def load_plugins(plugins: list[str]) -> None:
+    """Import the modules a pipeline names under `plugins:` so their @worker functions register: a dotted module
+    name, or a path to a .py file (relative to the working directory). Loaded once per process."""
+    import importlib.util
+    import sys
+
+    for plugin in plugins:
+        if not plugin.endswith(".py"):
+            importlib.import_module(plugin)
+            continue
+        path = Path(plugin).resolve()
+        name = f"batchmesh_plugin_{abs(hash(str(path)))}"
+        if name in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None or not path.is_file():
+            raise LookupError(f"plugin {plugin!r}: no such Python file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before exec: dataclasses and pickling look modules up by name
+        spec.loader.exec_module(module)

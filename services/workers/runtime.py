@@ -42,7 +42,7 @@ def run_worker(pipeline: Pipeline, stage: str, settings: Settings, stop: threadi
     work = pipeline.stages[stage].body
     if work.max_deliveries is not None:
         settings = settings.model_copy(update={"max_deliveries": work.max_deliveries})
-    chain = build_chain(work, stage)  # unknown workers fail here, before anything is read
+    chain = build_chain(work, stage, pipeline.plugins)  # unknown workers fail here, before anything is read
     with redis_url(settings.redis_url, settings.data_dir / "redis") as url:
         client = redis.Redis.from_url(url)
         try:

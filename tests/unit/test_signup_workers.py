@@ -22,7 +22,7 @@ from services.workers import resolve
 from services.workers.adapters import FunctionAdapter
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "signup"
-SECRET = "test-secret-0123456789"
+SECRET = "test-secret-0123456789"  # noqa: S105 - a test value, signs nothing real
 
 
 def load(name: str) -> ModuleType:
@@ -37,7 +37,7 @@ def load(name: str) -> ModuleType:
 
 
 sinks, workers = load("sinks"), load("workers")
-USER = {"id": "u00042", "name": "Zoë Müller", "email": "zoe.muller.42@example.test", "phone": "+447700900042",
+USER = {"id": "u00042", "full_name": "Zoë Müller", "email": "zoe.muller.42@example.test", "phone": "+447700900042",
         "promo": True, "channel": "sms"}
 
 
@@ -94,7 +94,8 @@ def test_a_retry_in_the_same_batch_does_not_resend(record: Path, tmp_path: Path)
 def test_welcome_email_and_promo(record: Path, tmp_path: Path) -> None:
     welcome = workers.send_welcome_email(doc(), tmp_path / "w")
     promo = workers.send_promo(doc(), tmp_path / "p")
-    assert welcome == {"kind": "welcome", "to": USER["email"], "message_id": "<welcome-email.u00042@signup.example.test>"}
+    mid = "<welcome-email.u00042@signup.example.test>"
+    assert welcome == {"kind": "welcome", "to": USER["email"], "message_id": mid}
     assert promo == {"kind": "promo", "to": USER["email"], "message_id": "<promo.u00042@signup.example.test>"}
     kinds = [(m["headers"]["X-Batchmesh-Kind"], m["headers"]["X-Signup-Id"]) for m in mails(record)]
     assert kinds == [("welcome", "u00042"), ("promo", "u00042")]
@@ -141,6 +142,13 @@ def test_failures_raise(record: Path, tmp_path: Path, monkeypatch: pytest.Monkey
         workers.send_welcome_sms(doc(), tmp_path)
     assert mails(record) == [] and posts(record) == []
     assert not list(tmp_path.glob("*.sent.json"))  # nothing marked sent: a retry will try again
+
+
+def test_messages_are_labelled_with_the_signup_id(record: Path, tmp_path: Path) -> None:
+    """Whatever the source named the item, the user is the sign-up's own id."""
+    workers.send_welcome_email({**doc(), "id": "Zoë Müller", "name": "Zoë Müller"}, tmp_path)
+    [m] = mails(record)
+    assert m["headers"]["X-Signup-Id"] == "u00042" and m["message_id"] == "<welcome-email.u00042@signup.example.test>"
 
 
 def test_odd_ids_still_make_a_valid_message_id() -> None:

@@ -1,0 +1,151 @@
+"""`python -m bench` (`make bench`): batchmesh against its peers and raw baselines, in ONE run on ONE Redis.
+
+    python -m bench [--quick] [--only a,b,c] [--n N] [--runs R] [--out out/bench.json]
+
+(a) no-op work queue, items/s: the `stream` executor (manager Dispatcher -> one `batchmesh worker` process)
+    vs RQ SimpleWorker vs Celery on a Redis broker; the same n items each, repetitions interleaved
+    (ours, rq, celery, ours, ...) so drift hits all three alike. Targets: >= 50x RQ, >= 10x Celery.
+(b) `process` executor, wall time per item of /bin/true at concurrency 1, vs `subprocess.run` of it
+    (and `os.posix_spawn` + waitpid, for information), interleaved. Target: <= 1.5x.
+(c) manager diff of a 1,000,000-item listing in a subprocess of its own: steady state (every item known; the
+    figure judged against <= 5 s), first pass (every item new; information), peak RSS (<= 300 MB).
+Figures are medians over the repetitions; the table goes to stdout, progress to stderr, everything to --out."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from .baselines.celery_peer import measure_celery
+from .baselines.redis_server import local_redis
+from .baselines.rq_peer import measure_rq
+from .common import median
+from .diff_million import measure_diff
+from .process_overhead import measure_posix_spawn, measure_process_executor, measure_subprocess_run
+from .report import Row, save, table
+from .workqueue import measure_stream
+
+ROOT = Path(__file__).resolve().parents[1]
+FULL = {"n": 20_000, "n_process": 300, "n_diff": 1_000_000, "runs": 3}
+QUICK = {"n": 200, "n_process": 20, "n_diff": 3_000, "runs": 1}
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def bench_workqueue(url: str, n: int, runs: int, workers: int = 1) -> tuple[list[Row], dict[str, Any]]:
+    ours: list[float] = []
+    rq: list[float] = []
+    celery: list[float] = []
+    details: dict[str, list[dict[str, Any]]] = {"stream": [], "rq": [], "celery": []}
+    for rep in range(runs):
+        for label, fn, rates in (("stream", lambda: measure_stream(url, n, workers), ours),
+                                 ("rq", lambda: measure_rq(url, n), rq),
+                                 ("celery", lambda: measure_celery(url, n), celery)):
+            result = fn()
+            rates.append(result["items_per_s"])
+            details[label].append(result)
+            say(f"(a) run {rep + 1}/{runs} {label:7} {result['items_per_s']:>10,.0f} items/s  "
+                f"({result['seconds']:.2f} s for {n})")
+    name = f"(a) no-op work queue, n={n:,}, stream executor"
+    rows = [
+        Row(f"{name} vs RQ", median(ours), "items/s", median(rq), "RQ SimpleWorker", "ratio>=", 50, ours, rq),
+        Row(f"{name} vs Celery", median(ours), "items/s", median(celery), "Celery, Redis broker", "ratio>=", 10,
+            ours, celery),
+    ]
+    return rows, details
+
+
+def bench_process(url: str, n: int, runs: int) -> tuple[list[Row], dict[str, Any]]:
+    ours: list[float] = []
+    run: list[float] = []
+    spawn: list[float] = []
+    for rep in range(runs):
+        for label, fn, times in (("process executor", lambda: measure_process_executor(url, n), ours),
+                                 ("subprocess.run", lambda: measure_subprocess_run(n), run),
+                                 ("posix_spawn", lambda: measure_posix_spawn(n), spawn)):
+            ms = fn()["per_item_s"] * 1000
+            times.append(ms)
+            say(f"(b) run {rep + 1}/{runs} {label:16} {ms:.3f} ms/item  (n={n})")
+    name = f"(b) process executor, /bin/true x{n}, concurrency 1, per item"
+    rows = [
+        Row(f"{name} vs subprocess.run", median(ours), "ms", median(run), "subprocess.run", "ratio<=", 1.5, ours,
+            run),
+        Row(f"{name} vs posix_spawn", median(ours), "ms", median(spawn), "posix_spawn+waitpid", "info", None, ours,
+            spawn),
+    ]
+    return rows, {"executor_ms": ours, "subprocess_run_ms": run, "posix_spawn_ms": spawn}
+
+
+def bench_diff(url: str, n: int, passes: int) -> tuple[list[Row], dict[str, Any]]:
+    say(f"(c) diff of {n:,} listed items in a subprocess ...")
+    out = measure_diff(url, n, passes=passes)
+    say(f"(c) first pass {out['first_pass_s']:.2f} s, steady passes {[round(s, 2) for s in out['steady_passes_s']]}"
+        f" s, peak RSS {out['peak_rss_mb']:.0f} MB")
+    rows = [
+        Row(f"(c) diff {n:,} listed, steady state (all known)", out["steady_pass_s"], "s", goal="value<=", target=5.0,
+            runs=out["steady_passes_s"]),
+        Row(f"(c) diff {n:,} listed, first pass (all new, dispatched)", out["first_pass_s"], "s"),
+        Row(f"(c) diff {n:,} listed, peak RSS of the diff process", out["peak_rss_mb"], "MB", goal="value<=",
+            target=300.0),
+    ]
+    return rows, out
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition (smoke test)")
+    parser.add_argument("--only", default="a,b,c", help="comma-separated subset of a,b,c")
+    parser.add_argument("--n", type=int, help=f"(a) items per run (default {FULL['n']:,})")
+    parser.add_argument("--n-process", type=int, help=f"(b) items per run (default {FULL['n_process']})")
+    parser.add_argument("--n-diff", type=int, help=f"(c) listed items (default {FULL['n_diff']:,})")
+    parser.add_argument("--runs", type=int, help=f"repetitions of (a) and (b), and steady passes of (c) "
+                                                 f"(default {FULL['runs']})")
+    parser.add_argument("--workers", type=int, default=1, help="(a) stream worker processes (default 1)")
+    parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench.json")
+    args = parser.parse_args(argv)
+    only = {part.strip() for part in args.only.split(",") if part.strip()}
+    if not only or only - {"a", "b", "c"}:
+        parser.error(f"--only takes a comma-separated subset of a,b,c, not {args.only!r}")
+    args.only = only
+    sizes = QUICK if args.quick else FULL
+    for key, default in sizes.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    rows: list[Row] = []
+    details: dict[str, Any] = {}
+    began = time.perf_counter()
+    with local_redis() as url:
+        info = redis.Redis.from_url(url).info("server")
+        config = {"argv": sys.argv if argv is None else argv, "n": args.n, "n_process": args.n_process,
+                  "n_diff": args.n_diff, "runs": args.runs, "workers": args.workers, "only": sorted(args.only),
+                  "redis_version": info["redis_version"]}
+        say(f"bench: redis {info['redis_version']} at {url}; sizes a={args.n:,} b={args.n_process} "
+            f"c={args.n_diff:,}; {args.runs} run(s)")
+        for part, fn in (("a", lambda: bench_workqueue(url, args.n, args.runs, args.workers)),
+                         ("b", lambda: bench_process(url, args.n_process, args.runs)),
+                         ("c", lambda: bench_diff(url, args.n_diff, args.runs))):
+            if part in args.only:
+                part_rows, details[part] = fn()
+                rows += part_rows
+    config["seconds"] = round(time.perf_counter() - began, 1)
+    save(args.out, rows, config, details)
+    print(table(rows))
+    print(f"\nmedians of {args.runs} run(s); saved to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

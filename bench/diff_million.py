@@ -1,0 +1,102 @@
+"""(c) The manager's diff of a 1,000,000-item listing: time and peak memory, in a subprocess of its own.
+
+The child generates the listing page by page (1000 items a page, the fields the directory source produces) and
+hands each page to the manager's real `Dispatcher`, as `Manager.poll` does with each page it lists:
+- pass 1, every item new: all are dispatched (checked: the source stream holds n entries afterwards);
+- passes 2.., every item known (the steady state of a manager re-polling an unchanged source): none is.
+Only the time inside `Dispatcher.dispatch` counts; making the listing's dicts (the lister's job: HTTP + JSON in
+production) is timed apart. Peak RSS is the child's own ru_maxrss (interpreter and imports included).
+
+    python -m bench.diff_million --url redis://... --n 1000000 [--passes 3]   # prints one JSON line"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pass(dispatcher: Any, n: int) -> tuple[float, float, int]:
+    """One listing pass: (seconds inside dispatch, seconds making pages, items dispatched)."""
+    from .common import listing_item
+
+    diff = listing = 0.0
+    new = 0
+    for first in range(0, n, 1000):
+        t0 = time.perf_counter()
+        page = [listing_item(i) for i in range(first, min(first + 1000, n))]
+        t1 = time.perf_counter()
+        stats = dispatcher.dispatch(page)
+        diff += time.perf_counter() - t1
+        listing += t1 - t0
+        new += stats.new
+    return diff, listing, new
+
+
+def run_child(url: str, n: int, passes: int) -> dict[str, Any]:
+    import redis
+
+    from services.core import Keys, Progress
+    from services.manager.diff import Dispatcher
+
+    from .common import drop_pipeline, pipeline_name
+
+    client = redis.Redis.from_url(url)
+    name = pipeline_name("bdiff")
+    keys = Keys(name)
+    dispatcher = Dispatcher(client, keys, Progress(client, keys), batch="bench")
+    try:
+        first_s, first_listing_s, dispatched = _pass(dispatcher, n)
+        stream_len = int(client.xlen(keys.stream("source")))
+        steady = [_pass(dispatcher, n) for _ in range(passes)]
+        maxrss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    finally:
+        drop_pipeline(client, name)
+        client.close()
+    return {
+        "n": n,
+        "first_pass_s": first_s,
+        "first_pass_dispatched": dispatched,
+        "stream_len": stream_len,
+        "steady_pass_s": statistics.median(s for s, _, _ in steady),
+        "steady_passes_s": [s for s, _, _ in steady],
+        "steady_dispatched": max(new for _, _, new in steady),
+        "listing_s_per_pass": statistics.median([first_listing_s, *(ls for _, ls, _ in steady)]),
+        "peak_rss_mb": maxrss_kb / 1024,
+    }
+
+
+def measure_diff(url: str, n: int, passes: int = 3, timeout: float = 1800) -> dict[str, Any]:
+    """Run the diff benchmark in a fresh interpreter (its RSS is its own) and return its figures."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    argv = [sys.executable, "-m", "bench.diff_million", "--url", url, "--n", str(n), "--passes", str(passes)]
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"diff benchmark failed ({proc.returncode}): {proc.stderr[-3000:]}")
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    if out["stream_len"] != n or out["first_pass_dispatched"] != n or out["steady_dispatched"] != 0:
+        raise AssertionError(f"diff benchmark is wrong: {out}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.diff_million", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--passes", type=int, default=3, help="steady-state passes (the median is reported)")
+    args = parser.parse_args(argv)
+    print(json.dumps(run_child(args.url, args.n, args.passes)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
