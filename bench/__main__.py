@@ -32,6 +32,15 @@ from .workqueue import measure_stream
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = {"n": 20_000, "n_process": 300, "n_diff": 1_000_000, "runs": 3}
+NOTES = {
+    "a": "(a) each side: one producer in this process, one consumer process, the same n. ours: Dispatcher pages of "
+         "1000 -> `batchmesh worker` (noop, defaults); RQ: enqueue_many, then SimpleWorker burst; Celery: solo "
+         "worker, prefetch 256, no result backend.",
+    "b": "(b) ours: items dispatched first, timed from executor start to all done (item file, output dir, pipes, "
+         "own session, batched commits); ratio = median(ours) / median(baseline).",
+    "c": "(c) time inside Dispatcher.dispatch only (making the listing dicts is the lister's, timed apart); "
+         "target judged on the steady-state pass; RSS = ru_maxrss of the diff subprocess.",
+}
 QUICK = {"n": 200, "n_process": 20, "n_diff": 3_000, "runs": 1}
 
 
@@ -128,9 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     details: dict[str, Any] = {}
     began = time.perf_counter()
     with local_redis() as url:
-        info = redis.Redis.from_url(url).info("server")
-        config = {"argv": sys.argv if argv is None else argv, "n": args.n, "n_process": args.n_process,
-                  "n_diff": args.n_diff, "runs": args.runs, "workers": args.workers, "only": sorted(args.only),
+        with redis.Redis.from_url(url) as client:
+            info = client.info("server")
+        command = " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)])
+        config = {"command": command, "n": args.n, "n_process": args.n_process, "n_diff": args.n_diff,
+                  "runs": args.runs, "workers": args.workers, "only": sorted(args.only),
                   "redis_version": info["redis_version"]}
         say(f"bench: redis {info['redis_version']} at {url}; sizes a={args.n:,} b={args.n_process} "
             f"c={args.n_diff:,}; {args.runs} run(s)")
@@ -143,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     config["seconds"] = round(time.perf_counter() - began, 1)
     save(args.out, rows, config, details)
     print(table(rows))
-    print(f"\nmedians of {args.runs} run(s); saved to {args.out}")
+    print(f"\nmedians of {args.runs} interleaved run(s), one redis-server {info['redis_version']}; saved to {args.out}")
+    for part in sorted(args.only):
+        print(NOTES[part])
     return 0
 
 
