@@ -119,7 +119,9 @@ def redis_url(configured: str | None, data_dir: Path, persist: bool = True) -> I
             pass  # a stale marker from a process that died
     server = EmbeddedRedis(data_dir, persist=persist)
     url = server.start()
-    marker.write_text(url)
+    partial = marker.with_suffix(".tmp")
+    partial.write_text(url)
+    partial.replace(marker)  # atomic: another process never reads a half-written URL
     try:
         yield url
     finally:

@@ -70,8 +70,9 @@ def kill_zone_mid_batch(run: subprocess.Popen[str], tmp: Path, stage: str, strea
     deadline = time.monotonic() + 60
     marker = tmp / "st" / "redis" / "redis.url"
     while time.monotonic() < deadline and run.poll() is None:
-        if marker.exists():
-            client = redis.Redis.from_url(marker.read_text().strip())
+        url = marker.read_text().strip() if marker.exists() else ""
+        if url:
+            client = redis.Redis.from_url(url)
             try:
                 pending = client.xpending(f"bm:{{signup}}:s:{stream}", stage)["pending"]
             except redis.ResponseError:
