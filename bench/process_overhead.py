@@ -46,7 +46,7 @@ def measure_process_executor(url: str, n: int, command: list[str] = COMMAND) -> 
     executor = None
     try:
         client.xgroup_create(keys.stream("source"), STAGE, id="0", mkstream=True)  # as Manager.ensure_groups
-        dispatcher = Dispatcher(client, keys, Progress(client, keys))
+        dispatcher = Dispatcher(client, keys, Progress(client, keys), batch="b")
         for page in pages(n, minimal_item):
             dispatcher.dispatch(page)
         executor = executor_class("process")(StageContext(client, pipeline, STAGE, settings))

@@ -68,7 +68,7 @@ def measure_stream(url: str, n: int, workers: int = 1) -> dict[str, Any]:
     name = pipeline_name("bwq")
     client = redis.Redis.from_url(url)
     keys = Keys(name)
-    dispatcher = Dispatcher(client, keys, Progress(client, keys))
+    dispatcher = Dispatcher(client, keys, Progress(client, keys), batch="b")
     with tempfile.TemporaryDirectory(prefix="bench-wq-") as tmpdir:
         tmp = Path(tmpdir)
         spec = tmp / "pipeline.yaml"

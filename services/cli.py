@@ -108,14 +108,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_router(args: argparse.Namespace) -> int:
     from services.core.metrics import serve_metrics
     from services.core.progress import DONE
-    from services.router import run_router
+    from services.router import run_barrier, run_router
 
     pipeline = _load(args.pipeline)
     routers = pipeline.router_stages()
     if args.stage not in routers:
         raise SpecError("--stage", f"no router stage {args.stage!r} in {args.pipeline} (routers: {', '.join(routers)})")
-    settings = _settings(pipeline)
+    settings = _settings(pipeline, **({"out_dir": Path(args.out)} if args.out else {}))
     serve_metrics(args.metrics_port or settings.metrics_port)
+    if args.stage in pipeline.barrier_stages():
+        run_barrier(pipeline, args.stage, settings, _stop_on_signals())
+        return 0
     # An item a filter drops is finished: it counts as done, so the batch can complete.
     run_router(pipeline.name, args.stage, routers[args.stage], settings, _stop_on_signals(), drop_state=DONE)
     return 0
@@ -163,9 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="list and dispatch once, then exit")
     p.set_defaults(func=cmd_manager)
 
-    p = sub.add_parser("router", help="role: a router stage (copy, filter, split, shard, merge)")
+    p = sub.add_parser("router", help="role: a router (copy, filter, split, shard, merge) or barrier (join, reduce)")
     p.add_argument("--pipeline", required=True)
     p.add_argument("--stage", required=True)
+    p.add_argument("--out", help="where a reduce writes its aggregate file")
     p.add_argument("--metrics-port", type=int, default=0)
     p.set_defaults(func=cmd_router)
 

@@ -25,16 +25,25 @@ class DeadLetter:
 
     @property
     def item_id(self) -> str | None:
-        try:
-            return WorkItem.decode({FIELD: self.raw_item}).id
-        except ValueError:
-            return None
+        item = _decoded(self.raw_item)
+        return item.id if item is not None else None
+
+
+def _decoded(raw_item: bytes) -> WorkItem | None:
+    try:
+        return WorkItem.decode({FIELD: raw_item})
+    except ValueError:
+        return None
 
 
 def add_dead_letter(
     pipe: Pipeline, keys: Keys, *, stage: str, stream: str, raw_item: bytes, reason: str, deliveries: int
 ) -> None:
-    """Queue the XADD on a transaction pipeline: it commits together with the XACK of the original."""
+    """Queue the XADD on a transaction pipeline: it commits together with the XACK of the original. An item of a
+    batch is also noted in the batch's dead set of this stage, so barriers downstream stop waiting for it."""
+    item = _decoded(raw_item)
+    if item is not None and item.batch:
+        pipe.sadd(keys.batch_dead(item.batch, stage), item.id)
     pipe.xadd(
         keys.dead_letters(stage),
         {
@@ -74,21 +83,23 @@ def replay(client: Redis, keys: Keys, stage: str, entry_ids: list[str] | None = 
 
     Each move (XADD back, XDEL from the dead-letter stream, state back to queued) is one transaction, so an
     entry is never both replayed and still dead-lettered. The replay is addressed to `stage`: other stages reading
-    the same stream already had the item. Malformed items cannot be replayed and stay."""
+    the same stream already had the item. Malformed items cannot be replayed and stay. A barrier that already
+    fired for the item's batch reports the replayed item as late."""
     progress = Progress(client, keys)
     moved = 0
     for letter in list_dead_letters(client, keys, stage, count=100_000):
         if entry_ids is not None and letter.entry_id not in entry_ids:
             continue
-        try:
-            item = WorkItem.decode({FIELD: letter.raw_item})
-        except ValueError:
+        item = _decoded(letter.raw_item)
+        if item is None:
             continue
         fresh = item.model_copy(update={"attempts": 0, "error": None})
         pipe = client.pipeline(transaction=True)
         pipe.xadd(letter.stream, {**fresh.encode(), TO: stage.encode()})
         pipe.xdel(keys.dead_letters(stage), letter.entry_id)
         progress.mark([item.id], QUEUED, pipe=pipe, force=True)
+        if item.batch:  # in flight again: a barrier waits for it once more
+            pipe.srem(keys.batch_dead(item.batch, stage), item.id)
         pipe.execute()
         moved += 1
     return moved

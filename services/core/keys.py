@@ -36,6 +36,31 @@ class Keys:
         """Hash describing the current batch (listing complete, how many items)."""
         return f"{self.prefix}:batch"
 
+    def batches(self) -> str:
+        """Sorted set batch id -> time opened: every batch the manager announced."""
+        return f"{self.prefix}:batches"
+
+    def manifest(self, batch: str) -> str:
+        """Hash of one batch: opened, listed, items, complete (1 once its listing was dispatched)."""
+        return f"{self.prefix}:b:{batch}"
+
+    def batch_items(self, batch: str) -> str:
+        """Set of the item ids dispatched in one batch: what a barrier waits for."""
+        return f"{self.prefix}:b:{batch}:items"
+
+    def batch_dead(self, batch: str, stage: str) -> str:
+        """Set of a batch's item ids dead-lettered at one stage: a barrier downstream stops waiting for them."""
+        return f"{self.prefix}:b:{batch}:dead:{stage}"
+
+    def barrier(self, stage: str, batch: str, part: str) -> str:
+        """A join's or reduce's state for one batch: `state` hash, `in` set of folded ids, `agg` hash, `held`
+        hash of items held until the barrier."""
+        return f"{self.prefix}:j:{stage}:{batch}:{part}"
+
+    def events(self) -> str:
+        """Stream of batch-complete events (one per barrier and batch): what dependent pipelines wait for."""
+        return f"{self.prefix}:events"
+
     def stage_stats(self, stage: str) -> str:
         """Hash in/out/failed/dead -> count for one stage, updated inside its commits."""
         return f"{self.prefix}:stats:{stage}"

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .spec_barriers import BARRIER_SPECS, JoinSpec, ReduceSpec
 from .spec_routers import ROUTER_SPECS, CopySpec, FilterSpec, MergeSpec, ShardSpec, SplitSpec
 
 SOURCE = "source"
@@ -128,11 +129,12 @@ class WorkSpec(Strict):
         return [self.input]
 
 
-KINDS = ("work", *ROUTER_SPECS)
+KINDS = ("work", *ROUTER_SPECS, *BARRIER_SPECS)
 
 
 class StageSpec(Strict):
-    """Exactly one kind: `work` (workers run items) or a router (copy, filter, split, shard, merge)."""
+    """Exactly one kind: `work` (workers run items), a router (copy, filter, split, shard, merge) or a barrier
+    (join, reduce)."""
 
     work: WorkSpec | None = None
     copy_: CopySpec | None = Field(default=None, alias="copy")
@@ -140,6 +142,8 @@ class StageSpec(Strict):
     split: SplitSpec | None = None
     shard: ShardSpec | None = None
     merge: MergeSpec | None = None
+    join: JoinSpec | None = None
+    reduce: ReduceSpec | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> StageSpec:
@@ -201,7 +205,37 @@ class Pipeline(Strict):
         return {name: st.body for name, st in self.stages.items() if st.kind == "work"}
 
     def router_stages(self) -> dict[str, Any]:
+        """Routers and barriers: the stages the router role runs."""
         return {name: st.body for name, st in self.stages.items() if st.kind != "work"}
+
+    def barrier_stages(self) -> dict[str, Any]:
+        return {name: st.body for name, st in self.stages.items() if st.kind in BARRIER_SPECS}
+
+    def upstream(self, stream: str) -> set[str]:
+        """Every stage an item passes before it is on `stream`."""
+        producers, seen, todo = self.producers(), set(), [stream]
+        while todo:
+            name = producers.get(todo.pop())
+            if name is not None and name not in seen:
+                seen.add(name)
+                todo.extend(s for s in self.stages[name].body.inputs if s != SOURCE)
+        return seen
+
+    def barrier_sources(self, name: str) -> list[str]:
+        """The barriers whose outputs feed barrier `name` with no barrier between (for a reduce of partial
+        aggregates: one item per upstream barrier and batch). Empty: it waits for the batch's items."""
+        producers = self.producers()
+        found, seen, todo = [], set(), list(self.stages[name].body.inputs)
+        while todo:
+            stage = producers.get(todo.pop())
+            if stage is None or stage in seen:
+                continue
+            seen.add(stage)
+            if self.stages[stage].kind in BARRIER_SPECS:
+                found.append(stage)
+            else:
+                todo.extend(s for s in self.stages[stage].body.inputs if s != SOURCE)
+        return sorted(found)
 
     def producers(self) -> dict[str, str]:
         """Stream name -> the stage writing it."""
@@ -217,7 +251,7 @@ class Pipeline(Strict):
                     known = ", ".join(sorted([SOURCE, *producers]))
                     raise SpecError(f"stages.{name}.{stage.kind}.{field}",
                                     f"unknown stream {stream!r} (streams: {known})")
-            if stage.kind != "work":
+            if stage.kind not in ("work", *BARRIER_SPECS):  # a barrier's output may go unread: events tell too
                 for stream in stage.outputs(name):
                     if not self.readers(stream):
                         raise SpecError(f"stages.{name}.{stage.kind}", f"output {stream!r} is read by no stage")
@@ -238,6 +272,29 @@ class Pipeline(Strict):
 
         for name in self.stages:
             visit(name, [])
+        for name in self.barrier_stages():
+            self._check_barrier(name)
+
+    def _check_barrier(self, name: str) -> None:
+        """A barrier counts the batch's items: every item must reach it or be dead-lettered on the way."""
+        kind = self.stages[name].kind
+        where = f"stages.{name}.{kind}.input"
+        upstream = self.upstream(self.stages[name].body.input)
+        if self.barrier_sources(name):
+            return  # it waits for its upstream barriers' one item per batch, not for the batch's items
+        for stage in sorted(upstream):
+            spec = self.stages[stage]
+            if spec.kind in ("filter", "split"):
+                raise SpecError(where, f"{spec.kind} stage {stage!r} upstream sends items elsewhere, so the "
+                                       f"{kind} would wait for them forever; put it after the {kind}")
+            missing = [out for out in spec.outputs(stage) if out not in self._streams_up_to(name)]
+            if spec.kind == "shard" and missing:
+                raise SpecError(where, f"shard outputs {missing} of {stage!r} do not reach the {kind}: "
+                                       "merge every shard before it")
+
+    def _streams_up_to(self, name: str) -> set[str]:
+        return {s for stage in self.upstream(self.stages[name].body.input) | {name}
+                for s in self.stages[stage].body.inputs}
 
 
 def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> Pipeline:

@@ -20,7 +20,8 @@ from services.core.item import FIELD
 
 log = logging.getLogger(__name__)
 
-# KEYS: versions, states, counts, stream. ARGV: (name, version, encoded item) triples. Returns {new, busy}.
+# KEYS: versions, states, counts, stream, the batch's item set. ARGV: (name, version, encoded item) triples.
+# Returns {new, busy}.
 # The state change is core.progress's (states hash + counts hash in step), inlined: a script cannot call one.
 _DISPATCH = """
 local new, busy, left = 0, 0, {}
@@ -34,6 +35,7 @@ for i = 1, #ARGV, 3 do
       redis.call('XADD', KEYS[4], '*', 'item', ARGV[i + 2])
       redis.call('HSET', KEYS[1], name, version)
       redis.call('HSET', KEYS[2], name, 'queued')
+      redis.call('SADD', KEYS[5], name)
       if old then left[old] = (left[old] or 0) + 1 end
       new = new + 1
     end
@@ -67,11 +69,11 @@ def version_of(item: dict[str, Any]) -> str:
 
 
 class Dispatcher:
-    def __init__(self, client: Redis, keys: Keys, progress: Progress, *, batch: str | None = None) -> None:
+    def __init__(self, client: Redis, keys: Keys, progress: Progress, *, batch: str) -> None:
         self.client = client
         self.keys = keys
         self.progress = progress  # its keys name the states and counts hashes the script keeps in step
-        self.batch = batch
+        self.batch = batch  # the manager opens a new batch per listing pass: items carry it to the barriers
         self._script = client.register_script(_DISPATCH)
 
     def dispatch(self, page: list[dict[str, Any]]) -> DiffStats:
@@ -95,7 +97,7 @@ class Dispatcher:
                 continue
             args += [name, version, work.encode()[FIELD]]
         keys = [self.keys.versions(), self.progress.keys.states(), self.progress.keys.counts(),
-                self.keys.stream("source")]
+                self.keys.stream("source"), self.keys.batch_items(self.batch)]
         step = 3 * SCRIPT_CHUNK
         for start in range(0, len(args), step):
             new, busy = self._script(keys=keys, args=args[start:start + step])

@@ -7,7 +7,6 @@ manifest all live in Redis, so a restarted manager carries on where the last one
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from services.core import Keys, Progress, Settings, redis_url
 from services.core.metrics import serve_metrics
 from services.core.spec import Pipeline
 
-from . import gauges
+from . import batches, gauges
 from .diff import DiffStats, Dispatcher
 from .executors import Executor, StageContext, executor_class, stage_settings
 from .lister import SourceError, list_source
@@ -32,19 +31,14 @@ log = logging.getLogger(__name__)
 TICK_S = 1.0  # how often gauges are refreshed and executors checked between polls
 
 
-def new_batch_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(2)
-
-
 class Manager:
     def __init__(self, client: Redis, pipeline: Pipeline, settings: Settings, source_url: str, *,
                  pipeline_path: Path | None = None, page_size: int = 1000) -> None:
         self.client, self.pipeline, self.settings = client, pipeline, settings
         self.source_url, self.pipeline_path, self.page_size = source_url, pipeline_path, page_size
         self.keys = Keys(pipeline.name)
-        self.batch_id = new_batch_id()
-        self.dispatcher = Dispatcher(client, self.keys, Progress(client, self.keys), batch=self.batch_id)
-        self.complete = False
+        self.dispatcher = Dispatcher(client, self.keys, Progress(client, self.keys), batch="")
+        self.complete = False  # the first listing pass is done
 
     def ensure_groups(self) -> None:
         """Every stage's group exists before anything is dispatched: safe trimming counts only existing groups,
@@ -57,34 +51,32 @@ class Manager:
                     if "BUSYGROUP" not in str(exc):
                         raise
 
-    def open_batch(self) -> None:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self.keys.batch())
-        pipe.hset(self.keys.batch(), mapping={"id": self.batch_id, "listed": 0, "new": 0, "complete": 0,
-                                              "updated_at": f"{time.time():.3f}"})
-        pipe.execute()
-
-    def poll(self) -> DiffStats:
-        """List every page and dispatch it; the manifest follows page by page."""
+    def poll(self, *, scheduled: bool = False) -> DiffStats:
+        """List every page and dispatch it as a new batch. The first pass and a `scheduled` one are always a
+        batch (maybe empty: its barriers fire at once); a re-poll is one only if it finds new work."""
         total = DiffStats()
         began = time.perf_counter()
+        batch = self.dispatcher.batch = batches.new_batch_id()
+        announced = scheduled or not self.complete
+        if announced:
+            batches.announce(self.client, self.keys, batch)
         for page in list_source(self.source_url, self.page_size):
             stats = self.dispatcher.dispatch(page)
             total += stats
-            pipe = self.client.pipeline(transaction=True)
-            if stats.new:
+            if stats.new and not announced:
+                batches.announce(self.client, self.keys, batch)
+                announced = True
+            if announced:  # the current batch shows its progress while it lists
+                pipe = self.client.pipeline(transaction=True)
                 pipe.hincrby(self.keys.batch(), "new", stats.new)
-            fields = {"updated_at": f"{time.time():.3f}"}
-            if not self.complete:  # the first pass shows its progress while it lists
-                fields["listed"] = str(total.listed)
-            pipe.hset(self.keys.batch(), mapping=fields)
-            pipe.execute()
-        self.client.hset(self.keys.batch(), mapping={"listed": total.listed, "complete": 1,
-                                                     "updated_at": f"{time.time():.3f}"})
+                pipe.hset(self.keys.batch(), mapping={"listed": total.listed, "updated_at": f"{time.time():.3f}"})
+                pipe.execute()
+        if announced:
+            batches.close(self.client, self.keys, batch, total.listed)
         level = logging.INFO if total.new or not self.complete else logging.DEBUG
         log.log(level, "listing dispatched", extra={
-            "event": "manager.dispatch", "batch": self.batch_id, "listed": total.listed, "new": total.new,
-            "known": total.known, "busy": total.busy, "invalid": total.invalid,
+            "event": "manager.dispatch", "batch": batch if announced else None, "listed": total.listed,
+            "new": total.new, "known": total.known, "busy": total.busy, "invalid": total.invalid,
             "seconds": round(time.perf_counter() - began, 3)})
         self.complete = True
         return total
@@ -110,7 +102,6 @@ class Manager:
 
     def run(self, stop: threading.Event, *, once: bool = False) -> None:
         self.ensure_groups()
-        self.open_batch()
         executors = {} if once else self.start_executors()
         try:
             next_poll = next_tick = 0.0

@@ -8,6 +8,7 @@ from typing import Any
 from redis import Redis
 
 from services.core import FAILED, QUEUED, RUNNING, STATES, Keys
+from services.core.barriers import barrier_state
 from services.core.spec import Pipeline
 
 from .executors.base import rq_queue_name
@@ -67,6 +68,7 @@ def status(client: Redis, pipeline: Pipeline) -> dict[str, Any]:
     keys = Keys(pipeline.name)
     stages = list(pipeline.stages.items())
     work = pipeline.work_stages()
+    barriers = pipeline.barrier_stages()
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.batch())
     pipe.hgetall(keys.counts())
@@ -99,6 +101,8 @@ def status(client: Redis, pipeline: Pipeline) -> dict[str, Any]:
             entry["executor"] = stage.body.executor
             if stage.body.executor == "stream":
                 entry["desired_replicas"] = desired_replicas(stage.body, entry["backlog"])
+        elif name in barriers:
+            entry["barrier"] = barrier_state(client, keys, name, batch["id"]) if batch.get("id") else None
         else:
             entry.update({k: stats[k] for k in ("filtered", "spilled") if k in stats})
         if name in rq_waiting:
@@ -114,9 +118,12 @@ def status(client: Redis, pipeline: Pipeline) -> dict[str, Any]:
 
 
 def batch_done(client: Redis, pipeline: Pipeline) -> bool:
-    """The first full listing was dispatched, no item is queued, running or waiting for a retry, and no stage
-    has anything in flight (an item copied to two branches is done at its first sink, not yet at the other)."""
+    """The current batch's listing was dispatched, no item is queued, running or waiting for a retry, no stage
+    has anything in flight (an item copied to two branches is done at its first sink, not yet at the other), and
+    every barrier (join, reduce) emitted the batch."""
     snapshot = status(client, pipeline)
     counts = snapshot["counts"]
     return (snapshot["batch"]["complete"] and not any(counts[s] for s in (QUEUED, RUNNING, FAILED))
-            and not any(stage["backlog"] for stage in snapshot["stages"].values()))
+            and not any(stage["backlog"] for stage in snapshot["stages"].values())
+            and all((stage.get("barrier") or {}).get("emitted") for stage in snapshot["stages"].values()
+                    if "barrier" in stage))

@@ -9,10 +9,16 @@ import redis
 
 from services.core import Settings
 from services.core.embedded import redis_url
+from services.core.spec import Pipeline
 from services.core.spec_routers import RouterSpec
 
 from . import copier, filter, merger, sharder, splitter  # noqa: F401 - importing registers the kinds
+from .barrier import Barrier, BarrierPlan
 from .base import ROUTERS, DropHook, Router
+from .join import Join
+from .reduce import Reduce
+
+BARRIERS: dict[str, type[Barrier]] = {Join.kind: Join, Reduce.kind: Reduce}
 
 
 def build_router(client: redis.Redis, settings: Settings, stage: str, spec: RouterSpec, *,
@@ -39,5 +45,23 @@ def run_router(pipeline_name: str, stage: str, spec_model: RouterSpec, settings:
             router = build_router(client, settings, stage, spec_model, server_side=server_side,
                                   drop_state=drop_state, on_drop=on_drop)
             router.run(stop)
+        finally:
+            client.close()
+
+
+def build_barrier(client: redis.Redis, settings: Settings, pipeline: Pipeline, stage: str, *,
+                  consumer: str | None = None) -> Barrier:
+    """The join or reduce of `stage`; it needs the whole graph (which stages' dead letters it stops waiting for)."""
+    spec = pipeline.stages[stage].body
+    settings = settings.model_copy(update={"pipeline": pipeline.name})
+    return BARRIERS[spec.kind](client, settings, stage, spec, BarrierPlan.of(pipeline, stage), consumer=consumer)
+
+
+def run_barrier(pipeline: Pipeline, stage: str, settings: Settings, stop: threading.Event) -> None:
+    settings = settings.model_copy(update={"pipeline": pipeline.name})
+    with redis_url(settings.redis_url, settings.data_dir / "redis") as url:
+        client = redis.Redis.from_url(url)
+        try:
+            build_barrier(client, settings, pipeline, stage).run(stop)
         finally:
             client.close()

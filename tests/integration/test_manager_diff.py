@@ -133,7 +133,7 @@ def test_two_managers_racing_dispatch_each_item_once(client: redis.Redis, pipeli
     totals: list[int] = []
 
     def one() -> None:
-        d = Dispatcher(redis.Redis(connection_pool=client.connection_pool), keys, Progress(client, keys))
+        d = Dispatcher(redis.Redis(connection_pool=client.connection_pool), keys, Progress(client, keys), batch="b")
         barrier.wait()
         totals.append(sum(d.dispatch(page[i:i + 100]).new for i in range(0, 2000, 100)))
 
@@ -149,7 +149,7 @@ def test_two_managers_racing_dispatch_each_item_once(client: redis.Redis, pipeli
 
 def test_invalid_entries_are_counted_not_dispatched(client: redis.Redis, pipeline_name: str) -> None:
     keys = Keys(pipeline_name)
-    stats = Dispatcher(client, keys, Progress(client, keys)).dispatch(
+    stats = Dispatcher(client, keys, Progress(client, keys), batch="b").dispatch(
         [{"name": "ok", "version": None}, {"size": 3}, {"name": "x" * 2000, "version": "1"}])
     assert (stats.listed, stats.new, stats.invalid) == (3, 1, 2)
 
@@ -157,7 +157,7 @@ def test_invalid_entries_are_counted_not_dispatched(client: redis.Redis, pipelin
 def test_memory_stays_bounded_by_a_page(client: redis.Redis, pipeline_name: str) -> None:
     """No set of every name is kept: Python's peak is the same for 5 pages as for 40."""
     keys = Keys(pipeline_name)
-    dispatcher = Dispatcher(client, keys, Progress(client, keys))
+    dispatcher = Dispatcher(client, keys, Progress(client, keys), batch="b")
 
     def peak(first: int, n_pages: int) -> int:
         tracemalloc.start()
@@ -210,7 +210,7 @@ def test_batch_done_waits_for_the_listing_and_for_items_in_flight(client: redis.
     pipeline = make_pipeline(pipeline_name, tmp_path)
     keys = Keys(pipeline_name)
     assert not batch_done(client, pipeline)  # nothing listed yet
-    Dispatcher(client, keys, Progress(client, keys)).dispatch([{"name": "a", "version": "1"}])
+    Dispatcher(client, keys, Progress(client, keys), batch="b").dispatch([{"name": "a", "version": "1"}])
     client.hset(keys.batch(), mapping={"id": "b", "listed": 1, "new": 1, "complete": 1})
     assert not batch_done(client, pipeline)  # a is queued
     snap = status(client, pipeline)

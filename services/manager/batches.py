@@ -1,0 +1,42 @@
+"""Batches: each listing pass that dispatches something (and the first pass of a manager, and every scheduled
+run) is its own batch. Its manifest — which items, how many, whether the listing is complete — is what barriers
+(join, reduce) wait for; the `current` hash is what `status` and `batchmesh run` show."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from redis import Redis
+
+from services.core import Keys
+
+
+def new_batch_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def announce(client: Redis, keys: Keys, batch: str) -> None:
+    """Make `batch` the current one and known to barriers (its manifest is incomplete until `close`)."""
+    now = f"{time.time():.3f}"
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(keys.manifest(batch), mapping={"opened": now, "complete": 0})
+    pipe.zadd(keys.batches(), {batch: time.time()})
+    pipe.delete(keys.batch())
+    pipe.hset(keys.batch(), mapping={"id": batch, "listed": 0, "new": 0, "complete": 0, "updated_at": now})
+    pipe.execute()
+
+
+def close(client: Redis, keys: Keys, batch: str, listed: int) -> int:
+    """The listing was dispatched: the manifest is complete, barriers may fire. Returns the batch's item count."""
+    now = f"{time.time():.3f}"
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(keys.manifest(batch), mapping={"listed": listed, "complete": 1, "closed": now})
+    pipe.hset(keys.batch(), mapping={"listed": listed, "complete": 1, "updated_at": now})
+    pipe.scard(keys.batch_items(batch))
+    return int(pipe.execute()[-1])
+
+
+def recent(client: Redis, keys: Keys, count: int = 20) -> list[str]:
+    """The latest batches, oldest first."""
+    return [b.decode() for b in client.zrange(keys.batches(), -count, -1)]

@@ -1,0 +1,201 @@
+"""What join and reduce share (book ch. 12): a stage that waits for a whole batch.
+
+Items are read with the stage's consumer group like any stage; each batch's arrivals are folded into Redis
+(a set of ids already in, a reduce's aggregate hash, a join's held items) and acknowledged in one script, so
+folding is exactly once under retries, reclaims and restarts of the barrier itself. The barrier fires when the
+manager's manifest of the batch is complete and every item in it has arrived or was dead-lettered upstream
+(those are reported, the barrier does not hang); it never fires early and emits exactly once: an output on its
+own stream, and a batch-complete event on the pipeline's events stream that dependent pipelines wait for.
+
+Besides arrivals, the barrier re-checks the recent batches a few times a second: a batch can become complete
+without any item arriving (the last one dead-lettered upstream, an empty batch)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from redis import Redis
+
+from services.core import DONE, Commit, Delivery, Keys, Settings, StreamConsumer, WorkItem
+from services.core import metrics as core_metrics
+from services.core.item import encode_json
+from services.core.spec import Pipeline
+
+from .barrier_scripts import EMIT, STEP
+
+log = logging.getLogger(__name__)
+
+CHECK_EVERY_S = 0.2  # how often recent batches are re-checked when no item arrives
+RECENT_BATCHES = 20
+EVENTS_KEPT = 10_000
+
+
+@dataclass(frozen=True)
+class BarrierPlan:
+    """What a barrier needs from the whole pipeline graph."""
+
+    dead_stages: list[str]  # whose dead-lettered items of a batch it stops waiting for
+    expected: int | None  # a fixed number of arrivals per batch (partial aggregates), else the manifest's items
+    read: bool  # some stage reads its output stream
+
+    @classmethod
+    def of(cls, pipeline: Pipeline, stage: str) -> BarrierPlan:
+        sources = pipeline.barrier_sources(stage)
+        upstream = pipeline.upstream(pipeline.stages[stage].body.input)
+        return cls(sorted(upstream | {stage}), len(sources) if sources else None, bool(pipeline.readers(stage)))
+
+
+@dataclass
+class Arrival:
+    """One item's part of a step: its id, the raw item to hold (join, emit: items), its aggregate increments."""
+
+    id: str
+    hold: bytes = b""
+    increments: tuple[tuple[str, str, str], ...] = ()
+
+
+class Barrier:
+    kind: ClassVar[str]
+    emits_held = False  # a join with `emit: items` passes its items on: they are not done here
+
+    def __init__(self, client: Redis, settings: Settings, stage: str, spec: Any, plan: BarrierPlan, *,
+                 consumer: str | None = None) -> None:
+        self.client, self.settings, self.stage, self.spec, self.plan = client, settings, stage, spec, plan
+        self.keys = Keys(settings.pipeline)
+        self.consumer = StreamConsumer(client, settings, stage=stage, input_stream=spec.input,
+                                       consumer=consumer or f"{socket.gethostname()}-{os.getpid()}-"
+                                                            f"{uuid.uuid4().hex[:6]}")
+        self._step = client.register_script(STEP)
+        self._emit = client.register_script(EMIT)
+        self._done: set[str] = set()  # batches this process saw emitted: no need to look at them again
+        self._next_check = 0.0
+        self.labels = {"pipeline": settings.pipeline, "stage": stage}
+
+    # -- what a kind defines -------------------------------------------------------------------------------
+
+    def arrival(self, delivery: Delivery) -> Arrival:
+        """What the item contributes; raise ValueError to dead-letter it (the reason is the message)."""
+        assert delivery.item is not None
+        return Arrival(delivery.item.id)
+
+    def output(self, batch: str, summary: dict[str, Any]) -> dict[str, Any]:
+        """The data of the item put on the stage's stream when the batch is complete."""
+        return summary
+
+    def emitted(self, batch: str, data: dict[str, Any]) -> None:
+        """Called once the batch's output is out (a reduce writes its file)."""
+
+    def idle(self, batch: str) -> None:
+        """Called on every check of a batch not yet complete (a reduce writes its running aggregate)."""
+
+    # -- running -------------------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("barrier started", extra={"event": "barrier.start", "stage": self.stage, "kind": self.kind,
+                                           "input": self.spec.input, "consumer": self.consumer.consumer})
+        workers = core_metrics.WORKERS.labels(**self.labels)
+        workers.inc()
+        try:
+            while not stop.is_set():
+                self.step(min(self.settings.block_ms, int(CHECK_EVERY_S * 1000)))
+        finally:
+            workers.dec()
+            log.info("barrier stopped", extra={"event": "barrier.stop", "stage": self.stage})
+
+    def step(self, block_ms: int = 0) -> int:
+        """Fold one batch of arrivals, then re-check recent batches when due. Returns entries taken."""
+        deliveries = self.consumer.read(self.settings.batch_size, block_ms=block_ms)
+        if deliveries:
+            self.take(deliveries)
+        if time.monotonic() >= self._next_check:
+            self._next_check = time.monotonic() + CHECK_EVERY_S
+            self.check_recent()
+        self.consumer.maybe_trim()
+        return len(deliveries)
+
+    def take(self, deliveries: list[Delivery]) -> None:
+        rejects = Commit()
+        by_batch: dict[str, list[tuple[Delivery, Arrival]]] = defaultdict(list)
+        for d in deliveries:
+            if d.item is None:
+                rejects.dead_letter(d, d.malformed or "malformed item")
+            elif not d.item.batch:
+                rejects.dead_letter(d, "item has no batch: a barrier counts the batches the manager dispatches")
+            else:
+                try:
+                    by_batch[d.item.batch].append((d, self.arrival(d)))
+                except ValueError as exc:
+                    rejects.dead_letter(d, f"{self.kind}: {exc}")
+        self.consumer.commit(rejects)  # dead-lettered items count as resolved for the barrier: before the check
+        for batch, arrivals in by_batch.items():
+            if self._fold(batch, arrivals):
+                self._finish(batch)
+
+    def check_recent(self) -> None:
+        for batch in self.client.zrange(self.keys.batches(), -RECENT_BATCHES, -1):
+            batch = batch.decode()
+            if batch in self._done:
+                continue
+            if self._fold(batch, []):
+                self._finish(batch)
+            else:
+                self.idle(batch)
+
+    def _fold(self, batch: str, arrivals: list[tuple[Delivery, Arrival]]) -> bool:
+        """Acknowledge and fold `arrivals` (possibly none), then fire if the batch is complete. True if fired."""
+        k = self.keys
+        args: list[Any] = [self.stage, "" if self.plan.expected is None else self.plan.expected,
+                           f"{time.time():.3f}", len(arrivals), *(d.entry_id for d, _ in arrivals)]
+        for _, a in arrivals:
+            args += [a.id, a.hold, len(a.increments), *(x for inc in a.increments for x in inc)]
+        keys = [self.consumer.stream_key, k.stage_stats(self.stage), k.barrier(self.stage, batch, "in"),
+                k.barrier(self.stage, batch, "agg"), k.barrier(self.stage, batch, "held"),
+                k.barrier(self.stage, batch, "state"), k.manifest(batch), k.batch_items(batch),
+                k.barrier(self.stage, batch, "scratch"), *(k.batch_dead(batch, s) for s in self.plan.dead_stages)]
+        pipe = self.client.pipeline(transaction=True)
+        self._step(keys=keys, args=args, client=pipe)
+        if arrivals and not self.emits_held:  # the items end here (a join releasing them passes them on)
+            self.consumer.progress.mark([a.id for _, a in arrivals], DONE, pipe=pipe)
+        (folded, fired), *_ = pipe.execute()
+        if arrivals:
+            self.consumer.m_out.inc(int(folded))
+        return bool(fired)
+
+    def _finish(self, batch: str) -> None:
+        """Emit the fired batch's output, once (a replica or a restart that races here finds it emitted)."""
+        summary = self.summary(batch)
+        data = self.output(batch, summary)
+        item = WorkItem(id=f"{batch}/{self.stage}", data=data, batch=batch)
+        event = {"pipeline": self.settings.pipeline, "stage": self.stage, "kind": self.kind, **summary}
+        out = self.keys.stream(self.stage) if self.plan.read else self.keys.events()
+        emitted = self._emit(keys=[self.keys.barrier(self.stage, batch, "state"), out,
+                                   self.keys.barrier(self.stage, batch, "held"), self.keys.events()],
+                             args=[f"{time.time():.3f}", "held" if self.emits_held else "item",
+                                   encode_json(item.model_dump(exclude_defaults=True)), encode_json(event),
+                                   EVENTS_KEPT])
+        self._done.add(batch)
+        if emitted:
+            log.info("batch complete", extra={"event": "barrier.fired", "stage": self.stage, "batch": batch,
+                                              "items": summary["items"], "failed": summary["failed_count"]})
+            self.emitted(batch, data)
+
+    def summary(self, batch: str) -> dict[str, Any]:
+        """How the batch went: items expected, arrived, and the ids dead-lettered on the way (at most 1000)."""
+        k = self.keys
+        state = {key.decode(): v.decode() for key, v in self.client.hgetall(k.barrier(self.stage, batch,
+                                                                                        "state")).items()}
+        dead_keys = [k.batch_dead(batch, s) for s in self.plan.dead_stages]
+        dead = sorted(m.decode() for m in self.client.sunion(dead_keys)) if dead_keys else []
+        if dead:
+            arrived = self.client.smismember(k.barrier(self.stage, batch, "in"), dead)
+            dead = [d for d, seen in zip(dead, arrived, strict=True) if not seen]
+        return {"batch": batch, "items": int(state.get("expected", 0)), "done": int(state.get("arrived", 0)),
+                "failed": dead[:1000], "failed_count": len(dead)}

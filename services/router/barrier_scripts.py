@@ -1,0 +1,79 @@
+"""The barriers' server-side steps. Each runs atomically, so a crash can never fold an item without acknowledging
+it (or the reverse), nor fire or emit a batch twice."""
+
+from __future__ import annotations
+
+# KEYS: 1 input stream, 2 stage stats, 3 `in` set, 4 `agg` hash, 5 `held` hash, 6 `state` hash, 7 manifest,
+#       8 batch items set, 9 scratch key, 10.. dead sets of the stages upstream (and of the barrier itself)
+# ARGV: 1 group, 2 expected ('' = the manifest's item set), 3 now, 4 n = number of entry ids to acknowledge,
+#       5..4+n entry ids, then per item: id, raw item to hold ('' = none), m, then m (op, field, increment),
+#       op 'i' = HINCRBY, 'f' = HINCRBYFLOAT.
+# An item is folded (or held) only the first time its id arrives: a duplicate from a retry or a reclaim changes
+# nothing. Then the barrier fires when the manifest is complete and every item of it arrived or was
+# dead-lettered upstream. Returns {newly folded, fired (0/1)}.
+STEP = """
+local stream, stats, seen, agg, held, state = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local n = tonumber(ARGV[4])
+if n > 0 then
+  redis.call('XACK', stream, ARGV[1], unpack(ARGV, 5, 4 + n))
+  redis.call('HINCRBY', stats, 'in', n)
+end
+local fired = redis.call('HEXISTS', state, 'fired') == 1
+local folded, i = 0, 5 + n
+while i <= #ARGV do
+  local id, raw, m = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  if redis.call('SADD', seen, id) == 1 then
+    folded = folded + 1
+    if raw ~= '' then redis.call('HSET', held, id, raw) end
+    for j = i + 3, i + 2 + 3 * m, 3 do
+      if ARGV[j] == 'i' then redis.call('HINCRBY', agg, ARGV[j + 1], ARGV[j + 2])
+      else redis.call('HINCRBYFLOAT', agg, ARGV[j + 1], ARGV[j + 2]) end
+    end
+    if fired then redis.call('HINCRBY', state, 'late', 1) end
+  end
+  i = i + 3 + 3 * m
+end
+if folded > 0 then redis.call('HINCRBY', stats, 'out', folded) end
+if fired then return {folded, 1} end
+
+local expected
+if ARGV[2] ~= '' then
+  expected = tonumber(ARGV[2])
+else
+  if redis.call('HGET', KEYS[7], 'complete') ~= '1' then return {folded, 0} end
+  expected = redis.call('SCARD', KEYS[8])
+end
+local arrived = redis.call('SCARD', seen)
+local resolved = arrived
+if arrived < expected and #KEYS > 9 then
+  local dead = 0
+  for k = 10, #KEYS do dead = dead + redis.call('SCARD', KEYS[k]) end
+  if arrived + dead >= expected then  -- only then is the exact count (a union) worth its cost
+    resolved = redis.call('SUNIONSTORE', KEYS[9], seen, unpack(KEYS, 10))
+    redis.call('DEL', KEYS[9])
+  end
+end
+if resolved < expected then return {folded, 0} end
+redis.call('HSET', state, 'fired', ARGV[3], 'expected', expected, 'arrived', arrived)
+return {folded, 1}
+"""
+
+# KEYS: 1 `state` hash, 2 output stream ('' = nobody reads it), 3 `held` hash, 4 pipeline events stream.
+# ARGV: 1 now, 2 what to put on the output: 'item' (ARGV[3]) | 'held' (every held item, then forget them),
+#       3 the item, 4 the event, 5 how many events to keep.
+# Emits once: the `emitted` mark and the outputs land together. Returns 1 when it emitted now.
+EMIT = """
+if redis.call('HEXISTS', KEYS[1], 'fired') == 0 then return 0 end
+if redis.call('HSETNX', KEYS[1], 'emitted', ARGV[1]) == 0 then return 0 end
+local out = KEYS[2]
+if ARGV[2] == 'held' then
+  for _, raw in ipairs(redis.call('HVALS', KEYS[3])) do
+    if out ~= KEYS[4] then redis.call('XADD', out, '*', 'item', raw) end
+  end
+  redis.call('DEL', KEYS[3])
+elseif out ~= KEYS[4] then
+  redis.call('XADD', out, '*', 'item', ARGV[3])
+end
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[4])
+return 1
+"""

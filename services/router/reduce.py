@@ -1,0 +1,133 @@
+"""The reduce (book ch. 12): folds each item into the batch's aggregate as it arrives — while the map is still
+running — and emits the final aggregate once the batch is complete. The increments are computed here from the
+spec's expressions and applied in Redis together with the item's acknowledgement, once per item id, so the result
+is exact under retries and reclaims and several reducer replicas can share a batch. Partial aggregates of sharded
+reducers merge in a reduce downstream of them: a sum of their objects, one partial per upstream reducer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from services.core import Delivery
+from services.core.barriers import SEP, aggregate, barrier_state, top
+from services.core.expressions import compile_expression, route_key, truthy
+from services.core.spec_barriers import FoldSpec, ReduceSpec
+
+from .barrier import Arrival, Barrier
+from .document import document
+
+log = logging.getLogger(__name__)
+
+Increment = tuple[str, str, str]  # (op 'i' | 'f', hash field, amount)
+
+
+def _number(value: Any, what: str) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{what}: {json.dumps(value)[:80]} is not a finite number")
+    return value
+
+
+def _amount(value: int | float) -> str:
+    return str(value) if isinstance(value, int) else repr(float(value))
+
+
+def _bucket(value: Any, edges: list[float]) -> str:
+    x = _number(value, "histogram value")
+    if x < edges[0]:
+        return f"<{edges[0]:g}"
+    for low, high in zip(edges, edges[1:], strict=False):
+        if x < high:
+            return f"[{low:g},{high:g})"
+    return f">={edges[-1]:g}"
+
+
+class Folder:
+    """One aggregate of the spec: the increments one item document contributes."""
+
+    def __init__(self, name: str, spec: FoldSpec) -> None:
+        self.name, self.spec, self.op = name, spec, spec.operator
+        text = getattr(spec, self.op)
+        self.expression = None if text is True else compile_expression(text)
+
+    def increments(self, doc: dict[str, Any]) -> list[Increment]:
+        value = self.expression.search(doc) if self.expression is not None else True
+        if self.op == "count":
+            return [("i", self.name, "1")] if truthy(value) else []
+        if value is None:
+            return []
+        if self.op == "sum":
+            what = f"sum {self.name}"
+            if isinstance(value, dict):
+                return [("f", f"{self.name}{SEP}{key}", _amount(_number(v, f"{what}.{key}")))
+                        for key, v in value.items()]
+            values = value if isinstance(value, list) else [value]
+            return [("f", self.name, _amount(sum(_number(v, what) for v in values)))]
+        values = value if isinstance(value, list) else [value]
+        return [("i", f"{self.name}{SEP}{self._key(v)}", "1") for v in values if v is not None]
+
+    def _key(self, value: Any) -> str:
+        if self.spec.buckets is not None:
+            return _bucket(value, self.spec.buckets)
+        key = route_key(value) if not isinstance(value, float) else repr(value)
+        if key is None:
+            raise ValueError(f"histogram {self.name}: {json.dumps(value)[:80]} is not a countable value")
+        return key
+
+
+class Reduce(Barrier):
+    kind = "reduce"
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        spec: ReduceSpec = self.spec
+        self.folders = [Folder(name, fold) for name, fold in spec.fold.items()]
+        self.operators = {name: fold.operator for name, fold in spec.fold.items()}
+        self.path = self.settings.out_dir / spec.write if spec.write else None
+        self._written: dict[str, tuple[int, float]] = {}  # batch -> (arrived, when) of its last running write
+
+    def arrival(self, delivery: Delivery) -> Arrival:
+        assert delivery.item is not None
+        doc, _ = document(delivery)
+        increments = tuple(inc for folder in self.folders for inc in folder.increments(doc or {}))
+        return Arrival(delivery.item.id, increments=increments)
+
+    def result(self, batch: str, summary: dict[str, Any], *, final: bool) -> dict[str, Any]:
+        agg = aggregate(self.client, self.keys, self.stage, batch, self.operators)
+        data: dict[str, Any] = {**summary, "final": final, "aggregate": agg}
+        if self.spec.top:
+            data["top"] = {name: top(v, self.spec.top) for name, v in agg.items() if isinstance(v, dict)}
+        return data
+
+    def output(self, batch: str, summary: dict[str, Any]) -> dict[str, Any]:
+        return self.result(batch, summary, final=True)
+
+    def emitted(self, batch: str, data: dict[str, Any]) -> None:
+        self._write(data)
+
+    def idle(self, batch: str) -> None:
+        """Write the running aggregate of a batch in progress, at most every `every` seconds, when it changed."""
+        if self.path is None:
+            return
+        state = barrier_state(self.client, self.keys, self.stage, batch)
+        last_arrived, last_at = self._written.get(batch, (0, 0.0))
+        now = time.monotonic()
+        if state["arrived"] > last_arrived and now - last_at >= self.spec.every:
+            self._written[batch] = (state["arrived"], now)
+            summary = {"batch": batch, "items": None, "done": state["arrived"], "failed": [], "failed_count": 0}
+            self._write(self.result(batch, summary, final=False))
+
+    def _write(self, data: dict[str, Any]) -> None:
+        """Replace the file atomically: a reader sees the previous aggregate or this one, never half of one."""
+        if self.path is None:
+            return
+        path: Path = self.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
