@@ -1,4 +1,4 @@
-"""The word count's map: one text file in, its word counts out — `{"counts": {word: n}}` for the reduce to sum.
+r"""The word count's map: one text file in, its word counts out — `{"counts": {word: n}}` for the reduce to sum.
 
 Words are `re.findall(r"[^\W_]+", text.lower())`: runs of Unicode letters and digits (no underscore)."""
 
