@@ -57,6 +57,10 @@ class Keys:
         hash of items held until the barrier."""
         return f"{self.prefix}:j:{stage}:{batch}:{part}"
 
+    def schedule(self) -> str:
+        """Hash of the manager's schedule state (the cursor into the events of the pipeline it runs after)."""
+        return f"{self.prefix}:schedule"
+
     def events(self) -> str:
         """Stream of batch-complete events (one per barrier and batch): what dependent pipelines wait for."""
         return f"{self.prefix}:events"

@@ -64,6 +64,35 @@ class SourceSpec(Strict):
         return expression
 
 
+class AfterSpec(Strict):
+    pipeline: str = Field(pattern=_NAME)
+    stage: str | None = Field(default=None, description="Only this barrier's events (default: any of them).")
+
+
+class ScheduleSpec(Strict):
+    """When the manager starts a batch, besides once at start. Default: on new items — every `source.poll` it
+    lists, and a listing that finds new work is a new batch."""
+
+    cron: str | None = Field(default=None, description="A new batch at each tick; a tick while the previous "
+                                                       "batch still runs is skipped. 5 fields, or 6 with seconds.")
+    after: AfterSpec | None = Field(default=None, description="A new batch when that pipeline's batch completes.")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, text: str | None) -> str | None:
+        from croniter import croniter
+
+        if text is not None and not croniter.is_valid(text):
+            raise ValueError(f"not a cron expression: {text!r} (e.g. '*/5 * * * *')")
+        return text
+
+    @model_validator(mode="after")
+    def _one(self) -> ScheduleSpec:
+        if self.cron is not None and self.after is not None:
+            raise ValueError("give one of 'cron' or 'after'")
+        return self
+
+
 class Replicas(Strict):
     min: int = Field(default=1, ge=0)
     max: int = Field(default=1, ge=1)
@@ -190,9 +219,16 @@ class Pipeline(Strict):
     kind: Literal["Pipeline"] = "Pipeline"
     name: str = Field(pattern=_NAME)
     source: SourceSpec
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     defaults: Defaults = Field(default_factory=Defaults)
     plugins: list[str] = Field(default_factory=list, description="Modules or .py files registering @worker functions.")
     stages: dict[StageName, StageSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _not_after_itself(self) -> Pipeline:
+        if self.schedule.after is not None and self.schedule.after.pipeline == self.name:
+            raise ValueError("schedule.after names this pipeline itself: each batch would start the next")
+        return self
 
     def readers(self, stream: str) -> list[str]:
         return [name for name, st in self.stages.items() if stream in st.body.inputs]

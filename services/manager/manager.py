@@ -24,7 +24,8 @@ from . import batches, gauges
 from .diff import DiffStats, Dispatcher
 from .executors import Executor, StageContext, executor_class, stage_settings
 from .lister import SourceError, list_source
-from .report import status
+from .report import batch_done, status
+from .schedule import BATCH, Schedule
 
 log = logging.getLogger(__name__)
 
@@ -103,24 +104,24 @@ class Manager:
     def run(self, stop: threading.Event, *, once: bool = False) -> None:
         self.ensure_groups()
         executors = {} if once else self.start_executors()
+        schedule = Schedule(self.client, self.pipeline, lambda: not batch_done(self.client, self.pipeline))
         try:
-            next_poll = next_tick = 0.0
+            next_tick = 0.0
             while not stop.is_set():
-                if time.monotonic() >= next_poll:
+                if due := schedule.due():
                     try:
-                        self.poll()
+                        self.poll(scheduled=due == BATCH)
                     except (httpx.HTTPError, SourceError) as exc:
                         if once:
                             raise
                         log.warning("listing failed; retrying at the next poll", extra={
                             "event": "manager.list_failed", "reason": str(exc)[:300]})
-                    next_poll = time.monotonic() + self.pipeline.source.poll
                     if once:
                         break
                 if time.monotonic() >= next_tick:
                     self.tick(executors)
                     next_tick = time.monotonic() + TICK_S
-                stop.wait(max(0.0, min(next_poll, next_tick) - time.monotonic()))
+                stop.wait(max(0.0, min(schedule.wait_s(), next_tick - time.monotonic())))
         finally:
             for executor in executors.values():
                 executor.stop()

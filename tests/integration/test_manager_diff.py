@@ -183,16 +183,20 @@ def test_manager_picks_up_new_files_serves_status_and_finishes_the_batch(
     try:
         wait_for(lambda: batch_done(client, pipeline))
         assert status(client, pipeline)["counts"]["done"] == 25
-        for i in range(25, 30):  # arriving while the manager runs: same batch, listed updated
+        first = status(client, pipeline)["batch"]["id"]
+        for i in range(25, 30):  # arriving while the manager runs: the listing that finds them is a new batch
             (source_dir / f"f{i:03d}.txt").write_text(f"late {i}")
         wait_for(lambda: status(client, pipeline)["counts"]["done"] == 30)
         wait_for(lambda: batch_done(client, pipeline))
 
         snap = httpx.get(f"http://127.0.0.1:{port}/api/v1/status", timeout=5).json()
         assert snap["pipeline"] == pipeline.name
-        assert snap["batch"]["complete"] is True and snap["batch"]["listed"] == 30 and snap["batch"]["new"] == 30
+        assert snap["batch"]["complete"] is True and snap["batch"]["listed"] == 30 and snap["batch"]["new"] == 5
+        assert snap["batch"]["id"] != first
+        assert client.smembers(Keys(pipeline.name).batch_items(snap["batch"]["id"])) == {
+            f"f{i:03d}.txt".encode() for i in range(25, 30)}
         assert snap["counts"] == {"listed": 30, "queued": 0, "running": 0, "done": 30, "failed": 0, "dead": 0}
-        assert snap["skipped"] == 0
+        assert snap["skipped"] == 25
         work = snap["stages"]["work"]
         assert work["executor"] == "process" and work["out"] == 30 and work["backlog"] == 0
         assert {"failed", "dead", "lag", "pending", "length"} <= set(work)
