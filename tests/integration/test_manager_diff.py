@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,34 +36,6 @@ def wait_for(check: Callable[[], bool], timeout: float = 15.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.05)
-
-
-@pytest.fixture
-def source_dir(tmp_path: Path) -> Path:
-    root = tmp_path / "in"
-    root.mkdir()
-    for i in range(25):
-        (root / f"f{i:03d}.txt").write_text(f"file {i}")
-    return root
-
-
-@pytest.fixture
-def source_url(source_dir: Path) -> Iterator[str]:
-    """The real source ambassador over `source_dir` (no listing cache: new files show at once)."""
-    import uvicorn
-
-    from services.source import create_app
-    from services.source.backends import DirectoryBackend
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(DirectoryBackend(source_dir, cache_ttl=0)), port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
 
 
 def make_pipeline(name: str, source_dir: Path, **work: Any) -> Pipeline:
