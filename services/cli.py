@@ -47,7 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     pipeline = _load(args.pipeline, args.input)
     return run_pipeline(pipeline, Path(args.pipeline), Path(args.out), timeout=args.timeout,
-                        input_path=args.input, quiet=args.quiet)
+                        input_path=args.input, quiet=args.quiet, watch=args.watch)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out", help="where results go (default: out)")
     p.add_argument("--timeout", type=float, default=0, help="give up after this many seconds (0 = never)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--watch", action="store_true",
+                   help="keep running: the next batches as the pipeline's schedule starts them (Ctrl-C ends)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a pipeline spec; exit 2 with the bad field's path if invalid")

@@ -56,7 +56,8 @@ class EmbeddedRedis:
                 argv += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
             else:
                 argv += ["--appendonly", "no", "--save", ""]
-            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            start_new_session=True)  # Ctrl-C in a terminal: stopped by us, last
             if self._wait_ready():
                 log.info("embedded redis started", extra={"event": "redis.start", "url": self.url})
                 return self.url

@@ -108,6 +108,12 @@ class Reduce(Barrier):
         return self.result(batch, summary, final=True)
 
     def emitted(self, batch: str, data: dict[str, Any]) -> None:
+        if data["items"] == 0 and self.path is not None and self.path.exists():
+            # A listing that found nothing new is an empty batch: its aggregate is on the stream, but it must not
+            # overwrite the last real one (running the same input twice keeps the result).
+            log.info("empty batch: aggregate file kept", extra={"event": "reduce.empty", "stage": self.stage,
+                                                                "batch": batch})
+            return
         self._write(data)
 
     def idle(self, batch: str) -> None:

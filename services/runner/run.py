@@ -100,7 +100,7 @@ def _start_rq_workers(supervisor: Supervisor, pipeline: Pipeline) -> None:
 
 
 def run_pipeline(pipeline: Pipeline, path: Path, out_dir: Path, *, timeout: float = 0,
-                 input_path: str | None = None, quiet: bool = False) -> int:
+                 input_path: str | None = None, quiet: bool = False, watch: bool = False) -> int:
     settings = Settings(pipeline=pipeline.name, out_dir=out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with redis_url(settings.redis_url, settings.data_dir / "redis") as url:
@@ -123,7 +123,7 @@ def run_pipeline(pipeline: Pipeline, path: Path, out_dir: Path, *, timeout: floa
             for name in pipeline.router_stages():
                 supervisor.start(f"router-{name}", "router", "--pipeline", str(path), "--stage", name)
             supervisor.start("manager", "manager", "--pipeline", str(path), "--source-url", f"http://127.0.0.1:{port}")
-            code = _watch(client, pipeline, path, supervisor, baseline, timeout, quiet, out_dir)
+            code = _watch(client, pipeline, path, supervisor, baseline, timeout, quiet, out_dir, watch)
         finally:
             supervisor.stop_all()
         _write_manifest(client, pipeline, out_dir)
@@ -131,22 +131,27 @@ def run_pipeline(pipeline: Pipeline, path: Path, out_dir: Path, *, timeout: floa
 
 
 def _watch(client: redis.Redis, pipeline: Pipeline, path: Path, supervisor: Supervisor,
-           baseline: dict[str, Any], timeout: float, quiet: bool, out_dir: Path) -> int:
+           baseline: dict[str, Any], timeout: float, quiet: bool, out_dir: Path, watch: bool) -> int:
+    """Until the batch is done (with `watch`: until Ctrl-C, batch after batch as the schedule starts them)."""
     started = time.monotonic()
     with RunView(list(pipeline.stages), quiet=quiet) as view:
-        while True:
-            snap = status(client, pipeline)
-            view.update(snap, baseline)
-            if batch_done(client, pipeline):
-                break
-            if timeout and time.monotonic() - started > timeout:
-                view.console.print(f"timed out after {timeout:g}s; the batch is not done")
-                return EXIT_TIMEOUT
-            _scale_workers(supervisor, pipeline, path, snap)
-            if gave_up := supervisor.restart_dead():
-                view.console.print(f"roles keep crashing: {', '.join(gave_up)}; logs in {supervisor.log_dir}")
-                return EXIT_DEAD
-            time.sleep(0.2)
+        try:
+            while True:
+                snap = status(client, pipeline)
+                view.update(snap, baseline)
+                if not watch and batch_done(client, pipeline):
+                    break
+                if timeout and time.monotonic() - started > timeout:
+                    view.console.print(f"timed out after {timeout:g}s; the batch is not done")
+                    return EXIT_TIMEOUT
+                _scale_workers(supervisor, pipeline, path, snap)
+                if gave_up := supervisor.restart_dead():
+                    view.console.print(f"roles keep crashing: {', '.join(gave_up)}; logs in {supervisor.log_dir}")
+                    return EXIT_DEAD
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            if not watch:
+                raise
     snap = status(client, pipeline)
     dead = _dead_letters(client, pipeline, None)
     RunView([], quiet=True).summary(snap, dead, str(out_dir))
