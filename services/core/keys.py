@@ -24,6 +24,10 @@ class Keys:
         """Hash item id -> source version last dispatched (a changed version is work again)."""
         return f"{self.prefix}:version"
 
+    def derived(self) -> str:
+        """Set of the ids of items barriers made (batch events, aggregates): not tracked as the batch's items."""
+        return f"{self.prefix}:derived"
+
     def counts(self) -> str:
         """Hash state -> number of items in it."""
         return f"{self.prefix}:counts"

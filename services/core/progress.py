@@ -1,7 +1,9 @@
 """Per-item progress: each item id has one state; a counts hash says how many items are in each state.
 
 Both change together in one server-side script, so the counts are exact whatever crashes in between, and the
-script can run inside a stage's commit transaction."""
+script can run inside a stage's commit transaction. What a barrier derives from a whole batch (a join's event, a
+reduce's aggregate) flows through stages too but is not one of the batch's items: its id is in the `derived` set
+and marking it changes nothing."""
 
 from __future__ import annotations
 
@@ -15,13 +17,15 @@ QUEUED, RUNNING, DONE, FAILED, DEAD = "queued", "running", "done", "failed", "de
 STATES = (QUEUED, RUNNING, DONE, FAILED, DEAD)
 TERMINAL = (DONE, DEAD)
 
-# ARGV: new state, "force" | "keep-terminal", ids... Returns how many ids changed state.
+# KEYS: states, counts, derived ids. ARGV: new state, "force" | "keep-terminal", ids...
+# Returns how many ids changed state.
 _SET_STATE = """
 local new, mode, changed = ARGV[1], ARGV[2], 0
 for i = 3, #ARGV do
   local old = redis.call('HGET', KEYS[1], ARGV[i])
   local terminal = old == 'done' or old == 'dead'
-  if old ~= new and not (terminal and mode == 'keep-terminal') then
+  if old ~= new and not (terminal and mode == 'keep-terminal')
+      and (old or redis.call('SISMEMBER', KEYS[3], ARGV[i]) == 0) then
     redis.call('HSET', KEYS[1], ARGV[i], new)
     if old then redis.call('HINCRBY', KEYS[2], old, -1) end
     redis.call('HINCRBY', KEYS[2], new, 1)
@@ -36,7 +40,7 @@ class Progress:
     def __init__(self, client: Redis, keys: Keys) -> None:
         self.keys = keys
         self._set_state = client.register_script(_SET_STATE)
-        register_script_keys(self._set_state.sha, "hash", "hash")  # checked before a commit's EXEC
+        register_script_keys(self._set_state.sha, "hash", "hash", "set")  # checked before a commit's EXEC
         self.client = client
 
     def mark(self, ids: list[str], state: str, *, pipe: Pipeline | None = None, force: bool = False) -> None:
@@ -45,7 +49,8 @@ class Progress:
             raise ValueError(f"unknown state {state!r}")
         if ids:
             mode = "force" if force else "keep-terminal"
-            self._set_state(keys=[self.keys.states(), self.keys.counts()], args=[state, mode, *ids], client=pipe)
+            self._set_state(keys=[self.keys.states(), self.keys.counts(), self.keys.derived()],
+                            args=[state, mode, *ids], client=pipe)
 
     def counts(self) -> dict[str, int]:
         raw = self.client.hgetall(self.keys.counts())

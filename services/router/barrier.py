@@ -177,10 +177,11 @@ class Barrier:
         event = {"pipeline": self.settings.pipeline, "stage": self.stage, "kind": self.kind, **summary}
         out = self.keys.stream(self.stage) if self.plan.read else self.keys.events()
         emitted = self._emit(keys=[self.keys.barrier(self.stage, batch, "state"), out,
-                                   self.keys.barrier(self.stage, batch, "held"), self.keys.events()],
+                                   self.keys.barrier(self.stage, batch, "held"), self.keys.events(),
+                                   self.keys.derived()],
                              args=[f"{time.time():.3f}", "held" if self.emits_held else "item",
                                    encode_json(item.model_dump(exclude_defaults=True)), encode_json(event),
-                                   EVENTS_KEPT])
+                                   EVENTS_KEPT, item.id])
         self._done.add(batch)
         if emitted:
             log.info("batch complete", extra={"event": "barrier.fired", "stage": self.stage, "batch": batch,

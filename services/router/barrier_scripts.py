@@ -58,9 +58,10 @@ redis.call('HSET', state, 'fired', ARGV[3], 'expected', expected, 'arrived', arr
 return {folded, 1}
 """
 
-# KEYS: 1 `state` hash, 2 output stream ('' = nobody reads it), 3 `held` hash, 4 pipeline events stream.
+# KEYS: 1 `state` hash, 2 output stream (= KEYS[4] when nobody reads it), 3 `held` hash, 4 pipeline events
+#       stream, 5 the pipeline's set of derived item ids.
 # ARGV: 1 now, 2 what to put on the output: 'item' (ARGV[3]) | 'held' (every held item, then forget them),
-#       3 the item, 4 the event, 5 how many events to keep.
+#       3 the item, 4 the event, 5 how many events to keep, 6 the item's id (derived: progress ignores it).
 # Emits once: the `emitted` mark and the outputs land together. Returns 1 when it emitted now.
 EMIT = """
 if redis.call('HEXISTS', KEYS[1], 'fired') == 0 then return 0 end
@@ -72,6 +73,7 @@ if ARGV[2] == 'held' then
   end
   redis.call('DEL', KEYS[3])
 elseif out ~= KEYS[4] then
+  redis.call('SADD', KEYS[5], ARGV[6])
   redis.call('XADD', out, '*', 'item', ARGV[3])
 end
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[4])
