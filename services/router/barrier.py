@@ -159,7 +159,8 @@ class Barrier:
         keys = [self.consumer.stream_key, k.stage_stats(self.stage), k.barrier(self.stage, batch, "in"),
                 k.barrier(self.stage, batch, "agg"), k.barrier(self.stage, batch, "held"),
                 k.barrier(self.stage, batch, "state"), k.manifest(batch), k.batch_items(batch),
-                k.barrier(self.stage, batch, "scratch"), *(k.batch_dead(batch, s) for s in self.plan.dead_stages)]
+                k.barrier(self.stage, batch, "scratch"), self._output_key(),
+                *(k.batch_dead(batch, s) for s in self.plan.dead_stages)]
         pipe = self.client.pipeline(transaction=True)
         self._step(keys=keys, args=args, client=pipe)
         if arrivals and not self.emits_held:  # the items end here (a join releasing them passes them on)
@@ -175,8 +176,7 @@ class Barrier:
         data = self.output(batch, summary)
         item = WorkItem(id=f"{batch}/{self.stage}", data=data, batch=batch)
         event = {"pipeline": self.settings.pipeline, "stage": self.stage, "kind": self.kind, **summary}
-        out = self.keys.stream(self.stage) if self.plan.read else self.keys.events()
-        emitted = self._emit(keys=[self.keys.barrier(self.stage, batch, "state"), out,
+        emitted = self._emit(keys=[self.keys.barrier(self.stage, batch, "state"), self._output_key(),
                                    self.keys.barrier(self.stage, batch, "held"), self.keys.events(),
                                    self.keys.derived()],
                              args=[f"{time.time():.3f}", "held" if self.emits_held else "item",
@@ -187,6 +187,10 @@ class Barrier:
             log.info("batch complete", extra={"event": "barrier.fired", "stage": self.stage, "batch": batch,
                                               "items": summary["items"], "failed": summary["failed_count"]})
             self.emitted(batch, data)
+
+    def _output_key(self) -> str:
+        """The stage's stream, or (nobody reads it) the events stream, which the scripts then do not write to."""
+        return self.keys.stream(self.stage) if self.plan.read else self.keys.events()
 
     def summary(self, batch: str) -> dict[str, Any]:
         """How the batch went: items expected, arrived, and the ids dead-lettered on the way (at most 1000)."""

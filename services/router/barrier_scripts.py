@@ -4,7 +4,8 @@ it (or the reverse), nor fire or emit a batch twice."""
 from __future__ import annotations
 
 # KEYS: 1 input stream, 2 stage stats, 3 `in` set, 4 `agg` hash, 5 `held` hash, 6 `state` hash, 7 manifest,
-#       8 batch items set, 9 scratch key, 10.. dead sets of the stages upstream (and of the barrier itself)
+#       8 batch items set, 9 scratch key, 10 output stream (for late items to hold: passed straight on),
+#       11.. dead sets of the stages upstream (and of the barrier itself)
 # ARGV: 1 group, 2 expected ('' = the manifest's item set), 3 now, 4 n = number of entry ids to acknowledge,
 #       5..4+n entry ids, then per item: id, raw item to hold ('' = none), m, then m (op, field, increment),
 #       op 'i' = HINCRBY, 'f' = HINCRBYFLOAT.
@@ -24,7 +25,9 @@ while i <= #ARGV do
   local id, raw, m = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   if redis.call('SADD', seen, id) == 1 then
     folded = folded + 1
-    if raw ~= '' then redis.call('HSET', held, id, raw) end
+    if raw ~= '' then
+      if fired then redis.call('XADD', KEYS[10], '*', 'item', raw) else redis.call('HSET', held, id, raw) end
+    end
     for j = i + 3, i + 2 + 3 * m, 3 do
       if ARGV[j] == 'i' then redis.call('HINCRBY', agg, ARGV[j + 1], ARGV[j + 2])
       else redis.call('HINCRBYFLOAT', agg, ARGV[j + 1], ARGV[j + 2]) end
@@ -45,11 +48,11 @@ else
 end
 local arrived = redis.call('SCARD', seen)
 local resolved = arrived
-if arrived < expected and #KEYS > 9 then
+if arrived < expected and #KEYS > 10 then
   local dead = 0
-  for k = 10, #KEYS do dead = dead + redis.call('SCARD', KEYS[k]) end
+  for k = 11, #KEYS do dead = dead + redis.call('SCARD', KEYS[k]) end
   if arrived + dead >= expected then  -- only then is the exact count (a union) worth its cost
-    resolved = redis.call('SUNIONSTORE', KEYS[9], seen, unpack(KEYS, 10))
+    resolved = redis.call('SUNIONSTORE', KEYS[9], seen, unpack(KEYS, 11))
     redis.call('DEL', KEYS[9])
   end
 end

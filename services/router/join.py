@@ -18,4 +18,5 @@ class Join(Barrier):
 
     def arrival(self, delivery: Delivery) -> Arrival:
         assert delivery.item is not None
-        return Arrival(delivery.item.id, hold=delivery.raw if self.emits_held else b"")
+        hold = self.emits_held and self.plan.read  # items nobody reads are not held
+        return Arrival(delivery.item.id, hold=delivery.raw if hold else b"")
