@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import ModuleType
 
-import redis
 import yaml
+from runs import ROOT, kill_worker_mid_batch, start_run
 
-ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "signup"
 
 
@@ -42,55 +38,12 @@ def prepare(tmp: Path, users: int) -> tuple[Path, Path, list[dict]]:
     return pipeline, signups, [json.loads(line) for line in signups.read_text().splitlines()]
 
 
-def start_run(tmp: Path, pipeline: Path, signups: Path, ports: object, sinks: ModuleType) -> subprocess.Popen[str]:
-    env = {**os.environ, **sinks.worker_env(ports), "SIGNUP_SECRET": "e2e-only", "BATCHMESH_DATA_DIR": str(tmp / "st")}
-    env.pop("REDIS_URL", None)
-    return subprocess.Popen([sys.executable, "-m", "services.cli", "run", str(pipeline), "--input", str(signups),
-                             "--out", str(tmp / "out"), "--quiet", "--timeout", "240"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def zone_worker_pid(run_pid: int, stage: str) -> int | None:
-    """The pid of the `batchmesh worker --stage <stage>` process that our run started (a child of it)."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == run_pid and b"worker" in cmdline and stage.encode() in cmdline:
-            return int(proc.name)
-    return None
-
-
-def kill_zone_mid_batch(run: subprocess.Popen[str], tmp: Path, stage: str, stream: str) -> bool:
-    """SIGKILL the zone's worker while it holds items it has not committed. True if that moment was caught."""
-    deadline = time.monotonic() + 60
-    marker = tmp / "st" / "redis" / "redis.url"
-    while time.monotonic() < deadline and run.poll() is None:
-        url = marker.read_text().strip() if marker.exists() else ""
-        if url:
-            client = redis.Redis.from_url(url)
-            try:
-                pending = client.xpending(f"bm:{{signup}}:s:{stream}", stage)["pending"]
-            except redis.ResponseError:
-                pending = 0
-            pid = zone_worker_pid(run.pid, stage)
-            if pending and pid:
-                os.kill(pid, signal.SIGKILL)
-                return True
-        time.sleep(0.005)
-    return False
-
-
 def run_flow(tmp: Path, users: int, kill_zone: bool) -> tuple[list[str], list[str], int]:
     sinks, check = load("sinks"), load("check")
     pipeline, signups, rows = prepare(tmp, users)
     with sinks.running_sinks(tmp / "record") as ports:
-        run = start_run(tmp, pipeline, signups, ports, sinks)
-        killed = kill_zone_mid_batch(run, tmp, "verify-1", "zones.1") if kill_zone else False
+        run = start_run(tmp, pipeline, signups, {**sinks.worker_env(ports), "SIGNUP_SECRET": "e2e-only"})
+        killed = kill_worker_mid_batch(run, tmp, "signup", "verify-1", "zones.1") if kill_zone else False
         _, stderr = run.communicate(timeout=300)
     assert run.returncode == 0, stderr[-3000:]
     strict = check.check(tmp / "record", rows)
