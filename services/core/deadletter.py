@@ -9,7 +9,7 @@ from redis import Redis
 from redis.client import Pipeline
 
 from .item import FIELD, TO, WorkItem
-from .keys import Keys
+from .keys import BATCH_TTL_S, Keys
 from .progress import QUEUED, Progress
 
 
@@ -44,6 +44,7 @@ def add_dead_letter(
     item = _decoded(raw_item)
     if item is not None and item.batch:
         pipe.sadd(keys.batch_dead(item.batch, stage), item.id)
+        pipe.expire(keys.batch_dead(item.batch, stage), BATCH_TTL_S)
     pipe.xadd(
         keys.dead_letters(stage),
         {

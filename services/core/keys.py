@@ -3,6 +3,8 @@ Redis Cluster slot and multi-key transactions and scripts stay legal there."""
 
 from __future__ import annotations
 
+BATCH_TTL_S = 14 * 86400  # a batch's keys (manifest, dead sets, barrier state) expire this long after it opened
+
 
 class Keys:
     def __init__(self, pipeline: str) -> None:

@@ -9,7 +9,7 @@ import time
 
 from redis import Redis
 
-from services.core import Keys
+from services.core.keys import BATCH_TTL_S, Keys
 
 
 def new_batch_id() -> str:
@@ -21,6 +21,8 @@ def announce(client: Redis, keys: Keys, batch: str) -> None:
     now = f"{time.time():.3f}"
     pipe = client.pipeline(transaction=True)
     pipe.hset(keys.manifest(batch), mapping={"opened": now, "complete": 0})
+    pipe.expire(keys.manifest(batch), BATCH_TTL_S)
+    pipe.zremrangebyscore(keys.batches(), "-inf", time.time() - BATCH_TTL_S)  # their keys have expired
     pipe.zadd(keys.batches(), {batch: time.time()})
     pipe.delete(keys.batch())
     pipe.hset(keys.batch(), mapping={"id": batch, "listed": 0, "new": 0, "complete": 0, "updated_at": now})
@@ -33,6 +35,7 @@ def close(client: Redis, keys: Keys, batch: str, listed: int) -> int:
     pipe = client.pipeline(transaction=True)
     pipe.hset(keys.manifest(batch), mapping={"listed": listed, "complete": 1, "closed": now})
     pipe.hset(keys.batch(), mapping={"listed": listed, "complete": 1, "updated_at": now})
+    pipe.expire(keys.batch_items(batch), BATCH_TTL_S)
     pipe.scard(keys.batch_items(batch))
     return int(pipe.execute()[-1])
 

@@ -27,6 +27,7 @@ from redis import Redis
 from services.core import DONE, Commit, Delivery, Keys, Settings, StreamConsumer, WorkItem
 from services.core import metrics as core_metrics
 from services.core.item import encode_json
+from services.core.keys import BATCH_TTL_S
 from services.core.spec import Pipeline
 
 from .barrier_scripts import EMIT, STEP
@@ -178,10 +179,11 @@ class Barrier:
         event = {"pipeline": self.settings.pipeline, "stage": self.stage, "kind": self.kind, **summary}
         emitted = self._emit(keys=[self.keys.barrier(self.stage, batch, "state"), self._output_key(),
                                    self.keys.barrier(self.stage, batch, "held"), self.keys.events(),
-                                   self.keys.derived()],
+                                   self.keys.derived(), self.keys.barrier(self.stage, batch, "in"),
+                                   self.keys.barrier(self.stage, batch, "agg")],
                              args=[f"{time.time():.3f}", "held" if self.emits_held else "item",
                                    encode_json(item.model_dump(exclude_defaults=True)), encode_json(event),
-                                   EVENTS_KEPT, item.id])
+                                   EVENTS_KEPT, item.id, BATCH_TTL_S])
         self._done.add(batch)
         if emitted:
             log.info("batch complete", extra={"event": "barrier.fired", "stage": self.stage, "batch": batch,

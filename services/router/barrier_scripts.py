@@ -62,9 +62,10 @@ return {folded, 1}
 """
 
 # KEYS: 1 `state` hash, 2 output stream (= KEYS[4] when nobody reads it), 3 `held` hash, 4 pipeline events
-#       stream, 5 the pipeline's set of derived item ids.
+#       stream, 5 the pipeline's set of derived item ids, 6.. the batch's other barrier keys (to expire).
 # ARGV: 1 now, 2 what to put on the output: 'item' (ARGV[3]) | 'held' (every held item, then forget them),
-#       3 the item, 4 the event, 5 how many events to keep, 6 the item's id (derived: progress ignores it).
+#       3 the item, 4 the event, 5 how many events to keep, 6 the item's id (derived: progress ignores it),
+#       7 seconds the batch's barrier state is kept after it emitted.
 # Emits once: the `emitted` mark and the outputs land together. Returns 1 when it emitted now.
 EMIT = """
 if redis.call('HEXISTS', KEYS[1], 'fired') == 0 then return 0 end
@@ -80,5 +81,7 @@ elseif out ~= KEYS[4] then
   redis.call('XADD', out, '*', 'item', ARGV[3])
 end
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+for k = 6, #KEYS do redis.call('EXPIRE', KEYS[k], ARGV[7]) end
 return 1
 """
