@@ -64,10 +64,11 @@ _INTERPRETER = _Interpreter()
 class Expression:
     """A compiled JMESPath expression; `program` is its Lua form when it is simple, else None."""
 
-    __slots__ = ("compiled", "program", "text")
+    __slots__ = ("compiled", "path", "program", "text")
 
     def __init__(self, text: str, compiled: Any, program: dict[str, Any] | None) -> None:
         self.text, self.compiled, self.program = text, compiled, program
+        self.path = _path(compiled.parsed)  # a plain field path (`data.counts`) is looked up without the interpreter
 
     @property
     def simple(self) -> bool:
@@ -78,6 +79,10 @@ class Expression:
         return json.dumps(self.program, separators=(",", ":")) if self.program is not None else ""
 
     def search(self, document: Any) -> Any:
+        if self.path is not None:
+            for key in self.path:
+                document = document.get(key) if isinstance(document, dict) else None
+            return document
         try:
             return _INTERPRETER.visit(self.compiled.parsed, document)
         except Exception:  # noqa: BLE001 - e.g. a function given the wrong type on an odd item: that is null

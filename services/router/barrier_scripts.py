@@ -8,7 +8,7 @@ from __future__ import annotations
 #       11.. dead sets of the stages upstream (and of the barrier itself)
 # ARGV: 1 group, 2 expected ('' = the manifest's item set), 3 now, 4 n = number of entry ids to acknowledge,
 #       5..4+n entry ids, then per item: id, raw item to hold ('' = none), m, then m (op, field, increment),
-#       op 'i' = HINCRBY, 'f' = HINCRBYFLOAT.
+#       op 'i' = an integer amount (HINCRBY, or HINCRBYFLOAT once the field holds a fraction), 'f' = a fraction.
 # An item is folded (or held) only the first time its id arrives: a duplicate from a retry or a reclaim changes
 # nothing. Then the barrier fires when the manifest is complete and every item of it arrived or was
 # dead-lettered upstream. Returns {newly folded, fired (0/1)}.
@@ -28,9 +28,10 @@ while i <= #ARGV do
     if raw ~= '' then
       if fired then redis.call('XADD', KEYS[10], '*', 'item', raw) else redis.call('HSET', held, id, raw) end
     end
-    for j = i + 3, i + 2 + 3 * m, 3 do
-      if ARGV[j] == 'i' then redis.call('HINCRBY', agg, ARGV[j + 1], ARGV[j + 2])
-      else redis.call('HINCRBYFLOAT', agg, ARGV[j + 1], ARGV[j + 2]) end
+    for j = i + 3, i + 2 + 3 * m, 3 do  -- integers add as integers (fast) until a field holds a fraction
+      if ARGV[j] ~= 'i' or type(redis.pcall('HINCRBY', agg, ARGV[j + 1], ARGV[j + 2])) == 'table' then
+        redis.call('HINCRBYFLOAT', agg, ARGV[j + 1], ARGV[j + 2])
+      end
     end
     if fired then redis.call('HINCRBY', state, 'late', 1) end
   end

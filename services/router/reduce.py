@@ -33,8 +33,8 @@ def _number(value: Any, what: str) -> float | int:
     return value
 
 
-def _amount(value: int | float) -> str:
-    return str(value) if isinstance(value, int) else repr(float(value))
+def _increment(field: str, value: int | float) -> Increment:
+    return ("i", field, str(value)) if isinstance(value, int) else ("f", field, repr(float(value)))
 
 
 def _bucket(value: Any, edges: list[float]) -> str:
@@ -64,10 +64,9 @@ class Folder:
         if self.op == "sum":
             what = f"sum {self.name}"
             if isinstance(value, dict):
-                return [("f", f"{self.name}{SEP}{key}", _amount(_number(v, f"{what}.{key}")))
-                        for key, v in value.items()]
+                return [_increment(f"{self.name}{SEP}{key}", _number(v, f"{what}.{key}")) for key, v in value.items()]
             values = value if isinstance(value, list) else [value]
-            return [("f", self.name, _amount(sum(_number(v, what) for v in values)))]
+            return [_increment(self.name, sum(_number(v, what) for v in values))]
         values = value if isinstance(value, list) else [value]
         return [("i", f"{self.name}{SEP}{self._key(v)}", "1") for v in values if v is not None]
 

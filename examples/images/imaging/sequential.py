@@ -22,6 +22,7 @@ def process(path: Path, out: Path) -> dict[str, Any]:
     work = out / "work" / path.stem
 
     def step(fn: Any, data: dict[str, Any], where: str) -> dict[str, Any]:
+        (work / where).mkdir(parents=True, exist_ok=True)  # as the worker runtime does before a worker runs
         return fn({**item, "data": data}, work / where)
 
     found = step(workers.plate_detect, item["data"], "plates")
