@@ -42,10 +42,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from services.runner import run_pipeline
 
     pipeline = _load(args.pipeline, args.input)
+    signal.signal(signal.SIGTERM, _interrupt)  # like Ctrl-C: the run stops every role it started before it exits
     return run_pipeline(pipeline, Path(args.pipeline), Path(args.out), timeout=args.timeout,
                         input_path=args.input, quiet=args.quiet, watch=args.watch)
 

@@ -21,7 +21,7 @@ class SourceError(RuntimeError):
 def list_source(
     source_url: str, page_size: int = 1000, *, client: httpx.Client | None = None
 ) -> Iterator[list[dict[str, Any]]]:
-    """Yield the listing page by page. `client` is for tests (e.g. an httpx transport); one is made otherwise."""
+    """Yield the listing page by page, with `client` (the manager keeps one) or a client made for this listing."""
     url = source_url.rstrip("/") + "/api/v1/items"
     own = client is None
     http = client or httpx.Client(timeout=TIMEOUT)

@@ -23,6 +23,7 @@ from services.core.spec import Pipeline
 from . import batches, gauges
 from .diff import DiffStats, Dispatcher
 from .executors import Executor, StageContext, executor_class, stage_settings
+from .lister import TIMEOUT as LIST_TIMEOUT
 from .lister import SourceError, list_source
 from .report import batch_done, status
 from .schedule import BATCH, Schedule
@@ -40,6 +41,7 @@ class Manager:
         self.keys = Keys(pipeline.name)
         self.dispatcher = Dispatcher(client, self.keys, Progress(client, self.keys), batch="")
         self.complete = False  # the first listing pass is done
+        self.http = httpx.Client(timeout=LIST_TIMEOUT)  # one for every poll: a new client costs a TLS context
 
     def ensure_groups(self) -> None:
         """Every stage's group exists before anything is dispatched: safe trimming counts only existing groups,
@@ -61,7 +63,7 @@ class Manager:
         announced = scheduled or not self.complete
         if announced:
             batches.announce(self.client, self.keys, batch)
-        for page in list_source(self.source_url, self.page_size):
+        for page in list_source(self.source_url, self.page_size, client=self.http):
             stats = self.dispatcher.dispatch(page)
             total += stats
             if stats.new and not announced:
@@ -125,6 +127,7 @@ class Manager:
         finally:
             for executor in executors.values():
                 executor.stop()
+            self.http.close()
 
 
 def run_manager(pipeline: Pipeline, settings: Settings, source_url: str, stop: threading.Event, port: int = 0,

@@ -54,7 +54,7 @@ def test_image_pipeline(tmp_path: Path) -> None:
         assert np.array_equal(original[outside], blurred[outside]), record["name"]
         changed_somewhere += not np.array_equal(original[~outside], blurred[~outside])
     assert changed_somewhere >= IMAGES // 2
-    assert len(list(out.glob("faces/*/*/*.png"))) == IMAGES  # face chain: plates and faces blurred
+    assert len(list(out.glob("faces-*/*/*/*.png"))) == IMAGES  # face chain: plates and faces blurred
     assert json.loads((out / "faces.json").read_text())["aggregate"]["identities"]
 
     assert not list(inbox.glob("*.jpg")), "every original is deleted"
