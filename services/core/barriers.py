@@ -27,8 +27,12 @@ def barrier_state(client: Redis, keys: Keys, stage: str, batch: str) -> dict[str
 
 
 def number(text: bytes | str) -> int | float:
-    value = float(text)
-    return int(value) if value.is_integer() and abs(value) < 2**63 else value
+    """Redis writes integers without a point (also HINCRBYFLOAT's integral results): those stay exact ints."""
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)
+        return int(value) if value.is_integer() else value
 
 
 def aggregate(client: Redis, keys: Keys, stage: str, batch: str, names: dict[str, str]) -> dict[str, Any]:

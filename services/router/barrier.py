@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 CHECK_EVERY_S = 0.2  # how often recent batches are re-checked when no item arrives
 RECENT_BATCHES = 20
+# Redis takes at most 1,048,576 arguments per command (6.2 resets the connection beyond): a step's script calls
+# stay well below, however many words a batch of files brings.
+MAX_ARGS = 250_000
+MAX_INCREMENTS = (MAX_ARGS - 1000) // 3
 EVENTS_KEPT = 10_000
 
 
@@ -132,12 +136,19 @@ class Barrier:
                 rejects.dead_letter(d, "item has no batch: a barrier counts the batches the manager dispatches")
             else:
                 try:
-                    by_batch[d.item.batch].append((d, self.arrival(d)))
+                    arrival = self.arrival(d)
+                    if len(arrival.increments) > MAX_INCREMENTS:
+                        raise ValueError(f"{len(arrival.increments)} aggregate entries in one item, at most "
+                                         f"{MAX_INCREMENTS:,}: split it upstream")
+                    by_batch[d.item.batch].append((d, arrival))
                 except ValueError as exc:
                     rejects.dead_letter(d, f"{self.kind}: {exc}")
         self.consumer.commit(rejects)  # dead-lettered items count as resolved for the barrier: before the check
         for batch, arrivals in by_batch.items():
-            if self._fold(batch, arrivals):
+            fired = False
+            for chunk in _chunks(arrivals):
+                fired = self._fold(batch, chunk) or fired
+            if fired:
                 self._finish(batch)
 
     def check_recent(self) -> None:
@@ -206,3 +217,18 @@ class Barrier:
             dead = [d for d, seen in zip(dead, arrived, strict=True) if not seen]
         return {"batch": batch, "items": int(state.get("expected", 0)), "done": int(state.get("arrived", 0)),
                 "failed": dead[:1000], "failed_count": len(dead)}
+
+
+def _chunks(arrivals: list[tuple[Delivery, Arrival]]) -> list[list[tuple[Delivery, Arrival]]]:
+    """Split a step's arrivals into script calls of at most MAX_ARGS arguments (each call acknowledges and folds its
+    own items, so a split changes nothing but the number of calls)."""
+    chunks: list[list[tuple[Delivery, Arrival]]] = [[]]
+    size = 0
+    for pair in arrivals:
+        cost = 4 + 3 * len(pair[1].increments)
+        if chunks[-1] and size + cost > MAX_ARGS - 1000:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(pair)
+        size += cost
+    return chunks

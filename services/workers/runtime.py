@@ -1,6 +1,7 @@
 """The work-queue worker (the book's ch. 10 worker, as a long-running stream consumer): read a batch of items from
-the stage's input stream, run the stage's worker chain on each, then publish/record the results, retry or
-dead-letter the failures and acknowledge — all in ONE commit per batch."""
+the stage's input stream (about BATCH_SECONDS of work: hundreds of fast items, one or two slow ones), run the
+stage's worker chain on each, then publish/record the results, retry or dead-letter the failures and acknowledge
+— all in ONE commit per batch."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ from .lease import Lease
 log = logging.getLogger(__name__)
 
 COMMAND_BATCH_FACTOR = 4  # command batches hold concurrency * 4 items: a crash re-runs little work
+BATCH_SECONDS = 0.05  # a read takes about this much work: slow items are read (and committed) a few at a time, so
+# the next stage starts on them at once and other replicas get the rest; fast items still go 256 to a commit
 
 
 def run_worker(pipeline: Pipeline, stage: str, settings: Settings, stop: threading.Event) -> None:
@@ -61,6 +64,7 @@ class _Worker:
         self.count = settings.batch_size
         if chain.has_commands:
             self.count = min(self.count, work.concurrency * COMMAND_BATCH_FACTOR)
+        self.item_s: float | None = None  # moving average of an item's time: None until the first batch
         # One consumer name per run: two workers in one process must not share a pending list.
         name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.consumer = StreamConsumer(client, settings, stage=stage, input_stream=work.input, consumer=name)
@@ -79,7 +83,7 @@ class _Worker:
         try:
             with self._pool() as pool:
                 while not stop.is_set():
-                    batch = c.read(self.count)
+                    batch = c.read(self.read_count())
                     if batch:
                         self.process(batch, pool, lease)
                     else:
@@ -96,6 +100,13 @@ class _Worker:
             self.m_workers.dec()
             log.info("worker stopped", extra={"event": "worker.stop", "stage": self.stage, "consumer": c.consumer,
                                              "done": self.done, "failed": self.failed})
+
+    def read_count(self) -> int:
+        """How many entries to read: about BATCH_SECONDS of work (at least one per slot), at most the batch size."""
+        least = self.concurrency if self.chain.has_commands else 1
+        if self.item_s is None:
+            return least  # the first items tell how slow they are
+        return max(least, min(self.count, int(BATCH_SECONDS / max(self.item_s, 1e-6))))
 
     @contextmanager
     def _pool(self) -> Iterator[ThreadPoolExecutor | None]:
@@ -117,6 +128,7 @@ class _Worker:
         c = self.consumer
         c.progress.mark([d.item.id for d in items if d.item is not None], RUNNING)
         lease.hold([d.entry_id for d in items])
+        began = time.perf_counter()
         try:
             outcomes = pool.map(self._run, items) if pool is not None else map(self._run, items)
             for d, outcome in zip(items, outcomes, strict=True):
@@ -127,6 +139,9 @@ class _Worker:
             c.commit(commit)
         finally:
             lease.release()
+        if items:
+            per_item = (time.perf_counter() - began) / len(items) * (self.concurrency if pool is not None else 1)
+            self.item_s = per_item if self.item_s is None else 0.5 * self.item_s + 0.5 * per_item
 
     def _run(self, delivery: Delivery) -> Outcome:
         item = delivery.item
