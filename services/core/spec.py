@@ -311,8 +311,15 @@ class Pipeline(Strict):
         for name in self.barrier_stages():
             self._check_barrier(name)
 
+    def barrier_siblings(self, name: str) -> list[str]:
+        """Sharded reducers: the other barriers feeding the same downstream barrier as `name`. Together they see
+        the whole batch; each fires once every item was folded by one of them (or dead-lettered on the way)."""
+        found = {s for other in self.barrier_stages() if name in self.barrier_sources(other)
+                 for s in self.barrier_sources(other)}
+        return sorted(found - {name})
+
     def _check_barrier(self, name: str) -> None:
-        """A barrier counts the batch's items: every item must reach it or be dead-lettered on the way."""
+        """A barrier counts the batch's items: every item must reach it (or a sibling) or be dead-lettered."""
         kind = self.stages[name].kind
         where = f"stages.{name}.{kind}.input"
         upstream = self.upstream(self.stages[name].body.input)
@@ -323,10 +330,11 @@ class Pipeline(Strict):
             if spec.kind in ("filter", "split"):
                 raise SpecError(where, f"{spec.kind} stage {stage!r} upstream sends items elsewhere, so the "
                                        f"{kind} would wait for them forever; put it after the {kind}")
-            missing = [out for out in spec.outputs(stage) if out not in self._streams_up_to(name)]
+            reached = set().union(*(self._streams_up_to(b) for b in [name, *self.barrier_siblings(name)]))
+            missing = [out for out in spec.outputs(stage) if out not in reached]
             if spec.kind == "shard" and missing:
-                raise SpecError(where, f"shard outputs {missing} of {stage!r} do not reach the {kind}: "
-                                       "merge every shard before it")
+                raise SpecError(where, f"shard outputs {missing} of {stage!r} do not reach the {kind}: merge every "
+                                       "shard before it, or give each shard a reducer and merge their partials")
 
     def _streams_up_to(self, name: str) -> set[str]:
         return {s for stage in self.upstream(self.stages[name].body.input) | {name}

@@ -50,12 +50,14 @@ class BarrierPlan:
     dead_stages: list[str]  # whose dead-lettered items of a batch it stops waiting for
     expected: int | None  # a fixed number of arrivals per batch (partial aggregates), else the manifest's items
     read: bool  # some stage reads its output stream
+    siblings: list[str]  # sharded reducers: an item another of them folded is not coming here
 
     @classmethod
     def of(cls, pipeline: Pipeline, stage: str) -> BarrierPlan:
         sources = pipeline.barrier_sources(stage)
         upstream = pipeline.upstream(pipeline.stages[stage].body.input)
-        return cls(sorted(upstream | {stage}), len(sources) if sources else None, bool(pipeline.readers(stage)))
+        return cls(sorted(upstream | {stage}), len(sources) if sources else None, bool(pipeline.readers(stage)),
+                   pipeline.barrier_siblings(stage))
 
 
 @dataclass
@@ -172,7 +174,8 @@ class Barrier:
                 k.barrier(self.stage, batch, "agg"), k.barrier(self.stage, batch, "held"),
                 k.barrier(self.stage, batch, "state"), k.manifest(batch), k.batch_items(batch),
                 k.barrier(self.stage, batch, "scratch"), self._output_key(),
-                *(k.batch_dead(batch, s) for s in self.plan.dead_stages)]
+                *(k.batch_dead(batch, s) for s in self.plan.dead_stages),
+                *(k.barrier(sibling, batch, "in") for sibling in self.plan.siblings)]
         pipe = self.client.pipeline(transaction=True)
         self._step(keys=keys, args=args, client=pipe)
         if arrivals and not self.emits_held:  # the items end here (a join releasing them passes them on)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 # KEYS: 1 input stream, 2 stage stats, 3 `in` set, 4 `agg` hash, 5 `held` hash, 6 `state` hash, 7 manifest,
 #       8 batch items set, 9 scratch key, 10 output stream (for late items to hold: passed straight on),
-#       11.. dead sets of the stages upstream (and of the barrier itself)
+#       11.. sets of ids that will not come: dead-lettered upstream (or at the barrier itself), or folded by a
+#       sibling (a sharded reducer's sibling sees the other shards' items)
 # ARGV: 1 group, 2 expected ('' = the manifest's item set), 3 now, 4 n = number of entry ids to acknowledge,
 #       5..4+n entry ids, then per item: id, raw item to hold ('' = none), m, then m (op, field, increment),
 #       op 'i' = an integer amount (HINCRBY, or HINCRBYFLOAT once the field holds a fraction), 'f' = a fraction.
 # An item is folded (or held) only the first time its id arrives: a duplicate from a retry or a reclaim changes
-# nothing. Then the barrier fires when the manifest is complete and every item of it arrived or was
-# dead-lettered upstream. Returns {newly folded, fired (0/1)}.
+# nothing. Then the barrier fires when the manifest is complete and every item of it arrived, was dead-lettered
+# upstream or was folded by a sibling. Returns {newly folded, fired (0/1)}.
 STEP = """
 local stream, stats, seen, agg, held, state = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local n = tonumber(ARGV[4])

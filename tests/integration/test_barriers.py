@@ -20,7 +20,7 @@ from services.core.deadletter import add_dead_letter
 from services.core.spec import Pipeline
 from services.manager import batches
 from services.manager.diff import Dispatcher
-from services.router import build_barrier
+from services.router import build_barrier, build_router
 
 EXAMPLES = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -232,3 +232,45 @@ def test_a_malformed_value_dead_letters_the_item_and_the_batch_still_completes(c
     assert final.data["aggregate"] == {"n": 2} and final.data["failed"] == ["b"]
     [letter] = client.xrange(h.keys.dead_letters("gate"))
     assert b"not a finite number" in letter[1][b"reason"]
+
+
+def test_partial_aggregates_of_sharded_reducers_merge_into_one(client: redis.Redis, settings: Settings) -> None:
+    """Two reducers each fold one shard's items; a third sums their final partials. Same result as one reduce."""
+    name = f"m{uuid.uuid4().hex[:8]}"
+    words = {"sum": "data.words"}
+    pipeline = Pipeline.model_validate({"apiVersion": "batchmesh/v1", "name": name, "source": {"path": "."},
+                                        "stages": {
+        "split": {"shard": {"input": "source", "key": "name", "shards": 2}},
+        "map-0": {"work": {"input": "split.0", "worker": "noop"}},
+        "map-1": {"work": {"input": "split.1", "worker": "noop"}},
+        "part-0": {"reduce": {"input": "map-0", "fold": {"words": words, "n": {"count": True}}}},
+        "part-1": {"reduce": {"input": "map-1", "fold": {"words": words, "n": {"count": True}}}},
+        "parts": {"merge": {"inputs": ["part-0", "part-1"]}},
+        "total": {"reduce": {"input": "parts", "fold": {"words": {"sum": "data.aggregate.words"},
+                                                        "n": {"sum": "data.aggregate.n"}}}},
+        "after": {"work": {"input": "total", "worker": "noop"}}}})
+    pipeline.check_graph()  # a reducer per shard is valid: together they see every item
+    s = settings.model_copy(update={"pipeline": name})
+    keys = Keys(name)
+    batch = batches.new_batch_id()
+    batches.announce(client, keys, batch)
+    ids = [f"doc-{i}" for i in range(30)]
+    Dispatcher(client, keys, Progress(client, keys), batch=batch).dispatch([{"name": i, "version": "1"} for i in ids])
+    batches.close(client, keys, batch, len(ids))
+    expected: Counter[str] = Counter()
+    for n, item_id in enumerate(ids):
+        data = {"words": {"a": n % 3 + 1, f"w{n % 7}": 2}}
+        expected.update(data["words"])
+        client.xadd(keys.stream(f"map-{n % 2}"), WorkItem(id=item_id, data=data, batch=batch).encode())
+    stages = [build_barrier(client, s, pipeline, "part-0"), build_barrier(client, s, pipeline, "part-1"),
+              build_router(client, s, "parts", pipeline.stages["parts"].body),
+              build_barrier(client, s, pipeline, "total")]
+    for _ in range(4):
+        for stage in stages:
+            stage.step(0)
+        for stage in stages:
+            if hasattr(stage, "check_recent"):
+                stage.check_recent()
+    [final] = [WorkItem.decode(f) for _, f in client.xrange(keys.stream("total"))]
+    assert final.data["items"] == 2 and final.data["done"] == 2  # one partial per upstream reducer
+    assert final.data["aggregate"] == {"words": dict(sorted(expected.items())), "n": 30}
