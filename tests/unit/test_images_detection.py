@@ -136,3 +136,14 @@ def test_onnx_detector_needs_a_model(tmp_path: Path) -> None:
         detectors.OnnxDetector(garbage, ["car"])
     with pytest.raises(LookupError, match="unknown detector"):
         detectors.get("no-such-detector")
+
+
+def test_an_onnx_model_is_registered_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGING_ONNX_MODEL", str(tmp_path / "model.onnx"))
+    monkeypatch.delenv("IMAGING_ONNX_LABELS", raising=False)
+    with pytest.raises(ValueError, match="IMAGING_ONNX_LABELS"):
+        detectors.register_onnx_from_env()
+    monkeypatch.setenv("IMAGING_ONNX_LABELS", "car,truck")
+    detectors.register_onnx_from_env()
+    with pytest.raises(FileNotFoundError, match="model.onnx.*not found"):  # built on first use, by name
+        detectors.get("onnx")

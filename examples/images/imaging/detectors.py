@@ -6,6 +6,7 @@ swapped in by name without touching the workers: `register("vehicles", lambda: O
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -106,3 +107,18 @@ class OnnxDetector:
             picked.append(label)
         kept = cv2.dnn.NMSBoxes(boxes, confidences, self.threshold, self.nms) if boxes else []
         return [Detection(Box(*boxes[i]).clip(w, h), picked[i], confidences[i]) for i in np.array(kept).flatten()]
+
+
+def register_onnx_from_env() -> None:
+    """IMAGING_ONNX_MODEL=model.onnx and IMAGING_ONNX_LABELS=person,bicycle,car,... (the model's classes, in order)
+    register the model as detector "onnx"; IMAGING_ONNX_KEEP=car,truck,motorcycle keeps only those classes. Then
+    IMAGING_VEHICLE_DETECTOR=onnx (or _PLATE_, _FACE_) makes the workers use it — no code to write."""
+    model = os.environ.get("IMAGING_ONNX_MODEL")
+    if not model:
+        return
+    labels = [x.strip() for x in os.environ.get("IMAGING_ONNX_LABELS", "").split(",") if x.strip()]
+    if not labels:
+        raise ValueError("IMAGING_ONNX_MODEL is set but IMAGING_ONNX_LABELS (the model's class names) is not")
+    keep = [x.strip() for x in os.environ["IMAGING_ONNX_KEEP"].split(",")] if os.environ.get("IMAGING_ONNX_KEEP") \
+        else None
+    register("onnx", lambda: OnnxDetector(model, labels, keep=keep))

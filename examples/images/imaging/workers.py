@@ -35,6 +35,7 @@ from .report import colour_chart
 # oversubscribe the cores (and make the sequential baseline look faster than one core).
 cv2.setNumThreads(int(os.environ.get("IMAGING_CV_THREADS", "1")))
 
+detectors.register_onnx_from_env()  # a user's ONNX model, by environment (see detectors.py)
 PLATE_DETECTOR = os.environ.get("IMAGING_PLATE_DETECTOR", "plates")
 VEHICLE_DETECTOR = os.environ.get("IMAGING_VEHICLE_DETECTOR", "vehicles")
 FACE_DETECTOR = os.environ.get("IMAGING_FACE_DETECTOR", "faces")
