@@ -323,8 +323,9 @@ class Pipeline(Strict):
         kind = self.stages[name].kind
         where = f"stages.{name}.{kind}.input"
         upstream = self.upstream(self.stages[name].body.input)
-        if self.barrier_sources(name):
-            return  # it waits for its upstream barriers' one item per batch, not for the batch's items
+        sources = self.barrier_sources(name)
+        if sources:  # it waits for one item per upstream barrier and batch: only the stages between them matter
+            upstream -= set().union(*(self.upstream(self.stages[b].body.input) | {b} for b in sources))
         for stage in sorted(upstream):
             spec = self.stages[stage]
             if spec.kind in ("filter", "split"):
@@ -332,7 +333,7 @@ class Pipeline(Strict):
                                        f"{kind} would wait for them forever; put it after the {kind}")
             reached = set().union(*(self._streams_up_to(b) for b in [name, *self.barrier_siblings(name)]))
             missing = [out for out in spec.outputs(stage) if out not in reached]
-            if spec.kind == "shard" and missing:
+            if spec.kind == "shard" and missing and not sources:
                 raise SpecError(where, f"shard outputs {missing} of {stage!r} do not reach the {kind}: merge every "
                                        "shard before it, or give each shard a reducer and merge their partials")
 
