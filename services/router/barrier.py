@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 CHECK_EVERY_S = 0.2  # how often recent batches are re-checked when no item arrives
 RECENT_BATCHES = 20
+SWEEP_EVERY_S = 5.0  # how often every open batch is re-checked, not only the recent ones (and at start)
 # Redis takes at most 1,048,576 arguments per command (6.2 resets the connection beyond): a step's script calls
 # stay well below, however many words a batch of files brings.
 MAX_ARGS = 250_000
@@ -51,13 +52,23 @@ class BarrierPlan:
     expected: int | None  # a fixed number of arrivals per batch (partial aggregates), else the manifest's items
     read: bool  # some stage reads its output stream
     siblings: list[str]  # sharded reducers: an item another of them folded is not coming here
+    reported: list[str] | None = None  # whose dead-lettered items it reports as failed (default: dead_stages)
 
     @classmethod
     def of(cls, pipeline: Pipeline, stage: str) -> BarrierPlan:
         sources = pipeline.barrier_sources(stage)
-        upstream = pipeline.upstream(pipeline.stages[stage].body.input)
-        return cls(sorted(upstream | {stage}), len(sources) if sources else None, bool(pipeline.readers(stage)),
-                   pipeline.barrier_siblings(stage))
+        siblings = pipeline.barrier_siblings(stage)
+        upstream = pipeline.upstream(pipeline.stages[stage].body.input) | {stage}
+        # A merging reduce waits for its partials: only a partial dead-lettered after its barrier is not coming,
+        # never an item dead-lettered before (counting those would fire it early). A sharded reducer does not
+        # wait for an item its sibling dead-lettered (a bad value) either.
+        def through(name: str) -> set[str]:
+            return pipeline.upstream(pipeline.stages[name].body.input) | {name}
+
+        before = set().union(*(through(s) for s in sources))
+        beside = set().union(*(through(s) for s in siblings))  # a sibling's map dead-letters items of this batch
+        return cls(sorted((upstream - before) | beside), len(sources) if sources else None,
+                   bool(pipeline.readers(stage)), siblings, sorted(upstream | beside))
 
 
 @dataclass
@@ -84,6 +95,7 @@ class Barrier:
         self._emit = client.register_script(EMIT)
         self._done: set[str] = set()  # batches this process saw emitted: no need to look at them again
         self._next_check = 0.0
+        self._next_sweep = 0.0
         self.labels = {"pipeline": settings.pipeline, "stage": stage}
 
     # -- what a kind defines -------------------------------------------------------------------------------
@@ -154,7 +166,13 @@ class Barrier:
                 self._finish(batch)
 
     def check_recent(self) -> None:
-        for batch in self.client.zrange(self.keys.batches(), -RECENT_BATCHES, -1):
+        """Re-check the recent batches and, every SWEEP_EVERY_S, every batch not yet emitted: an old batch (many
+        batches opened since) whose last item is dead-lettered late gets no arrival that would fire it."""
+        now = time.monotonic()
+        sweep = now >= self._next_sweep
+        if sweep:
+            self._next_sweep = now + SWEEP_EVERY_S
+        for batch in self.client.zrange(self.keys.batches(), 0 if sweep else -RECENT_BATCHES, -1):
             batch = batch.decode()
             if batch in self._done:
                 continue
@@ -213,7 +231,7 @@ class Barrier:
         k = self.keys
         state = {key.decode(): v.decode() for key, v in self.client.hgetall(k.barrier(self.stage, batch,
                                                                                         "state")).items()}
-        dead_keys = [k.batch_dead(batch, s) for s in self.plan.dead_stages]
+        dead_keys = [k.batch_dead(batch, s) for s in self.plan.reported or self.plan.dead_stages]
         dead = sorted(m.decode() for m in self.client.sunion(dead_keys)) if dead_keys else []
         if dead:
             arrived = self.client.smismember(k.barrier(self.stage, batch, "in"), dead)

@@ -27,8 +27,15 @@ log = logging.getLogger(__name__)
 Increment = tuple[str, str, str]  # (op 'i' | 'f', hash field, amount)
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float (1e400 written out in digits): no aggregate holds it
+        return False
+
+
 def _number(value: Any, what: str) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
         raise ValueError(f"{what}: {json.dumps(value)[:80]} is not a finite number")
     return value
 

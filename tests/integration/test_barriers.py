@@ -258,10 +258,14 @@ def test_partial_aggregates_of_sharded_reducers_merge_into_one(client: redis.Red
     Dispatcher(client, keys, Progress(client, keys), batch=batch).dispatch([{"name": i, "version": "1"} for i in ids])
     batches.close(client, keys, batch, len(ids))
     expected: Counter[str] = Counter()
-    for n, item_id in enumerate(ids):
+    for n, item_id in enumerate(ids[:-1]):
         data = {"words": {"a": n % 3 + 1, f"w{n % 7}": 2}}
         expected.update(data["words"])
         client.xadd(keys.stream(f"map-{n % 2}"), WorkItem(id=item_id, data=data, batch=batch).encode())
+    pipe = client.pipeline(transaction=True)  # the last one fails in map-1: part-0 must not wait for it either
+    add_dead_letter(pipe, keys, stage="map-1", stream=keys.stream("split.1"), reason="boom", deliveries=3,
+                    raw_item=WorkItem(id=ids[-1], batch=batch).encode()[b"item"])
+    pipe.execute()
     stages = [build_barrier(client, s, pipeline, "part-0"), build_barrier(client, s, pipeline, "part-1"),
               build_router(client, s, "parts", pipeline.stages["parts"].body),
               build_barrier(client, s, pipeline, "total")]
@@ -273,4 +277,5 @@ def test_partial_aggregates_of_sharded_reducers_merge_into_one(client: redis.Red
                 stage.check_recent()
     [final] = [WorkItem.decode(f) for _, f in client.xrange(keys.stream("total"))]
     assert final.data["items"] == 2 and final.data["done"] == 2  # one partial per upstream reducer
-    assert final.data["aggregate"] == {"words": dict(sorted(expected.items())), "n": 30}
+    assert final.data["aggregate"] == {"words": dict(sorted(expected.items())), "n": 29}
+    assert final.data["failed"] == [ids[-1]]
