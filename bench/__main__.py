@@ -9,6 +9,8 @@
     (and `os.posix_spawn` + waitpid, for information), interleaved. Target: <= 1.5x.
 (c) manager diff of a 1,000,000-item listing in a subprocess of its own: steady state (every item known; the
     figure judged against <= 5 s), first pass (every item new; information), peak RSS (<= 300 MB).
+(d) barriers: last map result -> final aggregate at N=100,000, reduce vs join-then-aggregate (<= 50 ms); see
+    bench/barriers.py.
 Figures are medians over the repetitions; the table goes to stdout, progress to stderr, everything to --out."""
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 
 import redis
 
+from .barriers import NOTE as BARRIERS_NOTE
+from .barriers import bench_barriers
 from .baselines.celery_peer import measure_celery
 from .baselines.redis_server import local_redis
 from .baselines.rq_peer import measure_rq
@@ -111,7 +115,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition (smoke test)")
-    parser.add_argument("--only", default="a,b,c", help="comma-separated subset of a,b,c")
+    parser.add_argument("--only", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
     parser.add_argument("--n", type=int, help=f"(a) items per run (default {FULL['n']:,})")
     parser.add_argument("--n-process", type=int, help=f"(b) items per run (default {FULL['n_process']})")
     parser.add_argument("--n-diff", type=int, help=f"(c) listed items (default {FULL['n_diff']:,})")
@@ -121,8 +125,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench.json")
     args = parser.parse_args(argv)
     only = {part.strip() for part in args.only.split(",") if part.strip()}
-    if not only or only - {"a", "b", "c"}:
-        parser.error(f"--only takes a comma-separated subset of a,b,c, not {args.only!r}")
+    if not only or only - {"a", "b", "c", "d"}:
+        parser.error(f"--only takes a comma-separated subset of a,b,c,d, not {args.only!r}")
     args.only = only
     sizes = QUICK if args.quick else FULL
     for key, default in sizes.items():
@@ -147,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             f"c={args.n_diff:,}; {args.runs} run(s)")
         for part, fn in (("a", lambda: bench_workqueue(url, args.n, args.runs, args.workers)),
                          ("b", lambda: bench_process(url, args.n_process, args.runs)),
-                         ("c", lambda: bench_diff(url, args.n_diff, args.runs))):
+                         ("c", lambda: bench_diff(url, args.n_diff, args.runs)),
+                         ("d", lambda: bench_barriers(url, 2_000 if args.quick else 100_000, args.runs))):
             if part in args.only:
                 part_rows, details[part] = fn()
                 rows += part_rows
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     print(f"\nmedians of {args.runs} interleaved run(s), one redis-server {info['redis_version']}; saved to {args.out}")
     for part in sorted(args.only):
-        print(NOTES[part])
+        print({**NOTES, "d": BARRIERS_NOTE}[part])
     return 0
 
 

@@ -39,7 +39,7 @@ def aggregate(client: Redis, keys: Keys, stage: str, batch: str, names: dict[str
     """The aggregate so far. `names` maps each aggregate to its operator (count, sum, histogram): an aggregate
     nothing was folded into yet is 0 (count, sum) or {} (histogram, sum of objects)."""
     out: dict[str, Any] = {name: {} if op == "histogram" else 0 for name, op in names.items()}
-    for field, value in client.hscan_iter(keys.barrier(stage, batch, "agg"), count=1000):
+    for field, value in client.hgetall(keys.barrier(stage, batch, "agg")).items():  # one round trip: the latency
         name, sep, key = field.decode().partition(SEP)
         if not sep:
             out[name] = number(value)
