@@ -63,7 +63,7 @@ def test_main_quick_writes_the_table(tmp_path: Path, capsys: pytest.CaptureFixtu
     out = tmp_path / "bench.json"
     assert main(["--quick", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
-    assert [r["benchmark"][:3] for r in doc["rows"]] == ["(a)", "(a)", "(b)", "(b)", "(c)", "(c)", "(c)"]
+    assert [r["benchmark"][:3] for r in doc["rows"]] == ["(a)", "(a)", "(b)", "(b)", "(c)", "(c)", "(c)", *["(d)"] * 5]
     assert all(r["baseline"] > 0 and r["ratio"] > 0 for r in doc["rows"][:4])
     assert all(r["ours"] > 0 for r in doc["rows"])
     assert "benchmark" in capsys.readouterr().out
