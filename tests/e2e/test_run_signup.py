@@ -4,27 +4,20 @@ welcome by exactly one channel, the promo exactly when opted in; nothing is lost
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
-from types import ModuleType
 
 import yaml
+from example_modules import load_example
 from runs import ROOT, kill_worker_mid_batch, start_run
 
 EXAMPLE = ROOT / "examples" / "signup"
 
 
-def load(name: str) -> ModuleType:
-    key = f"signup_e2e_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, EXAMPLE / f"{name}.py")
-        assert spec and spec.loader
-        sys.modules[key] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[key]
+load = partial(load_example, "signup")
 
 
 def prepare(tmp: Path, users: int) -> tuple[Path, Path, list[dict]]:

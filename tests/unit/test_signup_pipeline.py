@@ -4,13 +4,12 @@ written by someone; only the three senders are unread). Once routers are wired i
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+from functools import partial
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import yaml
+from example_modules import load_example
 
 from services.core.spec import SOURCE, WorkSpec, load_pipeline
 from services.core.spec_routers import ROUTER_SPECS
@@ -19,15 +18,7 @@ from services.workers import resolve
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "signup"
 
 
-def load(name: str) -> ModuleType:
-    """An example script as a module (examples/ is not a package); one instance per test session."""
-    key = f"signup_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, EXAMPLE / f"{name}.py")
-        assert spec and spec.loader
-        sys.modules[key] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[key]
+load = partial(load_example, "signup")
 
 
 workers = load("workers")

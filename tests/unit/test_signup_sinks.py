@@ -3,7 +3,6 @@ so another process can count it."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -12,25 +11,18 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from email.message import EmailMessage
+from functools import partial
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
+from example_modules import load_example
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "signup"
 
 
-def load(name: str) -> ModuleType:
-    """An example script as a module (examples/ is not a package); one instance per test session."""
-    key = f"signup_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, EXAMPLE / f"{name}.py")
-        assert spec and spec.loader
-        sys.modules[key] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[key]
+load = partial(load_example, "signup")
 
 
 sinks = load("sinks")

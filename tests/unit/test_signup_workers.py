@@ -5,35 +5,25 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import importlib.util
 import json
 import logging
 import re
-import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from example_modules import load_example
 
 from services.core.item import WorkItem
 from services.workers import resolve
 from services.workers.adapters import FunctionAdapter
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "signup"
 SECRET = "test-secret-0123456789"  # noqa: S105 - a test value, signs nothing real
 
 
-def load(name: str) -> ModuleType:
-    """An example script as a module (examples/ is not a package); one instance per test session."""
-    key = f"signup_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, EXAMPLE / f"{name}.py")
-        assert spec and spec.loader
-        sys.modules[key] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[key]
+load = partial(load_example, "signup")
 
 
 sinks, workers = load("sinks"), load("workers")

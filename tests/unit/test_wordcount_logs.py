@@ -3,26 +3,18 @@ a crash), the `parse-log` worker on a file item, the log generator, and both exa
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from example_modules import load_example
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "wordcount"
 
 
-def load(name: str) -> ModuleType:
-    """An example script as a module, shared with test_wordcount_words (same key in sys.modules)."""
-    key = f"wordcount_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, EXAMPLE / f"{name}.py")
-        assert spec and spec.loader
-        sys.modules[key] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[key]
+load = partial(load_example, "wordcount")
 
 
 workers, generator = load("workers"), load("generate_logs")

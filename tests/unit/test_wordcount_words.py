@@ -3,29 +3,21 @@ worker on a file item, the corpus generator (deterministic, the promised variety
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
 import sys
 from collections import Counter
+from functools import partial
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from example_modules import load_example
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "wordcount"
 
 
-def load(name: str) -> ModuleType:
-    """An example script as a module (examples/ is not a package); one instance per test session."""
-    key = f"wordcount_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, EXAMPLE / f"{name}.py")
-        assert spec and spec.loader
-        sys.modules[key] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules[key]
+load = partial(load_example, "wordcount")
 
 
 workers, generator = load("workers"), load("generate")
