@@ -1,55 +1,88 @@
-"""The image pipeline on 2 cores vs a sequential script of the same algorithms (target >= 1.7x).
+"""(e) The image pipeline on 2 cores vs a sequential script of the same algorithms (target >= 1.7x).
 
-    python -m bench.images [--n 60] [--repeat 3]
+    python -m bench.images [--n 60] [--repeat 3] [--out out/bench.json]
 
-Both sides warm first, as a deployed service and a long-running script would be: the pipeline (`batchmesh run
---watch`, every role its own process) processes a warm-up batch, then N new images are moved into its input
-directory and timed until the batch is done (the report written, originals deleted); the sequential script
-(`imaging.sequential.run`, in this process, OpenCV single-threaded like the workers) runs the warm-up images,
-then is timed on the same N images. Same images, same worker functions, same outputs."""
+This process and everything it starts are pinned to 2 CPUs. Both sides warm first, as a deployed service and a
+long-running script would be: the pipeline (`batchmesh run examples/images/pipeline.yaml --watch`, every role its
+own process) processes a warm-up batch, then N new images are moved into its input directory and timed until the
+batch is done (report written, originals deleted); the sequential script (`imaging.sequential.run`, in this
+process, OpenCV single-threaded like the workers) runs the warm-up images, then is timed on the same N images.
+Same images, same worker functions, same outputs. Repetitions interleave (pipeline, sequential, ...) so drift hits
+both alike. Also reported: CPU seconds per image on each side (the pipeline's whole process tree, from /proc), the
+overhead the mesh adds to the work itself. Other load on the machine skews both: a warning says when there is."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 import yaml
 
+from services.core import DONE, Keys
 from services.core.embedded import redis_url
 from services.core.spec import Pipeline
-from services.manager import batch_done, status
+from services.manager import batch_done
 
 from .common import median
+from .report import Row, save, table
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "images"
 WARM = 8
+CORES = 2
+TARGET = 1.7
+LABEL = "(e) image pipeline"
 
 
-def generate(target: Path, count: int, seed: int) -> list[Path]:
+def generate(target: Path, count: int, seed: int) -> None:
     subprocess.run([sys.executable, str(EXAMPLE / "generate.py"), str(target), "--count", str(count),
                     "--seed", str(seed)], check=True, capture_output=True)
-    return sorted(target.glob("*.jpg"))
 
 
-def sequential(warm: Path, images: Path, tmp: Path) -> float:
-    sys.path[:0] = [str(EXAMPLE)]
+def tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) used so far by `root` and every live descendant (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(proc.name))
+        cpu[int(proc.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total, stack = 0.0, [root]
+    while stack:
+        pid = stack.pop()
+        total += cpu.get(pid, 0.0)
+        stack += children.get(pid, [])
+    return total
+
+
+def sequential(warm: Path, images: Path, tmp: Path) -> tuple[float, float]:
+    if str(EXAMPLE) not in sys.path:
+        sys.path.insert(0, str(EXAMPLE))
     from imaging.sequential import run  # the example's own package, as sequential.py imports it
 
     run(warm, tmp / "seq-warm")
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     run(images, tmp / "seq")
-    return time.perf_counter() - began
+    return time.perf_counter() - began, time.process_time() - cpu
 
 
-def pipeline(warm: Path, images: Path, tmp: Path) -> float:
+def pipeline(warm: Path, images: Path, tmp: Path) -> tuple[float, float]:
     spec = yaml.safe_load((EXAMPLE / "pipeline.yaml").read_text())
     spec["source"]["poll"] = "200ms"
     spec_path = tmp / "pipeline.yaml"
@@ -64,56 +97,95 @@ def pipeline(warm: Path, images: Path, tmp: Path) -> float:
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         marker = tmp / "st" / "redis" / "redis.url"
-        while not marker.exists():
-            time.sleep(0.05)
+        wait(marker.exists, run)
         with redis_url(marker.read_text().strip(), tmp / "st" / "redis") as url:
             client = redis.Redis.from_url(url)
-            wait(lambda: batch_done(client, model) and status(client, model)["counts"]["done"] >= WARM, run)
+            done = Keys(model.name).counts()  # one HGET per poll; the full status only once the count is there
+
+            def finished(n: int) -> Callable[[], bool]:
+                return lambda: int(client.hget(done, DONE) or 0) >= n and batch_done(client, model)
+
+            wait(finished(WARM), run)
             staged = tmp / "staged"
             shutil.copytree(images, staged)
-            want = WARM + len(list(staged.glob("*.jpg")))
-            began = time.perf_counter()
-            for path in sorted(staged.glob("*.jpg")):
+            new = sorted(staged.glob("*.jpg"))
+            began, cpu = time.perf_counter(), tree_cpu(run.pid)
+            for path in new:
                 os.rename(path, inbox / f"new-{path.name}")  # atomic: never listed half-written
-            wait(lambda: status(client, model)["counts"]["done"] >= want and batch_done(client, model), run)
-            return time.perf_counter() - began
+            wait(finished(WARM + len(new)), run)
+            return time.perf_counter() - began, tree_cpu(run.pid) - cpu
     finally:
         run.terminate()  # --watch ends on SIGTERM/SIGINT like a service
         run.wait(60)
 
 
-def wait(check, run: subprocess.Popen[bytes], timeout: float = 600) -> None:  # type: ignore[no-untyped-def]
+def wait(check: Callable[[], bool], run: subprocess.Popen[bytes], timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if run.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"pipeline run ended or timed out (exit {run.returncode})")
-        time.sleep(0.05)
+        time.sleep(0.02)  # a cheap check: polling often takes (almost) nothing from the two cores
+
+
+def merge_save(path: Path, row: Row, config: dict[str, Any], details: dict[str, Any]) -> None:
+    """Add this row to an existing out/bench.json (replacing an earlier image row), or write a new one."""
+    try:
+        doc = json.loads(path.read_text())
+        rows = [Row(**{k: v for k, v in r.items() if k not in ("ratio", "met")}) for r in doc["rows"]
+                if not r["benchmark"].startswith(LABEL)]
+        config, details = {**doc.get("config", {}), "e": config}, {**doc.get("details", {}), "e": details}
+    except (OSError, ValueError, KeyError, TypeError):
+        rows, config, details = [], {"e": config}, {"e": details}
+    save(path, [*rows, row], config, details)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.images", description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=60)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", default=str(ROOT / "out" / "bench.json"), help="'' = do not save")
     args = parser.parse_args(argv)
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < CORES:
+        parser.error(f"needs {CORES} CPUs, this process may use {len(cpus)}")
+    os.sched_setaffinity(0, cpus[:CORES])  # inherited by the pipeline's every process
     os.environ.setdefault("IMAGING_CV_THREADS", "1")
-    ours, base = [], []
+    load_before = os.getloadavg()[0]
+    runs: dict[str, list[tuple[float, float]]] = {"pipeline": [], "sequential": []}
     with tempfile.TemporaryDirectory() as root:
         tmp = Path(root)
         generate(tmp / "warm", WARM, seed=101)
         generate(tmp / "images", args.n, seed=7)
         for rep in range(args.repeat):
-            for label, fn, samples in (("pipeline", pipeline, ours), ("sequential", sequential, base)):
+            for label, fn in (("pipeline", pipeline), ("sequential", sequential)):
                 work = tmp / f"{label}-{rep}"
                 work.mkdir()
-                seconds = fn(tmp / "warm", tmp / "images", work)
-                samples.append(seconds)
-                print(f"run {rep + 1}/{args.repeat} {label:10} {args.n} images in {seconds:6.2f} s", file=sys.stderr,
-                      flush=True)
-    ratio = median(base) / median(ours)
-    print(f"{args.n} images, {os.cpu_count()} cores, medians of {args.repeat}:")
-    print(f"  pipeline   {median(ours):6.2f} s  {[round(s, 2) for s in ours]}")
-    print(f"  sequential {median(base):6.2f} s  {[round(s, 2) for s in base]}")
-    print(f"  speed-up {ratio:.2f}x; target >= 1.7x: {'met' if ratio >= 1.7 else 'MISSED'}")
+                seconds, cpu = fn(tmp / "warm", tmp / "images", work)
+                runs[label].append((seconds, cpu))
+                print(f"run {rep + 1}/{args.repeat} {label:10} {args.n} images in {seconds:6.2f} s "
+                      f"(cpu {cpu / args.n * 1000:5.1f} ms/image)", file=sys.stderr, flush=True)
+    wall = {k: [s for s, _ in v] for k, v in runs.items()}
+    cpu = {k: median([c / args.n * 1000 for _, c in v]) for k, v in runs.items()}
+    rate = {k: [args.n * 60 / s for s in v] for k, v in wall.items()}
+    row = Row(f"{LABEL} on {CORES} cores, {args.n} images, both warm", median(rate["pipeline"]), "images/min",
+              median(rate["sequential"]), "sequential script, same functions", "ratio>=", TARGET,
+              rate["pipeline"], rate["sequential"])
+    speedup = row.ratio or 0.0
+    print(table([row]))
+    print(f"{args.n} images on {CORES} of {os.cpu_count()} CPUs, medians of {args.repeat}:")
+    for label in ("pipeline", "sequential"):
+        print(f"  {label:10} {median(wall[label]):6.2f} s  {[round(s, 2) for s in wall[label]]}  "
+              f"cpu {cpu[label]:.1f} ms/image")
+    print(f"  speed-up {speedup:.2f}x; target >= {TARGET}x: {'met' if speedup >= TARGET else 'MISSED'}; the mesh's "
+          f"CPU overhead: {cpu['pipeline'] / cpu['sequential'] - 1:+.0%}")
+    load_after = os.getloadavg()[0]
+    if load_before > 0.5:
+        print(f"  warning: load average {load_before:.1f} before the run: something else was busy", file=sys.stderr)
+    if args.out:
+        config = {"command": " ".join(["python -m bench.images", *(sys.argv[1:] if argv is None else argv)]),
+                  "n": args.n, "repeat": args.repeat, "cores": CORES, "loadavg": [load_before, load_after]}
+        merge_save(Path(args.out), row, config, {"runs": runs, "cpu_ms_per_image": cpu, "speedup": speedup})
+        print(f"saved to {args.out}")
     return 0
 
 

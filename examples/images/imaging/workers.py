@@ -88,7 +88,7 @@ def vehicle_detect(item: dict[str, Any], output_dir: Path) -> dict[str, Any]:
 @worker("vehicle-classify")
 def vehicle_classify(item: dict[str, Any], output_dir: Path) -> dict[str, Any]:
     """Class and colour from the pixels in each box. `counts` and `colours` are this image's tallies, ready for
-    a reduce to sum; the details also go to <output_dir>/vehicles.json (what evaluate.py scores)."""
+    a reduce to sum; the details also go to <output_dir>/vehicles.json."""
     data = item["data"]
     path = image_path(data)
     image = read(path)
@@ -146,9 +146,10 @@ def delete_original(item: dict[str, Any], output_dir: Path) -> dict[str, Any]:
     original, blurred = Path(data["original"]), Path(data["blurred"])
     if not blurred.is_file():
         raise FileNotFoundError(f"no blurred copy {blurred}: the original {original} is kept")
+    at = time.time()  # read before the unlink: the file was still there at `at` (the e2e test compares it)
     existed = original.exists()
     original.unlink(missing_ok=True)
-    return {"original": str(original), "blurred": str(blurred), "deleted": existed, "at": time.time()}
+    return {"original": str(original), "blurred": str(blurred), "deleted": existed, "at": at}
 
 
 @worker("colour-chart")
