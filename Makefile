@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= out
 
-.PHONY: venv demo test test-fast bench lint clean
+.PHONY: venv demo test test-fast bench lint images compose-up compose-down clean
 
 $(BIN)/batchmesh: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 2; }
@@ -21,8 +21,7 @@ demo: venv
 	  status=$$?; echo "thumbnails: $(OUT)/thumbnailer/thumbnails/   manifest: $(OUT)/thumbnailer/manifest.json"; \
 	  [ $$status -le 1 ]  # 1 = some items dead-lettered (the demo's corrupt video, on purpose)
 
-test: venv
-	$(BIN)/ruff check services tests bench examples
+test: venv lint
 	$(BIN)/pytest -q
 
 bench: venv
@@ -30,6 +29,18 @@ bench: venv
 
 lint: venv
 	$(BIN)/ruff check services tests bench examples
+	$(BIN)/hadolint services/Dockerfile services/workers/Dockerfile
+
+# Containers: the images, then the book's image pipeline under Docker Compose (see README, "Containers").
+images:
+	docker build -f services/Dockerfile -t batchmesh:0.1.0 .
+	docker build -f services/workers/Dockerfile -t batchmesh-worker:0.1.0 .
+
+compose-up:
+	docker compose -f compose/docker-compose.yml up --build
+
+compose-down:
+	docker compose -f compose/docker-compose.yml down -v
 
 clean:
 	rm -rf $(VENV) .batchmesh $(OUT) examples/*/data .pytest_cache
