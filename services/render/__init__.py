@@ -1,0 +1,1 @@
+"""Renderings of a pipeline spec as plain data: dashboards, alert rules, compose files."""
