@@ -129,6 +129,14 @@ def cmd_router(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from services.core.probe import probe
+
+    ok, detail = probe(args.url)
+    print(detail.strip(), file=sys.stderr)
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="batchmesh", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -186,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="root of the items' WORK_OUTPUT_DIRs")
     p.add_argument("--metrics-port", type=int, default=0)
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("probe", help="health check: GET URL, exit 0 on HTTP 200 else 1 (a container HEALTHCHECK)")
+    p.add_argument("url", nargs="?", help="default: http://127.0.0.1:$BATCHMESH_METRICS_PORT/healthz (port 9400)")
+    p.set_defaults(func=cmd_probe)
     return parser
 
 

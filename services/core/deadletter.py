@@ -97,6 +97,7 @@ def replay(client: Redis, keys: Keys, stage: str, entry_ids: list[str] | None = 
         fresh = item.model_copy(update={"attempts": 0, "error": None})
         pipe = client.pipeline(transaction=True)
         pipe.xadd(letter.stream, {**fresh.encode(), TO: stage.encode()})
+        pipe.hincrby(keys.arrivals(), letter.stream, 1)
         pipe.xdel(keys.dead_letters(stage), letter.entry_id)
         progress.mark([item.id], QUEUED, pipe=pipe, force=True)
         if item.batch:  # in flight again: a barrier waits for it once more

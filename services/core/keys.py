@@ -71,6 +71,15 @@ class Keys:
         """Stream of batch-complete events (one per barrier and batch): what dependent pipelines wait for."""
         return f"{self.prefix}:events"
 
+    def arrivals(self) -> str:
+        """Hash stream key -> entries ever XADDed to it (incremented with every XADD, in the same transaction or
+        script): a stage's arrivals counter is the sum over its inputs (batchmesh_stage_arrivals_total)."""
+        return f"{self.prefix}:arrivals"
+
+    def alive(self, stage: str) -> str:
+        """Sorted set consumer name -> last heartbeat (Unix seconds) of the stage's live consumers."""
+        return f"{self.prefix}:alive:{stage}"
+
     def stage_stats(self, stage: str) -> str:
         """Hash in/out/failed/dead -> count for one stage, updated inside its commits."""
         return f"{self.prefix}:stats:{stage}"

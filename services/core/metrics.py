@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 LABELS = ("pipeline", "stage")
 
@@ -23,8 +23,18 @@ PROCESSING = Histogram(
 BACKLOG = Gauge("batchmesh_backlog_items", "Entries not yet acknowledged: lag plus pending", LABELS)
 WORKERS = Gauge("batchmesh_workers", "Consumers processing this stage in this process", LABELS)
 
+# Health of this process's role (see core.health and core.reconnect). role: source | manager | router | barrier
+# | worker; stage "" for source and manager.
+REDIS_UP = Gauge("batchmesh_redis_up", "1 while the role's Redis calls succeed, 0 while it is disconnected",
+                 ("pipeline", "role"))
+REDIS_DISCONNECTS = Counter("batchmesh_redis_disconnects", "Outages of the role's Redis connection (one per outage, "
+                            "not per retry)", ("pipeline", "role"))
+ROLE_UP = Gauge("batchmesh_role_up", "1 while the role's main loop runs", ("pipeline", "role", "stage"))
+
 
 def serve_metrics(port: int) -> None:
-    """Expose /metrics on `port` (0 = don't)."""
+    """Expose /metrics and /healthz on `port` (0 = don't); see core.metrics_http."""
     if port:
-        start_http_server(port)
+        from .metrics_http import serve
+
+        serve(port)

@@ -105,6 +105,7 @@ class StreamConsumer:
         self._next_reclaim = 0.0
         self._reclaimed_last = False  # the last read() returned reclaimed entries: the next one reads new ones
         self._next_trim = 0.0
+        self._next_beat = 0.0
         labels = {"pipeline": settings.pipeline, "stage": stage}
         self.m_in, self.m_out = metrics.ITEMS_IN.labels(**labels), metrics.ITEMS_OUT.labels(**labels)
         self.m_failed, self.m_dead = metrics.ITEMS_FAILED.labels(**labels), metrics.ITEMS_DEAD.labels(**labels)
@@ -119,6 +120,30 @@ class StreamConsumer:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    def heartbeat(self) -> None:
+        """Tell the manager this consumer is alive (batchmesh_stage_consumers): at most every third of the
+        visibility timeout (and every second), the window in which the manager counts a consumer alive."""
+        now = time.monotonic()
+        if now >= self._next_beat:
+            self._next_beat = now + min(1.0, self.settings.visibility_timeout_ms / 3000)
+            self.client.zadd(self.keys.alive(self.stage), {self.consumer: time.time()})
+
+    def forget(self) -> None:
+        """This consumer stops: no longer counted alive (best effort)."""
+        try:
+            self.client.zrem(self.keys.alive(self.stage), self.consumer)
+        except RedisError:
+            pass
+
+    def _nogroup(self, exc: ResponseError) -> None:
+        """The group vanished (a Redis restarted from an older AOF, or without one): make it again, from 0."""
+        if "NOGROUP" not in str(exc):
+            raise exc
+        log.warning("consumer group vanished; re-creating it", extra={
+            "event": "stage.nogroup", "stage": self.stage, "stream": self.stream_key})
+        self.ensure_group()
+        self._reclaim_cursor = b"0-0"
+
     # -- reading -------------------------------------------------------------------------------------------
 
     def read(self, count: int | None = None, block_ms: int | None = None) -> list[Delivery]:
@@ -127,6 +152,7 @@ class StreamConsumer:
         A reclaim is due every half visibility timeout; a reclaim scan that stopped part-way (non-zero cursor)
         goes on at the next read. A read that returned reclaimed entries is always followed by one that reads
         new entries, so a stream of reclaimable entries (slow batches) can never starve new ones."""
+        self.heartbeat()
         now = time.monotonic()
         if now >= self._next_reclaim and not self._reclaimed_last:
             reclaimed = self.reclaim(count)
@@ -137,10 +163,14 @@ class StreamConsumer:
                 return reclaimed
         self._reclaimed_last = False
         block = self.settings.block_ms if block_ms is None else block_ms
-        reply = self.client.xreadgroup(
-            self.group, self.consumer, {self.stream_key: ">"}, count=count or self.settings.batch_size,
-            block=block or None,
-        )
+        try:
+            reply = self.client.xreadgroup(
+                self.group, self.consumer, {self.stream_key: ">"}, count=count or self.settings.batch_size,
+                block=block or None,
+            )
+        except ResponseError as exc:
+            self._nogroup(exc)
+            return []
         if not reply:
             return []
         batch = [self._delivery(entry_id, fields, 1) for entry_id, fields in self._ours(reply[0][1])]
@@ -165,10 +195,14 @@ class StreamConsumer:
         the cursor is kept between calls. Entries deleted while pending come back as nil without their id
         (Redis 6.2): their ids are found in our pending list and acknowledged, since nothing is left to do."""
         start = self._reclaim_cursor
-        reply = self.client.xautoclaim(
-            self.stream_key, self.group, self.consumer, self.settings.visibility_timeout_ms,
-            start_id=start, count=count or self.settings.batch_size,
-        )
+        try:
+            reply = self.client.xautoclaim(
+                self.stream_key, self.group, self.consumer, self.settings.visibility_timeout_ms,
+                start_id=start, count=count or self.settings.batch_size,
+            )
+        except ResponseError as exc:
+            self._nogroup(exc)
+            return []
         cursor, claimed = reply[0], reply[1]
         self._reclaim_cursor = cursor
         if len(reply) > 2 and reply[2]:  # Redis >= 7 drops deleted entries from the pending list itself
@@ -229,8 +263,11 @@ class StreamConsumer:
         if not commit:
             return
         pipe = self.client.pipeline(transaction=True)
+        added: dict[str, int] = {}  # stream key -> entries this commit adds (the arrivals counters)
         for stream, item in commit.outputs:
-            pipe.xadd(self.keys.stream(stream), item.encode())
+            key = self.keys.stream(stream)
+            pipe.xadd(key, item.encode())
+            added[key] = added.get(key, 0) + 1
         acks = list(commit.acks)
         dead = list(commit.dead)
         retried_ids = []
@@ -242,6 +279,7 @@ class StreamConsumer:
             # It is addressed to this stage: the other stages reading the same stream already had the item.
             retry = delivery.item.model_copy(update={"attempts": delivery.deliveries, "error": reason[-2000:]})
             pipe.xadd(self.stream_key, {**retry.encode(), TO: self.group.encode()})
+            added[self.stream_key] = added.get(self.stream_key, 0) + 1
             acks.append(delivery.entry_id)
             retried_ids.append(delivery.item.id)
         for delivery, reason in dead:
@@ -250,6 +288,8 @@ class StreamConsumer:
                             reason=reason, deliveries=delivery.deliveries)
         if acks:
             pipe.xack(self.stream_key, self.group, *acks)
+        for key, n in added.items():
+            pipe.hincrby(self.keys.arrivals(), key, n)
         stats = self.keys.stage_stats(self.stage)
         for name, n in (("out", commit.completed), ("failed", len(commit.retries)), ("dead", len(dead))):
             if n:
@@ -293,6 +333,7 @@ class StreamConsumer:
         if now >= self._next_trim:
             self._next_trim = now + every_s
             try:
+                self.heartbeat()
                 self._trim(self.stream_key)
                 self.m_backlog.set(self.client.xlen(self.stream_key))
             except RedisError as exc:

@@ -20,7 +20,8 @@ from services.core.item import FIELD
 
 log = logging.getLogger(__name__)
 
-# KEYS: versions, states, counts, stream, the batch's item set. ARGV: (name, version, encoded item) triples.
+# KEYS: versions, states, counts, stream, the batch's item set, arrivals hash. ARGV: (name, version, encoded item)
+# triples.
 # Returns {new, busy}.
 # The state change is core.progress's (states hash + counts hash in step), inlined: a script cannot call one.
 _DISPATCH = """
@@ -42,7 +43,10 @@ for i = 1, #ARGV, 3 do
   end
 end
 for state, n in pairs(left) do redis.call('HINCRBY', KEYS[3], state, -n) end
-if new > 0 then redis.call('HINCRBY', KEYS[3], 'queued', new) end
+if new > 0 then
+  redis.call('HINCRBY', KEYS[3], 'queued', new)
+  redis.call('HINCRBY', KEYS[6], KEYS[4], new)
+end
 return {new, busy}
 """
 
@@ -97,7 +101,7 @@ class Dispatcher:
                 continue
             args += [name, version, work.encode()[FIELD]]
         keys = [self.keys.versions(), self.progress.keys.states(), self.progress.keys.counts(),
-                self.keys.stream("source"), self.keys.batch_items(self.batch)]
+                self.keys.stream("source"), self.keys.batch_items(self.batch), self.keys.arrivals()]
         step = 3 * SCRIPT_CHUNK
         for start in range(0, len(args), step):
             new, busy = self._script(keys=keys, args=args[start:start + step])

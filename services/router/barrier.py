@@ -191,7 +191,7 @@ class Barrier:
         keys = [self.consumer.stream_key, k.stage_stats(self.stage), k.barrier(self.stage, batch, "in"),
                 k.barrier(self.stage, batch, "agg"), k.barrier(self.stage, batch, "held"),
                 k.barrier(self.stage, batch, "state"), k.manifest(batch), k.batch_items(batch),
-                k.barrier(self.stage, batch, "scratch"), self._output_key(),
+                k.barrier(self.stage, batch, "scratch"), self._output_key(), k.arrivals(),
                 *(k.batch_dead(batch, s) for s in self.plan.dead_stages),
                 *(k.barrier(sibling, batch, "in") for sibling in self.plan.siblings)]
         pipe = self.client.pipeline(transaction=True)
@@ -211,7 +211,8 @@ class Barrier:
         event = {"pipeline": self.settings.pipeline, "stage": self.stage, "kind": self.kind, **summary}
         emitted = self._emit(keys=[self.keys.barrier(self.stage, batch, "state"), self._output_key(),
                                    self.keys.barrier(self.stage, batch, "held"), self.keys.events(),
-                                   self.keys.derived(), self.keys.barrier(self.stage, batch, "in"),
+                                   self.keys.derived(), self.keys.arrivals(),
+                                   self.keys.barrier(self.stage, batch, "in"),
                                    self.keys.barrier(self.stage, batch, "agg")],
                              args=[f"{time.time():.3f}", "held" if self.emits_held else "item",
                                    encode_json(item.model_dump(exclude_defaults=True)), encode_json(event),

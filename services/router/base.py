@@ -79,7 +79,7 @@ class Router:
         self._program = expr.program_json if expr is not None else ""
         self._script = RouteScript(client) if self.server_side else None
         self._tail = [self.keys.dead_letters(stage), self.keys.stage_stats(stage), self.keys.states(),
-                      self.keys.counts()]
+                      self.keys.counts(), self.keys.arrivals()]
         self._next_reclaim = 0.0
         self._round = 0
         self._spilled = [0] * len(self.outputs)  # per output (shard), during one Python-path batch
@@ -211,8 +211,12 @@ class Router:
         spilled = self._spilled
 
         def publish(pipe: Pipeline) -> None:  # raw bytes: the item is passed on exactly as it came
+            added: dict[str, int] = {}
             for key, raw in published:
                 pipe.xadd(key, {FIELD: raw})
+                added[key] = added.get(key, 0) + 1
+            for key, n in added.items():
+                pipe.hincrby(self.keys.arrivals(), key, n)
             stats = self.keys.stage_stats(self.stage)
             if dropped:
                 pipe.hincrby(stats, "filtered", len(dropped))

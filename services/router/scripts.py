@@ -20,15 +20,17 @@ from typing import Any
 
 from redis import Redis
 
-# KEYS: inputs (nin), outputs, dead-letter stream, stage stats, progress states, progress counts.
+# KEYS: inputs (nin), outputs, dead-letter stream, stage stats, progress states, progress counts, arrivals hash.
 # ARGV: group, count per input, nin, mode (all|filter|split|shard), program (JSON or ''),
 #       drop state ('' = leave), conf JSON ({"routes": {value: output}, "default": output} | {"health": "1011"}).
 # Returns {read, completed, filtered, dead, skipped, {spilled per shard}, {the group's last-delivered id per input}}.
 ROUTE_LUA = r"""
 local group, count, nin = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local mode, drop_state = ARGV[4], ARGV[6]
-local nout = #KEYS - nin - 4
-local dlq, stats, states, counts = KEYS[nin + nout + 1], KEYS[nin + nout + 2], KEYS[nin + nout + 3], KEYS[#KEYS]
+local nout = #KEYS - nin - 5
+local tail = nin + nout
+local dlq, stats, states, counts = KEYS[tail + 1], KEYS[tail + 2], KEYS[tail + 3], KEYS[tail + 4]
+local arrivals, added = KEYS[#KEYS], {}
 for i = 1, #KEYS do
   local want = i <= nin + nout + 1 and 'stream' or 'hash'
   local t = redis.call('TYPE', KEYS[i])['ok']
@@ -178,7 +180,10 @@ for i = 1, nin do
         dead = dead + 1
       else
         local targets = decide(doc)
-        for _, t in ipairs(targets) do redis.call('XADD', KEYS[nin + t], '*', 'item', raw) end
+        for _, t in ipairs(targets) do
+          redis.call('XADD', KEYS[nin + t], '*', 'item', raw)
+          added[t] = (added[t] or 0) + 1
+        end
         if #targets > 0 then
           completed = completed + 1
         else
@@ -201,6 +206,7 @@ for i = 1, nin do
 end
 local nspilled = 0
 for i = 1, nshards do nspilled = nspilled + spilled[i] end
+for t, n in pairs(added) do redis.call('HINCRBY', arrivals, KEYS[nin + t], n) end
 for name, n in pairs({out = completed, dead = dead, filtered = filtered, spilled = nspilled}) do
   if n > 0 then redis.call('HINCRBY', stats, name, n) end
 end
@@ -229,7 +235,7 @@ class RouteScript:
         self, *, inputs: list[str], outputs: list[str], tail: list[str], group: str, count: int,
         mode: str, program: str = "", drop_state: str = "", conf: dict[str, Any] | None = None,
     ) -> Routed:
-        """`tail` = [dead-letter stream, stage stats, progress states, progress counts]."""
+        """`tail` = [dead-letter stream, stage stats, progress states, progress counts, arrivals hash]."""
         args = [group, count, len(inputs), mode, program, drop_state,
                 json.dumps(conf or {}, separators=(",", ":"))]
         reply = self._script(keys=[*inputs, *outputs, *tail], args=args)

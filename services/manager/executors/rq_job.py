@@ -9,6 +9,7 @@ failures land in the same place as everyone else's."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -21,6 +22,7 @@ from services.core import DEAD, DONE, FAILED, RUNNING, Keys, Progress, WorkItem
 from services.core.command import run_command
 from services.core.deadletter import add_dead_letter
 from services.core.item import encode_json
+from services.core.metrics import PROCESSING
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,9 @@ def run_item(pipeline_name: str, stage: str, argv: list[str], item_json: str, ou
     progress = Progress(client, keys)
     item = WorkItem.model_validate_json(item_json)
     progress.mark([item.id], RUNNING)
+    began = time.perf_counter()
     outcome = run_command(argv, item, Path(out_dir) / item.dirname, timeout=timeout, env=env)
+    PROCESSING.labels(pipeline=pipeline_name, stage=stage).observe(time.perf_counter() - began)
     if not outcome.ok:
         raise ItemFailed(outcome.reason)
     result = outcome.result or {}
@@ -48,6 +52,7 @@ def run_item(pipeline_name: str, stage: str, argv: list[str], item_json: str, ou
         progress.mark([item.id], DONE, pipe=pipe)
     else:
         pipe.xadd(keys.stream(stage), item.model_copy(update={"data": result, "attempts": 0, "error": None}).encode())
+        pipe.hincrby(keys.arrivals(), keys.stream(stage), 1)
     pipe.hincrby(keys.stage_stats(stage), "out", 1)
     pipe.execute()
     return result
