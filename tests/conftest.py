@@ -20,7 +20,6 @@ import redis
 
 from services.core import EmbeddedRedis, Settings
 
-
 BACKENDS = ["embedded", "redis7"]
 REDIS7_IMAGE = "redis:7"
 MATRIX_DIRS = [Path(__file__).parent / "integration"]  # the tests run against every backend

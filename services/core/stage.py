@@ -193,7 +193,9 @@ class StreamConsumer:
 
         A call may return nothing while the cursor is non-zero (it scanned only part of the pending list), so
         the cursor is kept between calls. Entries deleted while pending come back as nil without their id
-        (Redis 6.2): their ids are found in our pending list and acknowledged, since nothing is left to do."""
+        (Redis 6.2): their ids are found in our pending list and acknowledged, since nothing is left to do. Redis
+        7 drops them from the pending list itself and lists their ids in a third element of the reply. Either
+        way they are counted and logged as lost."""
         start = self._reclaim_cursor
         try:
             reply = self.client.xautoclaim(
@@ -206,7 +208,7 @@ class StreamConsumer:
         cursor, claimed = reply[0], reply[1]
         self._reclaim_cursor = cursor
         if len(reply) > 2 and reply[2]:  # Redis >= 7 drops deleted entries from the pending list itself
-            self.m_lost.inc(len(reply[2]))
+            self._count_lost(len(reply[2]))
         if not claimed:
             return []
         # Delivery counts per claimed id (exact ranges: this consumer may hold other entries still in flight).
@@ -218,13 +220,16 @@ class StreamConsumer:
         lost = self._lost(start, cursor, {e for e, _ in live}) if len(live) < len(claimed) else []
         if lost:
             self.client.xack(self.stream_key, self.group, *lost)
-            self.m_lost.inc(len(lost))
-            log.warning("pending entries were deleted before processing", extra={
-                "event": "stage.lost", "stage": self.stage, "count": len(lost)})
+            self._count_lost(len(lost))
         batch = [self._delivery(entry_id, fields, times.get(entry_id, 2)) for entry_id, fields in self._ours(live)]
         self.m_reclaimed.inc(len(batch))
         self.m_in.inc(len(batch))
         return self._cap_deliveries(batch)
+
+    def _count_lost(self, n: int) -> None:
+        self.m_lost.inc(n)
+        log.warning("pending entries were deleted before processing", extra={
+            "event": "stage.lost", "stage": self.stage, "count": n})
 
     def _lost(self, start: bytes | str, cursor: bytes | str, live: set[bytes]) -> list[bytes]:
         """Ids of entries the claim returned as nil: ours now, in the scanned range, gone from the stream."""

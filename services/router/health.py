@@ -8,7 +8,9 @@ into the sharder's script as an argument. A shard is unhealthy when, for any rea
   stream looks as gone as a dead one: idleness alone says nothing until work waits.)
 - or its backlog is past `max_backlog`: the group's pending count plus its lag where Redis reports lag (7.0+);
   Redis 6.2 reports none, so there it is the stream's length — consumers trim what every group acknowledged, so
-  the length is what is in flight (plus at most a trim interval of acknowledged entries)."""
+  the length is what is in flight (plus at most a trim interval of acknowledged entries). Redis 7.0's lag also
+  counts entries trimmed (XTRIM, XADD MAXLEN/MINID) before the group read them, so it is capped at the length:
+  what is not delivered yet is still in the stream."""
 
 from __future__ import annotations
 
@@ -84,7 +86,7 @@ class ShardHealth:
                 active = not isinstance(consumers, ResponseError) and any(
                     int(c["idle"]) <= self.consumer_timeout_ms for c in consumers)
                 lag = g.get("lag")
-                backlog = int(g["pending"]) + int(lag) if lag is not None else length
+                backlog = int(g["pending"]) + min(int(lag), length) if lag is not None else length
                 ok = ok and (active or not stale) and backlog <= self.max_backlog
             verdict.append(ok)
         return verdict
