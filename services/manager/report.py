@@ -19,6 +19,7 @@ LAG_CAP = 10_000  # Redis 6.2 has no group lag: it is counted (server-side) up t
 # KEYS: each stage's input stream; ARGV: each stage's group, then LAG_CAP. Returns {length, pending, lag} each.
 # lag = entries not yet delivered to the group (Redis 7 reports it; 6.2 counts the entries after the group's
 # last-delivered id). Backlog = lag + pending: XLEN alone counts acknowledged entries not yet trimmed too.
+# Redis 7.0's lag also counts entries trimmed before the group read them: capped at XLEN (undelivered = in the stream).
 _BACKLOG = """
 local cap = tonumber(ARGV[#ARGV])
 local out = {}
@@ -33,7 +34,7 @@ for i, key in ipairs(KEYS) do
       if info['name'] == ARGV[i] then
         pending = tonumber(info['pending'])
         if info['lag'] then
-          lag = tonumber(info['lag'])
+          lag = math.min(tonumber(info['lag']), length)
         else
           lag = #redis.call('XRANGE', key, '(' .. info['last-delivered-id'], '+', 'COUNT', cap)
           if lag >= cap then lag = math.max(lag, length - pending) end
