@@ -22,7 +22,7 @@ _registered: list[RoleHealth] = []
 class RoleHealth:
     """One role's state. `role`: source | manager | router | barrier | worker; `stage`: "" for source/manager."""
 
-    def __init__(self, pipeline: str, role: str, stage: str = "") -> None:
+    def __init__(self, pipeline: str, role: str, stage: str = "", *, uses_redis: bool = True) -> None:
         self.pipeline, self.role, self.stage = pipeline, role, stage
         self.running = False
         self.redis_ok = True
@@ -30,8 +30,11 @@ class RoleHealth:
         self.down_since = 0.0  # time.monotonic() of the outage's start
         self._lock = threading.Lock()
         self.m_up = metrics.ROLE_UP.labels(pipeline=pipeline, role=role, stage=stage)
-        self.m_redis = metrics.REDIS_UP.labels(pipeline=pipeline, role=role)
-        self.m_disconnects = metrics.REDIS_DISCONNECTS.labels(pipeline=pipeline, role=role)
+        # The source never talks to Redis: no redis_up series for it (labels() alone would export a 0).
+        self.m_redis = metrics.REDIS_UP.labels(pipeline=pipeline, role=role) if uses_redis else metrics.Gauge(
+            "unregistered_redis_up", "", registry=None)
+        self.m_disconnects = metrics.REDIS_DISCONNECTS.labels(pipeline=pipeline, role=role) if uses_redis else \
+            metrics.Counter("unregistered_redis_disconnects", "", registry=None)
         self.m_redis.set(1)
 
     # -- the main loop -------------------------------------------------------------------------------------

@@ -17,7 +17,9 @@ from redis import Redis
 from redis.exceptions import ResponseError
 
 from services.core import Keys, Progress, Settings, redis_url
+from services.core.health import RoleHealth
 from services.core.metrics import serve_metrics
+from services.core.reconnect import TRANSIENT, Reconnect
 from services.core.spec import Pipeline
 
 from . import batches, gauges
@@ -42,6 +44,8 @@ class Manager:
         self.dispatcher = Dispatcher(client, self.keys, Progress(client, self.keys), batch="")
         self.complete = False  # the first listing pass is done
         self.http = httpx.Client(timeout=LIST_TIMEOUT)  # one for every poll: a new client costs a TLS context
+        self.gauges = gauges.ClusterGauges(client, pipeline, settings.visibility_timeout_ms / 1000)
+        self._repoll: str | None = None  # a poll a Redis outage interrupted: run again once Redis is back
 
     def ensure_groups(self) -> None:
         """Every stage's group exists before anything is dispatched: safe trimming counts only existing groups,
@@ -99,35 +103,60 @@ class Manager:
             if not executor.alive:
                 raise RuntimeError(f"the {executor.name} executor of stage {name!r} crashed: {executor.error!r}")
         snapshot = status(self.client, self.pipeline)
-        gauges.observe(snapshot)
+        self.gauges.observe(snapshot)
         for name, executor in executors.items():
             executor.observe(snapshot["stages"][name])
 
     def run(self, stop: threading.Event, *, once: bool = False) -> None:
-        self.ensure_groups()
-        executors = {} if once else self.start_executors()
-        schedule = Schedule(self.client, self.pipeline, lambda: not batch_done(self.client, self.pipeline))
+        """Poll, dispatch and tick until `stop` is set. A Redis outage is ridden out (see core.reconnect): the
+        loop waits for Redis, re-creates the groups, re-runs a listing pass the outage cut short and goes on."""
+        health = RoleHealth(self.pipeline.name, "manager").started()
+        reconnect = Reconnect(self.client, health, stop)
+        executors: dict[str, Executor] = {}
         try:
-            next_tick = 0.0
+            while True:  # nothing has run yet: retrying the start is safe
+                try:
+                    self.ensure_groups()
+                    schedule = Schedule(self.client, self.pipeline,
+                                        lambda: not batch_done(self.client, self.pipeline))
+                    break
+                except TRANSIENT as exc:
+                    if once or not reconnect.recover(exc):
+                        raise
+            executors = {} if once else self.start_executors()
+            self._next_tick = 0.0
             while not stop.is_set():
-                if due := schedule.due():
-                    try:
-                        self.poll(scheduled=due == BATCH)
-                    except (httpx.HTTPError, SourceError) as exc:
-                        if once:
-                            raise
-                        log.warning("listing failed; retrying at the next poll", extra={
-                            "event": "manager.list_failed", "reason": str(exc)[:300]})
-                    if once:
+                try:
+                    if self._step(schedule, executors, stop, once):
                         break
-                if time.monotonic() >= next_tick:
-                    self.tick(executors)
-                    next_tick = time.monotonic() + TICK_S
-                stop.wait(max(0.0, min(schedule.wait_s(), next_tick - time.monotonic())))
+                except TRANSIENT as exc:
+                    if once or not reconnect.recover(exc, then=self.ensure_groups):
+                        raise
         finally:
+            health.stopped()
             for executor in executors.values():
                 executor.stop()
             self.http.close()
+
+    def _step(self, schedule: Schedule, executors: dict[str, Executor], stop: threading.Event, once: bool) -> bool:
+        """One turn of the loop; True when `once` is done."""
+        if due := self._repoll or schedule.due():
+            self._repoll = due
+            try:
+                self.poll(scheduled=due == BATCH)
+            except (httpx.HTTPError, SourceError) as exc:
+                if once:
+                    raise
+                log.warning("listing failed; retrying at the next poll", extra={
+                    "event": "manager.list_failed", "reason": str(exc)[:300]})
+            self._repoll = None
+            if once:
+                return True
+        if time.monotonic() >= self._next_tick:
+            self.tick(executors)
+            self._next_tick = time.monotonic() + TICK_S
+        stop.wait(max(0.0, min(schedule.wait_s(), self._next_tick - time.monotonic())))
+        return False
 
 
 def run_manager(pipeline: Pipeline, settings: Settings, source_url: str, stop: threading.Event, port: int = 0,

@@ -122,7 +122,11 @@ def batch_done(client: Redis, pipeline: Pipeline) -> bool:
     """The current batch's listing was dispatched, no item is queued, running or waiting for a retry, no stage
     has anything in flight (an item copied to two branches is done at its first sink, not yet at the other), and
     every barrier (join, reduce) emitted the batch."""
-    snapshot = status(client, pipeline)
+    return done_in(status(client, pipeline))
+
+
+def done_in(snapshot: dict[str, Any]) -> bool:
+    """`batch_done` judged from a `status()` snapshot already taken."""
     counts = snapshot["counts"]
     return (snapshot["batch"]["complete"] and not any(counts[s] for s in (QUEUED, RUNNING, FAILED))
             and not any(stage["backlog"] for stage in snapshot["stages"].values())

@@ -10,9 +10,12 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from redis import Redis
+from redis.exceptions import RedisError
 
+from services.core.metrics_http import healthz_body
 from services.core.spec import Pipeline
 
 from .report import status
@@ -28,9 +31,15 @@ def build_app(client: Redis, pipeline: Pipeline) -> FastAPI:
         return status(client, pipeline)
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        client.ping()
-        return {"status": "ok"}
+    def healthz() -> JSONResponse:
+        """200 while the manager's loop (and its executors) run and Redis answers, else 503 with the reason."""
+        code, body = healthz_body()
+        if code == 200:
+            try:
+                client.ping()
+            except RedisError as exc:
+                code, body = 503, {"status": "unhealthy", "reason": f"redis: {type(exc).__name__}: {exc}"[:300]}
+        return JSONResponse(body, status_code=code)
 
     @app.get("/metrics", response_class=Response)
     def metrics() -> Response:

@@ -26,8 +26,10 @@ from redis import Redis
 
 from services.core import DONE, Commit, Delivery, Keys, Settings, StreamConsumer, WorkItem
 from services.core import metrics as core_metrics
+from services.core.health import RoleHealth
 from services.core.item import encode_json
 from services.core.keys import BATCH_TTL_S
+from services.core.reconnect import Reconnect
 from services.core.spec import Pipeline
 
 from .barrier_scripts import EMIT, STEP
@@ -122,10 +124,14 @@ class Barrier:
                                            "input": self.spec.input, "consumer": self.consumer.consumer})
         workers = core_metrics.WORKERS.labels(**self.labels)
         workers.inc()
-        try:
-            while not stop.is_set():
-                self.step(min(self.settings.block_ms, int(CHECK_EVERY_S * 1000)))
+        health = RoleHealth(self.settings.pipeline, "barrier", self.stage).started()
+        try:  # Redis outages are waited out, a vanished group re-created (core.reconnect); each step is atomic
+            Reconnect(self.client, health, stop).run(
+                lambda: self.step(min(self.settings.block_ms, int(CHECK_EVERY_S * 1000))),
+                then=self.consumer.ensure_group)
+            self.consumer.forget()
         finally:
+            health.stopped()
             workers.dec()
             log.info("barrier stopped", extra={"event": "barrier.stop", "stage": self.stage})
 

@@ -25,7 +25,9 @@ from redis.exceptions import RedisError, ResponseError
 from services.core import STATES, Commit, Delivery, Keys, Settings, StreamConsumer
 from services.core import metrics as core_metrics
 from services.core.expressions import Expression
+from services.core.health import RoleHealth
 from services.core.item import FIELD
+from services.core.reconnect import Reconnect
 from services.core.spec_routers import RouterSpec
 
 from .document import Document, document, entry_id_key
@@ -118,13 +120,19 @@ class Router:
                                           "outputs": self.outputs, "consumer": self.consumer_name})
         workers = core_metrics.WORKERS.labels(**self.labels)
         workers.inc()
-        try:
-            while not stop.is_set():
-                self.step(self.settings.block_ms)
+        health = RoleHealth(self.settings.pipeline, "router", self.stage).started()
+        try:  # Redis outages are waited out, vanished groups re-created (core.reconnect)
+            Reconnect(self.client, health, stop).run(lambda: self.step(self.settings.block_ms),
+                                                     then=self.ensure_groups)
             self.leave()
         finally:
+            health.stopped()
             workers.dec()
             log.info("router stopped", extra={"event": "router.stop", "stage": self.stage})
+
+    def ensure_groups(self) -> None:
+        for c in self.consumers:
+            c.ensure_group()
 
     def step(self, block_ms: int = 0) -> int:
         """Route one batch (per input); returns how many entries it took. Waits up to `block_ms` when idle."""
@@ -274,6 +282,7 @@ class Router:
                 if not c.client.xpending_range(c.stream_key, c.group, min="-", max="+", count=1,
                                                consumername=c.consumer):
                     c.client.xgroup_delconsumer(c.stream_key, c.group, c.consumer)
+                c.forget()
             except RedisError as exc:
                 log.warning("could not leave the consumer group", extra={
                     "event": "router.leave_failed", "stage": self.stage, "error": str(exc)})

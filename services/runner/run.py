@@ -16,9 +16,12 @@ import httpx
 import redis
 
 from services.core import Keys, Settings, list_dead_letters, redis_url
+from services.core.health import RoleHealth
+from services.core.reconnect import TRANSIENT, Backoff
 from services.core.results import results
 from services.core.spec import Pipeline
-from services.manager import batch_done, status
+from services.manager import status
+from services.manager.report import done_in
 
 from .supervisor import Supervisor, free_port
 from .view import RunView
@@ -60,6 +63,11 @@ def _dead_letters(client: redis.Redis, pipeline: Pipeline, stage: str | None) ->
     ]
 
 
+def targets_path(settings: Settings, pipeline: str) -> Path:
+    """The run's Prometheus file_sd targets: every live role's /metrics (a `file_sd_configs` entry can point here)."""
+    return settings.data_dir / "run" / pipeline / "targets.json"
+
+
 def _wait_healthy(url: str, supervisor: Supervisor, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -83,7 +91,8 @@ def _scale_workers(supervisor: Supervisor, pipeline: Pipeline, path: Path, snap:
         want = max(int(snap["stages"].get(name, {}).get("desired_replicas", 1)), 1)
         running = sorted(r for r in supervisor.roles if r.startswith(f"worker-{name}-"))
         for i in range(len(running), want):
-            supervisor.start(f"worker-{name}-{i}", "worker", "--pipeline", str(path), "--stage", name)
+            supervisor.start(f"worker-{name}-{i}", "worker", "--pipeline", str(path), "--stage", name,
+                             port_flag="--metrics-port", labels={"role": "worker", "stage": name})
         for extra in running[want:]:
             supervisor.stop(extra)
 
@@ -111,18 +120,24 @@ def run_pipeline(pipeline: Pipeline, path: Path, out_dir: Path, *, timeout: floa
                "BATCHMESH_OUT_DIR": str(out_dir.resolve()), "BATCHMESH_LOG_JSON": "true",
                "BATCHMESH_MAX_DELIVERIES": str(pipeline.defaults.max_deliveries),
                "BATCHMESH_VISIBILITY_TIMEOUT_MS": str(int(pipeline.defaults.visibility_timeout * 1000))}
-        supervisor = Supervisor(env, settings.data_dir / "logs" / pipeline.name)
+        env.pop("BATCHMESH_METRICS_PORT", None)  # every role gets a port of its own (see Supervisor)
+        supervisor = Supervisor(env, settings.data_dir / "logs" / pipeline.name,
+                                targets_file=targets_path(settings, pipeline.name))
         source_args = ["--input", input_path] if input_path else []
         try:
             port = free_port()
-            supervisor.start("source", "source", "--pipeline", str(path), "--port", str(port), *source_args)
+            supervisor.start("source", "source", "--pipeline", str(path), "--port", str(port), *source_args,
+                             port=port, labels={"role": "source", "stage": ""})
             _wait_healthy(f"http://127.0.0.1:{port}/healthz", supervisor)
             client.delete(Keys(pipeline.name).batch())  # the previous run's "complete" must not end this one
             baseline = status(client, pipeline)["stages"]
             _start_rq_workers(supervisor, pipeline)
             for name in pipeline.router_stages():
-                supervisor.start(f"router-{name}", "router", "--pipeline", str(path), "--stage", name)
-            supervisor.start("manager", "manager", "--pipeline", str(path), "--source-url", f"http://127.0.0.1:{port}")
+                role = "barrier" if name in pipeline.barrier_stages() else "router"
+                supervisor.start(f"router-{name}", "router", "--pipeline", str(path), "--stage", name,
+                                 port_flag="--metrics-port", labels={"role": role, "stage": name})
+            supervisor.start("manager", "manager", "--pipeline", str(path), "--source-url", f"http://127.0.0.1:{port}",
+                             port_flag="--port", labels={"role": "manager", "stage": ""})
             code = _watch(client, pipeline, path, supervisor, baseline, timeout, quiet, out_dir, watch)
         finally:
             supervisor.stop_all()
@@ -136,19 +151,28 @@ def _watch(client: redis.Redis, pipeline: Pipeline, path: Path, supervisor: Supe
     started = time.monotonic()
     with RunView(list(pipeline.stages), quiet=quiet) as view:
         try:
+            health, backoff = RoleHealth(pipeline.name, "runner"), Backoff()
             while True:
-                snap = status(client, pipeline)
-                view.update(snap, baseline)
-                if not watch and batch_done(client, pipeline):
-                    break
+                try:
+                    snap: dict[str, Any] | None = status(client, pipeline)
+                    health.redis_up()
+                    backoff.reset()
+                except TRANSIENT as exc:  # Redis restarting: wait, still watching the roles and the clock
+                    health.redis_down(exc)
+                    snap = None
+                if snap is not None:
+                    view.update(snap, baseline)
+                    if not watch and done_in(snap):
+                        break
                 if timeout and time.monotonic() - started > timeout:
                     view.console.print(f"timed out after {timeout:g}s; the batch is not done")
                     return EXIT_TIMEOUT
-                _scale_workers(supervisor, pipeline, path, snap)
+                if snap is not None:
+                    _scale_workers(supervisor, pipeline, path, snap)
                 if gave_up := supervisor.restart_dead():
                     view.console.print(f"roles keep crashing: {', '.join(gave_up)}; logs in {supervisor.log_dir}")
                     return EXIT_DEAD
-                time.sleep(0.2)
+                time.sleep(0.2 if snap is not None else backoff.next())
         except KeyboardInterrupt:
             if not watch:
                 raise

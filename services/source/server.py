@@ -7,6 +7,8 @@ from typing import Any
 
 import uvicorn
 
+from services.core.health import RoleHealth
+
 from .app import create_app
 from .backends import backend_class
 from .backends.base import SourceBackend
@@ -32,8 +34,10 @@ def serve(backend: SourceBackend, host: str = "0.0.0.0", port: int = 8080, pipel
     """Serve Source API v1 until interrupted (uvicorn handles SIGINT/SIGTERM)."""
     log.info("source ambassador starting", extra={"pipeline": pipeline, "backend": backend.type_name,
                                                    "host": host, "port": port})
+    health = RoleHealth(pipeline, "source", uses_redis=False).started()  # batchmesh_role_up
     try:
         uvicorn.run(create_app(backend, pipeline), host=host, port=port, log_level="warning")
     finally:
+        health.stopped()
         backend.close()
         log.info("source ambassador stopped", extra={"pipeline": pipeline})

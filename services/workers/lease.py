@@ -14,6 +14,8 @@ import threading
 from redis import Redis
 from redis.exceptions import RedisError
 
+from services.core.reconnect import TRANSIENT
+
 log = logging.getLogger(__name__)
 
 # KEYS: stream. ARGV: group, consumer, ids... Returns how many entries were renewed.
@@ -57,5 +59,7 @@ class Lease:
                 continue
             try:
                 self._renew(keys=[self.stream_key], args=[self.group, self.consumer, *ids])
+            except TRANSIENT:
+                continue  # an outage: the worker's loop logs it once (core.reconnect); the next renewal may work
             except RedisError as exc:  # the next renewal may succeed; the batch itself will see a lasting outage
                 log.warning("lease renewal failed", extra={"event": "worker.lease_failed", "error": str(exc)})

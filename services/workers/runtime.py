@@ -21,8 +21,10 @@ import redis
 from services.core import metrics
 from services.core.command import Outcome
 from services.core.embedded import redis_url
+from services.core.health import RoleHealth
 from services.core.item import encode_json
 from services.core.progress import RUNNING
+from services.core.reconnect import Reconnect
 from services.core.results import finish
 from services.core.settings import Settings
 from services.core.spec import Pipeline, SpecError
@@ -80,22 +82,28 @@ class _Worker:
             "adapters": self.chain.names, "concurrency": self.concurrency, "batch": self.count})
         lease = Lease(self.client, c.stream_key, c.group, c.consumer, self.settings.visibility_timeout_ms)
         self.m_workers.inc()
+        health = RoleHealth(self.settings.pipeline, "worker", self.stage).started()
         try:
             with self._pool() as pool:
-                while not stop.is_set():
+                def step() -> None:
                     batch = c.read(self.read_count())
                     if batch:
                         self.process(batch, pool, lease)
                     else:
                         c.maybe_trim()  # idle: trim what the last batches acknowledged (rate-limited in core)
+
+                # A Redis outage is waited out (the batch in hand, if its commit did not get through, stays
+                # pending and is reclaimed after the visibility timeout: never committed twice).
+                Reconnect(self.client, health, stop).run(step, then=c.ensure_group)
             self._leave()
         except Exception as exc:
-            # Redis gone, or a CommitError: the uncommitted batch stays pending and is reclaimed after the
+            # A CommitError or a bug: the uncommitted batch stays pending and is reclaimed after the
             # visibility timeout; the process exits so that its supervisor (or Kubernetes) restarts it.
             log.error("worker crashed", exc_info=True, extra={"event": "worker.crash", "stage": self.stage,
                                                               "consumer": c.consumer, "error": str(exc)})
             raise
         finally:
+            health.stopped()
             lease.close()
             self.m_workers.dec()
             log.info("worker stopped", extra={"event": "worker.stop", "stage": self.stage, "consumer": c.consumer,
@@ -180,6 +188,7 @@ class _Worker:
                                               consumername=c.consumer)
             if not pending:
                 c.client.xgroup_delconsumer(c.stream_key, c.group, c.consumer)
+            c.forget()
         except redis.RedisError as exc:
             log.warning("could not leave the consumer group", extra={"event": "worker.leave_failed",
                                                                       "error": str(exc)})

@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 from redis import Redis
 
 from services.core import Settings
+from services.core.health import RoleHealth
+from services.core.reconnect import TRANSIENT, Reconnect, is_nogroup
 from services.core.spec import Pipeline, WorkSpec
 
 log = logging.getLogger(__name__)
@@ -95,12 +97,29 @@ class Executor:
         log.info("executor started", extra={"event": "executor.start", "executor": self.name, **self.labels})
 
     def _main(self) -> None:
+        """`run`, again after every Redis outage (or vanished group): what it held uncommitted is still pending
+        and is reclaimed after the visibility timeout, so starting over loses and duplicates nothing."""
+        health = RoleHealth(self.ctx.pipeline.name, "manager", self.ctx.stage).started()
+        reconnect = Reconnect(self.ctx.client, health, self.stopping)
         try:
-            self.run()
+            while True:
+                try:
+                    self.run()
+                    return
+                except TRANSIENT as exc:
+                    if not reconnect.recover(exc):
+                        return
+                except Exception as exc:
+                    if not is_nogroup(exc):
+                        raise
+                    log.warning("consumer group vanished; starting over", extra={
+                        "event": "stage.nogroup", "executor": self.name, **self.labels})
         except BaseException as exc:  # surfaced by `alive`, so the manager can exit instead of hanging
             self.error = exc
             log.exception("executor crashed", extra={"event": "executor.crash", "executor": self.name,
                                                      **self.labels})
+        finally:
+            health.stopped()
 
     def run(self) -> None:
         """The executor's loop; the default has nothing to run."""

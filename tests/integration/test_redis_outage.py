@@ -1,0 +1,151 @@
+"""Redis outages are ridden out. A whole `batchmesh run --watch` (source, a merge router, a stream worker, a reduce
+barrier, the manager) on a redis-server that the test SIGKILLs and restarts on the same port and data dir while
+items are in flight; and a worker whose Redis comes back empty (its consumer group gone)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import redis
+from live_run import (
+    KillableRedis,
+    by_role_name,
+    healthz,
+    role_pids,
+    sample,
+    scrape,
+    start_run,
+    stop_run,
+    targets,
+    wait_for,
+)
+from prometheus_client import REGISTRY
+
+from services.core import Keys, Settings
+from services.core.spec import load_pipeline
+from services.workers import run_worker
+
+SPEC = """
+apiVersion: batchmesh/v1
+kind: Pipeline
+name: {name}
+source: {{type: directory, path: ./in, glob: "*.txt", poll: 0.3s}}
+defaults: {{visibility_timeout: 1.5s, max_deliveries: 20}}
+stages:
+  merged: {{merge: {{inputs: [source]}}}}
+  work:   {{work: {{input: merged, worker: sleep, replicas: {{min: 1, max: 1}}}}}}
+  total:  {{reduce: {{input: work, fold: {{files: {{count: true}}}}}}}}
+"""
+
+
+def done(client: redis.Redis, keys: Keys) -> int:
+    """Items done: folded into the reduce (the pipeline's end)."""
+    return int(client.hget(keys.counts(), "done") or 0)
+
+
+def _files(root: Path, start: int, n: int) -> None:
+    for i in range(start, start + n):
+        (root / f"f{i:03d}.txt").write_text(f"file {i}")
+
+
+def test_every_role_rides_out_a_redis_kill_and_restart(tmp_path: Path) -> None:
+    name = "outage"
+    server = KillableRedis(tmp_path / "redis")
+    url = server.start()
+    spec = tmp_path / "pipeline.yaml"
+    spec.write_text(SPEC.format(name=name))
+    source = tmp_path / "in"
+    source.mkdir()
+    _files(source, 0, 15)  # before
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+    keys = Keys(name)
+    run = start_run(tmp_path, spec, source, url, env={"BATCHMESH_SLEEP_SECONDS": "0.05"})
+    try:
+        roles = ("source", "manager", "router-merged", "router-total", "worker-work-0")
+        live = wait_for("every role listed and healthy", lambda: (t := by_role_name(targets(tmp_path, name)))
+                        and set(roles) <= set(t) and all(healthz(t[r]) == 200 for r in roles) and t)
+        pids = wait_for("the role processes", lambda: (p := role_pids(run.pid)) and len(p) == 5 and p)
+        wait_for("some items done before the outage", lambda: done(client, keys) >= 3)
+
+        server.kill()
+        _files(source, 15, 10)  # during: listed by the source, dispatched once Redis is back
+        for role in ("manager", "router-merged", "router-total", "worker-work-0"):
+            wait_for(f"{role} to report Redis down", lambda role=role: healthz(live[role]) == 503, timeout_s=10)
+        assert healthz(live["source"]) == 200  # the source does not use Redis
+        server.start()
+        _files(source, 25, 10)  # after
+
+        wait_for("all 35 items done", lambda: done(client, keys) == 35, timeout_s=30)
+        stats = {k.decode(): int(v) for k, v in client.hgetall(keys.stage_stats("work")).items()}
+        assert stats["out"] == 35  # each item committed exactly once (a re-sent commit would count twice)
+        assert int(client.hget(keys.arrivals(), keys.stream("work")) or 0) == 35  # and published once
+        assert int(client.hget(keys.arrivals(), keys.stream("merged")) or 0) == 35
+        assert not client.exists(keys.dead_letters("work"))
+
+        for role in ("manager", "router-merged", "router-total", "worker-work-0"):
+            metric_role = {"router-total": "barrier"}.get(role, role.split("-")[0])
+            up = wait_for(f"{role}'s redis_up back at 1", lambda role=role, r=metric_role: (
+                s := scrape(live[role])) and sample(s, "batchmesh_redis_up", role=r) == 1 and s, timeout_s=10)
+            assert (sample(up, "batchmesh_redis_disconnects_total", role=metric_role) or 0) >= 1, role
+            assert healthz(live[role]) == 200
+        assert role_pids(run.pid) == pids  # nobody crashed and was restarted
+        assert run.poll() is None
+    finally:
+        stop_run(run)
+        server.stop()
+    log = (tmp_path / "run.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
+
+
+def test_a_worker_re_creates_its_group_when_redis_comes_back_empty(tmp_path: Path) -> None:
+    server = KillableRedis(tmp_path / "redis", persist=False)
+    url = server.start()
+    spec = tmp_path / "pipeline.yaml"
+    spec.write_text("""
+apiVersion: batchmesh/v1
+kind: Pipeline
+name: empty
+source: {type: directory, path: ./in}
+stages:
+  work: {work: {input: source, worker: echo}}
+""")
+    pipeline = load_pipeline(spec)
+    settings = Settings(redis_url=url, pipeline="empty", block_ms=100, visibility_timeout_ms=500,
+                        out_dir=tmp_path / "out")
+    keys = Keys("empty")
+    client = redis.Redis.from_url(url)
+    stop = threading.Event()
+    thread = threading.Thread(target=run_worker, args=(pipeline, "work", settings, stop), daemon=True)
+
+    def publish(ids: range) -> None:
+        from services.core import WorkItem
+
+        for i in ids:
+            client.xadd(keys.stream("source"), WorkItem(id=f"i{i}", data={"n": i}).encode())
+
+    def disconnects() -> float:
+        return REGISTRY.get_sample_value("batchmesh_redis_disconnects_total",
+                                         {"pipeline": "empty", "role": "worker"}) or 0
+
+    before = disconnects()
+    thread.start()
+    try:
+        wait_for("the worker's group", lambda: client.xinfo_groups(keys.stream("source")))
+        publish(range(5))
+        wait_for("5 results", lambda: client.hlen(keys.results()) == 5)
+        server.kill()
+        wait_for("the worker to see Redis down", lambda: REGISTRY.get_sample_value(
+            "batchmesh_redis_up", {"pipeline": "empty", "role": "worker"}) == 0, timeout_s=5)
+        server.start()  # empty: no stream, no group, no results
+        wait_for("the group re-created", lambda: client.xinfo_groups(keys.stream("source")), timeout_s=10)
+        publish(range(5, 12))
+        wait_for("the 7 items published after the restart", lambda: client.hlen(keys.results()) == 7)
+        assert thread.is_alive()
+        assert disconnects() == before + 1  # one outage, however many retries
+        assert REGISTRY.get_sample_value("batchmesh_redis_up", {"pipeline": "empty", "role": "worker"}) == 1
+    finally:
+        stop.set()
+        thread.join(10)
+        server.stop()
+    assert not thread.is_alive()
