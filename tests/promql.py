@@ -108,31 +108,39 @@ def query(url: str, expr: str) -> list[dict[str, Any]]:
     return data["result"] if data["resultType"] in ("vector", "matrix") else [data["result"]]
 
 
-def queries_without_data(url: str, queries: list[tuple[str, str]]) -> list[str]:
+def _values(result: list[Any]) -> list[str]:
+    return [str(r["value"][1]) if isinstance(r, dict) else str(r[1]) for r in result]
+
+
+def queries_without_data(url: str, queries: list[tuple[str, str]], allow_nan: bool = False) -> list[str]:
     """`title: expr -> why` for each query that errors or returns nothing (a metric that does not exist, a label
-    that never matches)."""
+    that never matches) — or, unless `allow_nan`, only NaN (a quantile or ratio over an idle window)."""
     failures = []
     for title, expr in queries:
         try:
-            if not query(url, expr):
+            result = query(url, expr)
+            if not result:
                 failures.append(f"{title}: {expr} -> no data")
+            elif not allow_nan and all(v == "NaN" for v in _values(result)):
+                failures.append(f"{title}: {expr} -> only NaN")
         except ValueError as exc:
             failures.append(f"{title}: {expr} -> {exc}")
     return failures
 
 
-def wait_for_data(url: str, queries: list[tuple[str, str]], timeout: float = 30) -> list[str]:
+def wait_for_data(url: str, queries: list[tuple[str, str]], timeout: float = 30,
+                  allow_nan: bool = False) -> list[str]:
     """Poll until every query returns data (rates need two scrapes); returns what still fails after `timeout`."""
     remaining = list(queries)
 
     def done() -> bool:
         nonlocal remaining
-        failing = set(queries_without_data(url, remaining))
+        failing = set(queries_without_data(url, remaining, allow_nan))
         remaining = [(t, e) for t, e in remaining if any(f.startswith(f"{t}: {e} ->") for f in failing)]
         return not remaining
 
     poll(done, timeout, interval=0.5)
-    return queries_without_data(url, remaining)
+    return queries_without_data(url, remaining, allow_nan)
 
 
 def rules_health(url: str) -> dict[str, str]:

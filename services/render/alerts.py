@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-ROLE_JOBS = "source|manager|router|worker"  # Prometheus jobs are named by role
+ROLE_JOBS = "source|manager|router|barrier|worker"  # Prometheus jobs are named by role (barrier: join/reduce)
 BY_STAGE = "(pipeline, stage)"
 
 

@@ -33,6 +33,7 @@ from grafana_foundation_sdk.models import dashboard as dm
 from services.core.spec import Pipeline, load_pipeline
 
 from . import alerts
+from .alerts import ROLE_JOBS
 from .grafana_panels import DATASOURCE, DATASOURCE_UID, bars, graph, health, histogram_heatmap, ratio_gauge
 
 __all__ = ["DATASOURCE_UID", "dashboards", "panel_queries", "provisioning", "write_all"]
@@ -40,7 +41,6 @@ __all__ = ["DATASOURCE_UID", "dashboards", "panel_queries", "provisioning", "wri
 P = 'pipeline="$pipeline"'
 S = 'pipeline="$pipeline", stage="$stage"'
 RATE = "[$__rate_interval]"
-ROLE_JOBS = "source|manager|router|worker"  # Prometheus jobs are named by role
 ITEMS_PER_S = "suffix: items/s"
 
 

@@ -24,8 +24,9 @@ from services.render.grafana import dashboards, panel_queries
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "wordcount"
 SCRAPE_S = 1
-VARIABLES = {"pipeline": "wordcount", "stage": "map-0",  # a work stage: it has replicas and processing times
-             "__interval": "2s", "__rate_interval": "5s", "__range": "1m"}  # as Grafana: >= 4 scrape intervals
+# map-0: a work stage (replicas, processing times). A rate window of 1 m spans the whole run, so quantiles have
+# data even once the batch is through (NaN only fails the check); Grafana's own would be >= 4 scrape intervals.
+VARIABLES = {"pipeline": "wordcount", "stage": "map-0", "__interval": "2s", "__rate_interval": "1m", "__range": "1m"}
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,7 +47,8 @@ def _config(targets_file: Path | None) -> dict[str, Any]:
     if targets_file is not None:
         jobs = [{"job_name": "batchmesh", "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "1s"}],
                  # jobs named by role, as in the compose deployment (the dashboards and alerts select on them)
-                 "relabel_configs": [{"source_labels": ["role"], "target_label": "job"}]}]
+                 "relabel_configs": [{"source_labels": ["role"], "target_label": "job"}],
+                 "honor_labels": True}]  # the metrics' own pipeline/stage/role win over the targets' labels
     return {"global": {"scrape_interval": f"{SCRAPE_S}s", "evaluation_interval": f"{SCRAPE_S}s"},
             "rule_files": [str(ROOT / "compose" / "prometheus" / "alerts.yml")], "scrape_configs": jobs}
 
@@ -84,7 +86,7 @@ def test_every_panel_query_returns_data(prometheus_binary: str, wordcount_run: P
                for title, expr in panel_queries(board, VARIABLES)]
     assert len(queries) > 30
     with local_prometheus(tmp_path / "prometheus", _config(wordcount_run), prometheus_binary) as url:
-        found = wait_for_targets(url, {"source", "manager", "router", "worker"}, timeout=30)
+        found = wait_for_targets(url, {"source", "manager", "router", "barrier", "worker"}, timeout=30)
         assert {t["labels"].get("stage") for t in found} >= {"map-0", "map-1"}
         assert wait_for_data(url, queries, timeout=30) == []
         health = poll(lambda: (h := rules_health(url)) and "unknown" not in h.values() and h, timeout=15)
@@ -97,7 +99,9 @@ def test_the_check_fails_on_a_metric_nobody_exports(prometheus_binary: str, tmp_
         failures = queries_without_data(url, [
             ("missing", 'sum(rate(batchmesh_no_such_metric_total{pipeline="wordcount"}[5s]))'),
             ("bad", "sum(rate(batchmesh_items_out_total[5s])"),
+            ("nan", "vector(0) / vector(0)"),
             ("series", "vector(1)"),
         ])
-        assert [f.split(":")[0] for f in failures] == ["missing", "bad"]
-        assert "no data" in failures[0] and "bad_data" in failures[1]
+        assert [f.split(":")[0] for f in failures] == ["missing", "bad", "nan"]
+        assert "no data" in failures[0] and "bad_data" in failures[1] and "only NaN" in failures[2]
+        assert queries_without_data(url, [("nan", "vector(0) / vector(0)")], allow_nan=True) == []

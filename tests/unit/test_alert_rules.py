@@ -81,7 +81,7 @@ def test_every_alert_has_severity_and_stage_aware_annotations() -> None:
     ("BatchmeshDeadLetters", "> 0", "> 5"),
     ("BatchmeshBacklogNotDraining", ">= 0", "> 0"),
     ("BatchmeshStageWithoutConsumers", "== 0", "< 0"),
-    ("BatchmeshRoleDown", 'job=~"source|manager|router|worker"', 'job=~".+"'),
+    ("BatchmeshRoleDown", 'job=~"source|manager|router|barrier|worker"', 'job=~".+"'),
     ("BatchmeshRedisDown", "min by", "max by"),
 ])
 def test_a_wrong_rule_fails_its_unit_tests(promtool: str, tmp_path: Path, alert: str, old: str, new: str) -> None:
