@@ -23,7 +23,7 @@ from live_run import (
 from prometheus_client import REGISTRY
 
 from services.core import Keys, Settings
-from services.core.spec import load_pipeline
+from services.core.spec import Pipeline, load_pipeline
 from services.workers import run_worker
 
 SPEC = """
@@ -149,3 +149,46 @@ stages:
         thread.join(10)
         server.stop()
     assert not thread.is_alive()
+
+
+def test_the_process_executor_rides_out_a_redis_restart(tmp_path: Path) -> None:
+    """The manager's executors run in its threads: a connection error starts the executor's loop over (what it
+    held uncommitted is reclaimed after the visibility timeout) instead of killing it, and so the manager."""
+    from services.core import Progress, WorkItem
+    from services.manager.executors import StageContext, executor_class, stage_settings
+
+    server = KillableRedis(tmp_path / "redis")
+    url = server.start()
+    pipeline = Pipeline.model_validate({
+        "apiVersion": "batchmesh/v1", "name": "proc", "source": {"path": "."},
+        "stages": {"w": {"work": {"input": "source", "executor": "process", "concurrency": 2,
+                                  "command": ["sh", "-c", "sleep 0.05; echo '{}'"]}}}})
+    settings = Settings(redis_url=url, pipeline="proc", block_ms=100, visibility_timeout_ms=800,
+                        max_deliveries=10, out_dir=tmp_path / "out")
+    client = redis.Redis.from_url(url)
+    keys = Keys("proc")
+    progress = Progress(client, keys)
+
+    def publish(ids: range) -> None:
+        for i in ids:
+            client.xadd(keys.stream("source"), WorkItem(id=f"i{i}", data={}).encode())
+
+    executor = executor_class("process")(StageContext(client, pipeline, "w", stage_settings(pipeline, "w",
+                                                                                           settings)))
+    executor.start()
+    try:
+        wait_for("the executor's group", lambda: client.xinfo_groups(keys.stream("source")))
+        publish(range(10))
+        wait_for("a few done", lambda: client.hlen(keys.results()) >= 2)
+        server.kill()
+        wait_for("the executor to see Redis down", lambda: REGISTRY.get_sample_value(
+            "batchmesh_redis_up", {"pipeline": "proc", "role": "manager"}) == 0, timeout_s=5)
+        server.start()
+        publish(range(10, 20))
+        wait_for("all 20 results", lambda: client.hlen(keys.results()) == 20, timeout_s=20)
+        assert executor.alive and executor.error is None
+        assert int(client.hget(keys.stage_stats("w"), "out") or 0) == 20  # each committed once
+        assert progress.counts()["done"] == 20
+    finally:
+        executor.stop(10)
+        server.stop()
