@@ -53,13 +53,18 @@ def _config(targets_file: Path | None) -> dict[str, Any]:
             "rule_files": [str(ROOT / "compose" / "prometheus" / "alerts.yml")], "scrape_configs": jobs}
 
 
+def generate(target: Path, seed: int, files: int = 20) -> None:
+    subprocess.run([sys.executable, str(EXAMPLE / "generate.py"), str(target), "--files", str(files), "--seed",
+                    str(seed)], check=True, capture_output=True)
+
+
 @pytest.fixture(scope="module")
-def wordcount_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """`batchmesh run examples/wordcount/pipeline.yaml --watch` on 30 generated files; yields its targets file."""
+def wordcount_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """`batchmesh run examples/wordcount/pipeline.yaml --watch` on 20 generated files; yields its targets file and
+    its input directory (files added there are the next batch)."""
     tmp = tmp_path_factory.mktemp("wordcount")
-    subprocess.run([sys.executable, str(EXAMPLE / "generate.py"), str(tmp / "texts"), "--files", "30", "--seed", "3"],
-                   check=True, capture_output=True)
-    env = {**os.environ, "BATCHMESH_DATA_DIR": str(tmp / "st"), "WORDCOUNT_DELAY_MS": "20"}
+    generate(tmp / "texts" / "first", seed=3)
+    env = {**os.environ, "BATCHMESH_DATA_DIR": str(tmp / "st"), "WORDCOUNT_DELAY_MS": "100"}
     env.pop("REDIS_URL", None)  # its own embedded Redis
     run = subprocess.Popen([sys.executable, "-m", "services.cli", "run", str(EXAMPLE / "pipeline.yaml"),
                             "--input", str(tmp / "texts"), "--out", str(tmp / "out"), "--quiet", "--watch"],
@@ -70,7 +75,7 @@ def wordcount_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             pytest.fail(f"`batchmesh run` wrote no {targets} within 30 s (file_sd targets, one port per role)")
         if run.poll() is not None:
             pytest.fail(f"`batchmesh run --watch` exited {run.returncode}: {(tmp / 'run.err').read_text()[-3000:]}")
-        yield targets
+        yield targets, tmp / "texts"
     finally:
         run.send_signal(signal.SIGTERM)  # stops every role it started
         try:
@@ -80,14 +85,17 @@ def wordcount_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             run.wait()
 
 
-def test_every_panel_query_returns_data(prometheus_binary: str, wordcount_run: Path, tmp_path: Path) -> None:
+def test_every_panel_query_returns_data(prometheus_binary: str, wordcount_run: tuple[Path, Path],
+                                       tmp_path: Path) -> None:
+    targets, texts = wordcount_run
     boards = dashboards([load_pipeline(EXAMPLE / "pipeline.yaml")])
     queries = [(f"{name}: {title}", expr) for name, board in boards.items()
                for title, expr in panel_queries(board, VARIABLES)]
     assert len(queries) > 30
-    with local_prometheus(tmp_path / "prometheus", _config(wordcount_run), prometheus_binary) as url:
+    with local_prometheus(tmp_path / "prometheus", _config(targets), prometheus_binary) as url:
         found = wait_for_targets(url, {"source", "manager", "router", "barrier", "worker"}, timeout=30)
         assert {t["labels"].get("stage") for t in found} >= {"map-0", "map-1"}
+        generate(texts / "second", seed=4)  # a second batch while Prometheus watches: rates and quantiles move
         assert wait_for_data(url, queries, timeout=30) == []
         health = poll(lambda: (h := rules_health(url)) and "unknown" not in h.values() and h, timeout=15)
         assert health == {name: "ok" for name in alert_names()}
