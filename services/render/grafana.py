@@ -177,10 +177,10 @@ def dashboards(pipelines: list[Pipeline]) -> dict[str, dict]:
 
 
 def provisioning(dashboards_dir: str = "/var/lib/grafana/dashboards", prometheus_url: str = "http://prometheus:9090",
-                 scrape_interval: str = "15s") -> dict[str, dict]:
+                 scrape_interval: str = "5s") -> dict[str, dict]:
     """Path under Grafana's provisioning dir -> YAML-able dict: the Prometheus datasource (fixed uid, which every
     panel names) and a file provider loading the dashboards from `dashboards_dir`. `scrape_interval` must be
-    Prometheus' own: Grafana derives `$__rate_interval` from it."""
+    Prometheus' own (5 s in compose, services/render/prometheus.py): Grafana derives `$__rate_interval` from it."""
     return {
         "datasources/batchmesh.yaml": {"apiVersion": 1, "datasources": [{
             "name": "Prometheus", "uid": DATASOURCE_UID, "type": "prometheus", "access": "proxy",
