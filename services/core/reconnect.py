@@ -14,6 +14,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 
 import redis
 from redis import Redis
@@ -21,6 +22,7 @@ from redis import Redis
 from .health import RoleHealth
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TRANSIENT: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
 """Errors that mean "Redis is unreachable or not ready": BusyLoadingError is a ConnectionError subclass."""
@@ -71,6 +73,20 @@ class Reconnect:
             self.health.redis_up()
             return True
         return False
+
+    def call(self, fn: Callable[[], T]) -> T | None:
+        """`fn()`, called again after each outage until it succeeds (None if `stop` was set first). Only for
+        what is safe to repeat: a role's start (creating its groups), never a commit."""
+        while not self.stop.is_set():
+            try:
+                result = fn()
+            except TRANSIENT as exc:
+                if not self.recover(exc):
+                    return None
+                continue
+            self.health.redis_up()
+            return result
+        return None
 
     def run(self, step: Callable[[], object], then: Callable[[], None] | None = None) -> None:
         """Call `step` until `stop` is set, riding out outages (and vanished groups: `then` re-creates them)."""

@@ -119,12 +119,12 @@ class Barrier:
 
     # -- running -------------------------------------------------------------------------------------------
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, health: RoleHealth | None = None) -> None:
         log.info("barrier started", extra={"event": "barrier.start", "stage": self.stage, "kind": self.kind,
                                            "input": self.spec.input, "consumer": self.consumer.consumer})
         workers = core_metrics.WORKERS.labels(**self.labels)
         workers.inc()
-        health = RoleHealth(self.settings.pipeline, "barrier", self.stage).started()
+        health = (health or RoleHealth(self.settings.pipeline, "barrier", self.stage)).started()
         try:  # Redis outages are waited out, a vanished group re-created (core.reconnect); each step is atomic
             Reconnect(self.client, health, stop).run(
                 lambda: self.step(min(self.settings.block_ms, int(CHECK_EVERY_S * 1000))),

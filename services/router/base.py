@@ -113,14 +113,14 @@ class Router:
 
     # -- running -------------------------------------------------------------------------------------------
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, health: RoleHealth | None = None) -> None:
         """Route until `stop` is set, then leave the consumer group cleanly."""
         log.info("router started", extra={"event": "router.start", "stage": self.stage, "kind": self.kind,
                                           "server_side": self.server_side, "inputs": self.spec.inputs,
                                           "outputs": self.outputs, "consumer": self.consumer_name})
         workers = core_metrics.WORKERS.labels(**self.labels)
         workers.inc()
-        health = RoleHealth(self.settings.pipeline, "router", self.stage).started()
+        health = (health or RoleHealth(self.settings.pipeline, "router", self.stage)).started()
         try:  # Redis outages are waited out, vanished groups re-created (core.reconnect)
             Reconnect(self.client, health, stop).run(lambda: self.step(self.settings.block_ms),
                                                      then=self.ensure_groups)

@@ -9,6 +9,8 @@ import redis
 
 from services.core import Settings
 from services.core.embedded import redis_url
+from services.core.health import RoleHealth
+from services.core.reconnect import Reconnect
 from services.core.spec import Pipeline
 from services.core.spec_routers import RouterSpec
 
@@ -41,10 +43,13 @@ def run_router(pipeline_name: str, stage: str, spec_model: RouterSpec, settings:
     settings = settings.model_copy(update={"pipeline": pipeline_name})
     with redis_url(settings.redis_url, settings.data_dir / "redis") as url:
         client = redis.Redis.from_url(url)
-        try:
-            router = build_router(client, settings, stage, spec_model, server_side=server_side,
-                                  drop_state=drop_state, on_drop=on_drop)
-            router.run(stop)
+        health = RoleHealth(settings.pipeline, "router", stage)
+        try:  # a Redis not up yet (or restarting) is waited for: starting creates the groups, safe to repeat
+            router = Reconnect(client, health, stop).call(lambda: build_router(
+                client, settings, stage, spec_model, server_side=server_side, drop_state=drop_state,
+                on_drop=on_drop))
+            if router is not None:
+                router.run(stop, health)
         finally:
             client.close()
 
@@ -61,7 +66,10 @@ def run_barrier(pipeline: Pipeline, stage: str, settings: Settings, stop: thread
     settings = settings.model_copy(update={"pipeline": pipeline.name})
     with redis_url(settings.redis_url, settings.data_dir / "redis") as url:
         client = redis.Redis.from_url(url)
+        health = RoleHealth(settings.pipeline, "barrier", stage)
         try:
-            build_barrier(client, settings, pipeline, stage).run(stop)
+            barrier = Reconnect(client, health, stop).call(lambda: build_barrier(client, settings, pipeline, stage))
+            if barrier is not None:
+                barrier.run(stop, health)
         finally:
             client.close()

@@ -50,8 +50,11 @@ def run_worker(pipeline: Pipeline, stage: str, settings: Settings, stop: threadi
     chain = build_chain(work, stage, pipeline.plugins)  # unknown workers fail here, before anything is read
     with redis_url(settings.redis_url, settings.data_dir / "redis") as url:
         client = redis.Redis.from_url(url)
-        try:
-            _Worker(pipeline, stage, settings, chain, client).loop(stop)
+        health = RoleHealth(settings.pipeline, "worker", stage)
+        try:  # a Redis not up yet (or restarting) is waited for: starting creates the group, safe to repeat
+            worker = Reconnect(client, health, stop).call(lambda: _Worker(pipeline, stage, settings, chain, client))
+            if worker is not None:
+                worker.loop(stop, health)
         finally:
             client.close()
 
@@ -75,14 +78,14 @@ class _Worker:
         self.m_workers = metrics.WORKERS.labels(**labels)
         self.done = self.failed = 0
 
-    def loop(self, stop: threading.Event) -> None:
+    def loop(self, stop: threading.Event, health: RoleHealth | None = None) -> None:
         c = self.consumer
         log.info("worker started", extra={
             "event": "worker.start", "stage": self.stage, "consumer": c.consumer, "input": c.stream_key,
             "adapters": self.chain.names, "concurrency": self.concurrency, "batch": self.count})
         lease = Lease(self.client, c.stream_key, c.group, c.consumer, self.settings.visibility_timeout_ms)
         self.m_workers.inc()
-        health = RoleHealth(self.settings.pipeline, "worker", self.stage).started()
+        health = (health or RoleHealth(self.settings.pipeline, "worker", self.stage)).started()
         try:
             with self._pool() as pool:
                 def step() -> None:

@@ -192,3 +192,36 @@ def test_the_process_executor_rides_out_a_redis_restart(tmp_path: Path) -> None:
     finally:
         executor.stop(10)
         server.stop()
+
+
+def test_a_worker_started_before_redis_waits_for_it(tmp_path: Path) -> None:
+    server = KillableRedis(tmp_path / "redis", persist=False)  # not started yet: the port refuses connections
+    spec = tmp_path / "pipeline.yaml"
+    spec.write_text("""
+apiVersion: batchmesh/v1
+kind: Pipeline
+name: early
+source: {type: directory, path: ./in}
+stages:
+  work: {work: {input: source, worker: echo}}
+""")
+    settings = Settings(redis_url=server.url, pipeline="early", block_ms=100, out_dir=tmp_path / "out")
+    stop = threading.Event()
+    thread = threading.Thread(target=run_worker, args=(load_pipeline(spec), "work", settings, stop), daemon=True)
+    thread.start()
+    try:
+        wait_for("the worker to report Redis down", lambda: REGISTRY.get_sample_value(
+            "batchmesh_redis_up", {"pipeline": "early", "role": "worker"}) == 0, timeout_s=5)
+        assert thread.is_alive()
+        server.start()
+        client = redis.Redis.from_url(server.url)
+        keys = Keys("early")
+        wait_for("the worker's group", lambda: client.xinfo_groups(keys.stream("source")), timeout_s=10)
+        from services.core import WorkItem
+
+        client.xadd(keys.stream("source"), WorkItem(id="a", data={"x": 1}).encode())
+        wait_for("the item's result", lambda: client.hget(keys.results(), "a"))
+    finally:
+        stop.set()
+        thread.join(10)
+        server.stop()
