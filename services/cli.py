@@ -137,6 +137,23 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_render_compose(args: argparse.Namespace) -> int:
+    from services.render import __main__ as render_all
+    from services.render.compose import render
+
+    if args.all:
+        return render_all.main()
+    if not args.pipeline:
+        print("batchmesh render compose: give a PIPELINE or --all", file=sys.stderr)
+        return EXIT_USAGE
+    text = render(args.pipeline)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="batchmesh", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -198,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="health check: GET URL, exit 0 on HTTP 200 else 1 (a container HEALTHCHECK)")
     p.add_argument("url", nargs="?", help="default: http://127.0.0.1:$BATCHMESH_METRICS_PORT/healthz (port 9400)")
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("render", help="render a pipeline for a deployment target")
+    render = p.add_subparsers(dest="target", required=True)
+    p = render.add_parser("compose", help="a Compose file (services, Prometheus, Grafana) for a pipeline spec")
+    p.add_argument("pipeline", nargs="?", help="pipeline.yaml under examples/ (paths relative to the repository)")
+    p.add_argument("-o", "--output", help="write here (default: stdout)")
+    p.add_argument("--all", action="store_true", help="regenerate every committed file under compose/")
+    p.set_defaults(func=cmd_render_compose)
     return parser
 
 

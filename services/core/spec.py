@@ -14,6 +14,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .spec_barriers import BARRIER_SPECS, JoinSpec, ReduceSpec
+from .spec_container import StageContainer
 from .spec_routers import ROUTER_SPECS, CopySpec, FilterSpec, MergeSpec, ShardSpec, SplitSpec
 
 SOURCE = "source"
@@ -125,12 +126,14 @@ class WorkSpec(Strict):
     command: list[str] | None = None
     worker: str | None = None
     chain: list[WorkerRef] | None = Field(default=None, description="Multi-worker: adapters applied in order.")
-    executor: Literal["stream", "process", "rq"] = "stream"
+    executor: Literal["stream", "process", "rq", "docker"] = "stream"
     replicas: Replicas = Field(default_factory=Replicas)
     concurrency: int = Field(default=2, ge=1, le=256, description="Items in flight per replica (or process slots).")
     timeout: float = Field(default=300.0, gt=0)
     env: dict[str, str] = Field(default_factory=dict)
     max_deliveries: int | None = Field(default=None, ge=1)
+    container: StageContainer | None = Field(default=None, description="executor docker: the sandbox each item "
+                                                                       "runs in (see spec_container).")
 
     _duration = field_validator("timeout", mode="before")(parse_duration)
 
@@ -144,6 +147,10 @@ class WorkSpec(Strict):
         given = [k for k in ("command", "worker", "chain") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError("give exactly one of 'command', 'worker' or 'chain'")
+        if self.executor == "docker" and self.container is None:
+            raise ValueError("executor docker needs a container section naming the image: container: {image: ...}")
+        if self.executor != "docker" and self.container is not None:
+            raise ValueError(f"container is used by executor docker only (this stage's executor: {self.executor})")
         return self
 
     @property
@@ -214,6 +221,27 @@ def _stage_name(name: str) -> str:
 StageName = Annotated[str, AfterValidator(_stage_name)]  # a dict key: its error path names the bad stage
 
 
+class ContainersSpec(Strict):
+    """How the container renderings (`batchmesh render compose`, later k8s) package this pipeline; the local run
+    ignores it. Optional: without it, every role runs on the slim mesh image and no sample data is generated."""
+
+    extras: list[Literal["images", "video"]] = Field(
+        default_factory=list,
+        description="pyproject extras the work stages need (the worker image's EXTRAS build argument). None: the "
+                    "work stages run on the mesh image, which has no OpenCV/ffmpeg.")
+    generate: list[str] | None = Field(
+        default=None, min_length=1,
+        description="Argv (run from the repository root, in the worker image) that writes sample input into the "
+                    "directory `{input}` stands for; a one-shot `generate` service runs it once, unless the input "
+                    "directory already holds data. Strings pass through compose's variable interpolation, so "
+                    "`${BATCHMESH_GENERATE_COUNT:-24}` lets `up` choose the amount.")
+
+    @field_validator("extras")
+    @classmethod
+    def _unique(cls, extras: list[str]) -> list[str]:
+        return sorted(set(extras))
+
+
 class Pipeline(Strict):
     api_version: Literal["batchmesh/v1"] = Field(alias="apiVersion")
     kind: Literal["Pipeline"] = "Pipeline"
@@ -223,6 +251,8 @@ class Pipeline(Strict):
     defaults: Defaults = Field(default_factory=Defaults)
     plugins: list[str] = Field(default_factory=list, description="Modules or .py files registering @worker functions.")
     stages: dict[StageName, StageSpec] = Field(min_length=1)
+    containers: ContainersSpec = Field(default_factory=ContainersSpec,
+                                       description="Packaging for the container renderings (see ContainersSpec).")
 
     @model_validator(mode="after")
     def _not_after_itself(self) -> Pipeline:

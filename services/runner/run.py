@@ -22,6 +22,7 @@ from services.core.results import results
 from services.core.spec import Pipeline
 from services.manager import status
 from services.manager.report import done_in
+from services.render.roles import manager_args, role_env, router_args, rq_argv, source_args, worker_args
 
 from .supervisor import Supervisor, free_port
 from .view import RunView
@@ -91,8 +92,8 @@ def _scale_workers(supervisor: Supervisor, pipeline: Pipeline, path: Path, snap:
         want = max(int(snap["stages"].get(name, {}).get("desired_replicas", 1)), 1)
         running = sorted(r for r in supervisor.roles if r.startswith(f"worker-{name}-"))
         for i in range(len(running), want):
-            supervisor.start(f"worker-{name}-{i}", "worker", "--pipeline", str(path), "--stage", name,
-                             port_flag="--metrics-port", labels={"role": "worker", "stage": name})
+            supervisor.start(f"worker-{name}-{i}", *worker_args(str(path), name), port_flag="--metrics-port",
+                             labels={"role": "worker", "stage": name})
         for extra in running[want:]:
             supervisor.stop(extra)
 
@@ -102,10 +103,8 @@ def _start_rq_workers(supervisor: Supervisor, pipeline: Pipeline) -> None:
     for name, work in pipeline.work_stages().items():
         if work.executor == "rq":
             for i in range(max(work.replicas.min, 1)):
-                supervisor.start_argv(f"rq-{name}-{i}", [
-                    sys.executable, "-m", "rq.cli", "worker", "--url", supervisor.env["REDIS_URL"],
-                    "--worker-class", "rq.SimpleWorker", "--logging_level", "WARNING",
-                    f"batchmesh-{pipeline.name}-{name}"])
+                supervisor.start_argv(f"rq-{name}-{i}", rq_argv(pipeline, name, supervisor.env["REDIS_URL"],
+                                                               sys.executable))
 
 
 def run_pipeline(pipeline: Pipeline, path: Path, out_dir: Path, *, timeout: float = 0,
@@ -115,29 +114,25 @@ def run_pipeline(pipeline: Pipeline, path: Path, out_dir: Path, *, timeout: floa
     with redis_url(settings.redis_url, settings.data_dir / "redis") as url:
         client = redis.Redis.from_url(url)
         bin_dir = str(Path(sys.executable).parent)  # commands like [python, x.py] find this environment first
-        env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]), "REDIS_URL": url,
-               "BATCHMESH_PIPELINE": pipeline.name,
-               "BATCHMESH_OUT_DIR": str(out_dir.resolve()), "BATCHMESH_LOG_JSON": "true",
-               "BATCHMESH_MAX_DELIVERIES": str(pipeline.defaults.max_deliveries),
-               "BATCHMESH_VISIBILITY_TIMEOUT_MS": str(int(pipeline.defaults.visibility_timeout * 1000))}
+        env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+               **role_env(pipeline, url, str(out_dir.resolve()))}  # the same as in compose (services/render)
         env.pop("BATCHMESH_METRICS_PORT", None)  # every role gets a port of its own (see Supervisor)
         supervisor = Supervisor(env, settings.data_dir / "logs" / pipeline.name,
                                 targets_file=targets_path(settings, pipeline.name))
-        source_args = ["--input", input_path] if input_path else []
         try:
             port = free_port()
-            supervisor.start("source", "source", "--pipeline", str(path), "--port", str(port), *source_args,
-                             port=port, labels={"role": "source", "stage": ""})
+            supervisor.start("source", *source_args(str(path), port=port, input_path=input_path), port=port,
+                             labels={"role": "source", "stage": ""})
             _wait_healthy(f"http://127.0.0.1:{port}/healthz", supervisor)
             client.delete(Keys(pipeline.name).batch())  # the previous run's "complete" must not end this one
             baseline = status(client, pipeline)["stages"]
             _start_rq_workers(supervisor, pipeline)
             for name in pipeline.router_stages():
                 role = "barrier" if name in pipeline.barrier_stages() else "router"
-                supervisor.start(f"router-{name}", "router", "--pipeline", str(path), "--stage", name,
-                                 port_flag="--metrics-port", labels={"role": role, "stage": name})
-            supervisor.start("manager", "manager", "--pipeline", str(path), "--source-url", f"http://127.0.0.1:{port}",
-                             port_flag="--port", labels={"role": "manager", "stage": ""})
+                supervisor.start(f"router-{name}", *router_args(str(path), name), port_flag="--metrics-port",
+                                 labels={"role": role, "stage": name})
+            supervisor.start("manager", *manager_args(str(path), f"http://127.0.0.1:{port}"), port_flag="--port",
+                             labels={"role": "manager", "stage": ""})
             code = _watch(client, pipeline, path, supervisor, baseline, timeout, quiet, out_dir, watch)
         finally:
             supervisor.stop_all()

@@ -1,0 +1,25 @@
+"""`python -m services.render`: regenerate every committed rendering under compose/ (the compose files, their
+Prometheus scrape configs, and the Grafana dashboards and alert rules of services/render/grafana.py)."""
+
+from __future__ import annotations
+
+import sys
+
+from .compose import ROOT, write_all
+
+
+def main() -> int:
+    written = write_all(ROOT / "compose")
+    try:
+        from . import grafana  # dashboards, provisioning and compose/prometheus/alerts.yml
+    except ImportError as exc:  # its SDK missing: say so, keep the compose files
+        print(f"grafana dashboards not rendered: {exc}", file=sys.stderr)
+    else:
+        written += grafana.write_all(ROOT / "compose")
+    for path in written:
+        print(path.relative_to(ROOT))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
