@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
 import redis
 from live_run import (
     KillableRedis,
@@ -225,3 +226,52 @@ stages:
         stop.set()
         thread.join(10)
         server.stop()
+
+
+def test_a_commit_cut_off_by_a_connection_loss_is_never_re_sent(settings: Settings, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both ways a connection can break during a commit: after EXEC was applied (the reply lost) and before it
+    was sent. Neither is re-sent; the second's entries stay pending and are reclaimed: every item is published
+    to the next stage exactly once."""
+    from services.core import StreamConsumer, WorkItem
+
+    name = settings.pipeline
+    pipeline = Pipeline.model_validate({
+        "apiVersion": "batchmesh/v1", "name": name, "source": {"path": "."},
+        "stages": {"work": {"work": {"input": "source", "worker": "echo"}},
+                   "sink": {"work": {"input": "work", "worker": "noop"}}}})
+    real_execute = StreamConsumer._execute
+    cuts: list[str] = []
+
+    def flaky_execute(self: StreamConsumer, pipe) -> None:  # type: ignore[no-untyped-def]
+        if self.stage == "work" and len(cuts) == 0:
+            real_execute(self, pipe)
+            cuts.append("reply lost")
+            raise redis.ConnectionError("Connection closed by server (after EXEC)")
+        if self.stage == "work" and len(cuts) == 1:
+            cuts.append("never sent")
+            raise redis.ConnectionError("Connection closed by server (before EXEC)")
+        real_execute(self, pipe)
+
+    monkeypatch.setattr(StreamConsumer, "_execute", flaky_execute)
+    client = redis.Redis.from_url(settings.redis_url)
+    keys = Keys(name)
+    cfg = settings.model_copy(update={"out_dir": tmp_path / "out", "max_deliveries": 5})
+    for i in range(6):
+        client.xadd(keys.stream("source"), WorkItem(id=f"i{i}", data={"n": i}).encode())
+    stop = threading.Event()
+    threads = [threading.Thread(target=run_worker, args=(pipeline, stage, cfg, stop), daemon=True)
+               for stage in ("work", "sink")]
+    for t in threads:
+        t.start()
+    try:
+        wait_for("6 results at the sink", lambda: client.hlen(keys.results()) == 6, timeout_s=15)
+        assert cuts == ["reply lost", "never sent"]
+        assert int(client.hget(keys.arrivals(), keys.stream("work"))) == 6  # published once each
+        assert int(client.hget(keys.stage_stats("work"), "out")) == 6
+        assert client.xlen(keys.stream("work")) <= 6
+        assert all(t.is_alive() for t in threads)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
