@@ -18,6 +18,7 @@ Host paths are relative to the compose file's directory (compose/) and overridab
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -120,8 +121,12 @@ def compose(pipeline: Pipeline, spec_path: str, *, input_dir: str | None = None,
     one_shots = ["prepare"]
     if pipeline.containers.generate:
         argv = [arg.replace("{input}", IN_DIR) for arg in pipeline.containers.generate]
-        script = (f'if [ -n "$(ls -A {IN_DIR})" ]; then echo "{IN_DIR} holds data: nothing generated"; '
-                  'else "$@"; fi')
+        # skipped while the input dir holds a file the source lists (by the glob's file-name part): a rerun keeps
+        # the data, and a pipeline that consumes its input (the images' join deletes the originals) gets new data
+        src = pipeline.source
+        name_glob = shlex.quote(src.glob.rsplit("/", 1)[-1] if src.type == "directory" else "*")
+        script = (f'if [ -n "$(find {IN_DIR} -type f -name {name_glob} -print -quit)" ]; '
+                  f'then echo "{IN_DIR} holds input: nothing generated"; else "$@"; fi')
         services["generate"] = {
             **images.heavy(), **_hardened(), "network_mode": "none", "restart": "no",
             "working_dir": APP, "entrypoint": ["/bin/sh", "-c"], "command": [_dollars(script), "generate", *argv],
