@@ -17,6 +17,7 @@ DATASOURCE_UID = "batchmesh-prometheus"
 DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid=DATASOURCE_UID)
 
 Query = tuple[str, str]  # (PromQL, legend format)
+REF_IDS = "ABCDEFGH"
 # The base threshold step: Grafana reads the first step as -Infinity whatever its value (validateFieldConfig) and
 # writes null there, which the 11.6 schema's `Threshold.value: number` refuses; a number is valid for both.
 BASE = 0
@@ -25,7 +26,9 @@ UP_DOWN = [dm.ValueMap(options={"0": dm.ValueMappingResult(text="DOWN", color="r
 
 
 def _targets(panel: sdk.Panel, queries: list[Query], instant: bool = False) -> sdk.Panel:
-    for ref, (expr, legend) in zip("ABCDEFGH", queries, strict=False):
+    if len(queries) > len(REF_IDS):
+        raise ValueError(f"{len(queries)} queries on one panel; at most {len(REF_IDS)}")
+    for ref, (expr, legend) in zip(REF_IDS, queries, strict=False):
         target = prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref).datasource(DATASOURCE)
         panel.with_target(target.instant() if instant else target.range())
     return panel
