@@ -11,6 +11,7 @@ _REGISTRY: dict[str, type[Executor] | str] = {
     "stream": "services.manager.executors.stream:StreamExecutor",
     "process": "services.manager.executors.process:ProcessExecutor",
     "rq": "services.manager.executors.rq:RqExecutor",
+    "docker": "services.manager.executors.docker:DockerExecutor",
 }
 
 

@@ -36,9 +36,13 @@ class ProcessExecutor(Executor):
 
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
-        self.argv, self.env = ctx.command()  # fails at start, not in the thread, if the stage cannot be run
+        self.argv, self.env = self.command()  # fails at start, not in the thread, if the stage cannot be run
         self.slots = ctx.work.concurrency
         self.avg_s = 0.0  # moving average of an item's run time: sizes the read-ahead
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        """argv and extra env of every item (the docker executor runs them in a container instead)."""
+        return self.ctx.command()
 
     def read_ahead(self) -> int:
         if not self.avg_s:
@@ -113,11 +117,17 @@ class ProcessExecutor(Executor):
         assert item is not None
         began = time.perf_counter()
         try:
-            outcome = run_command(self.argv, item, self.ctx.out_dir / item.dirname, timeout=self.ctx.work.timeout,
-                                  env=self.env)
+            outcome = self.execute(delivery)
         except Exception as exc:  # e.g. the output dir cannot be written: a failed attempt, not a crash
             outcome = Outcome(False, reason=f"{type(exc).__name__}: {exc}")
         self.done.put((delivery, outcome, time.perf_counter() - began))
+
+    def execute(self, delivery: Delivery) -> Outcome:
+        """Run one item (called in a pool thread); subclasses run it elsewhere with the same contract."""
+        item = delivery.item
+        assert item is not None
+        return run_command(self.argv, item, self.ctx.out_dir / item.dirname, timeout=self.ctx.work.timeout,
+                           env=self.env)
 
     def _settle(self, commit: Commit, held: dict[bytes, Delivery], done: Done) -> None:
         delivery, outcome, seconds = done
