@@ -89,7 +89,9 @@ def test_recover_waits_until_redis_answers_then_runs_then() -> None:
     assert not Reconnect(client, health, stop).recover(redis.ConnectionError("gone"))  # stopping: give up
 
 
-def test_healthz_beside_metrics_and_the_probe_command(capsys: pytest.CaptureFixture[str]) -> None:
+def test_healthz_beside_metrics_and_the_probe_command(capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("services.cli.setup_logging", lambda *_: None)  # keep pytest's log handlers
     port = serve(0, host="127.0.0.1")
     url = f"http://127.0.0.1:{port}/healthz"
     reply = httpx.get(url)
