@@ -75,7 +75,7 @@ def test_wordcount_runs_to_completion(docker_client: Any, mesh_image: str, tmp_p
     services = [s for s in compose("config", "--services").stdout.split() if s != "grafana"]
     try:
         up = compose("up", "-d", "--wait", *services)
-        assert up.returncode == 0, f"up failed:\n{up.stdout[-2000:]}\n{up.stderr[-3000:]}\n{_logs(docker_client, project)}"
+        assert up.returncode == 0, f"up failed:\n{up.stderr[-3000:]}\n{_logs(docker_client, project)}"
         result = out / "wordcount.json"
         deadline = time.monotonic() + 90
         data: dict[str, Any] = {}

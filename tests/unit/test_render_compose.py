@@ -134,8 +134,9 @@ def test_a_new_stage_is_a_service_and_a_scrape_target() -> None:
     assert services["router-copies"]["command"][-1] == "copies"
     jobs = {job["job_name"]: job for job in scrape_config(pipeline)["scrape_configs"]}
     assert "worker-again" in jobs["worker"]["dns_sd_configs"][0]["names"]
-    assert {"targets": ["router-copies:9400"],
-            "labels": {"pipeline": "wordcount", "stage": "copies", "role": "router"}} in jobs["router"]["static_configs"]
+    labels = {"pipeline": "wordcount", "stage": "copies", "role": "router"}
+    copies = {"targets": ["router-copies:9400"], "labels": labels}
+    assert copies in jobs["router"]["static_configs"]
 
 
 def test_scrape_config_shape() -> None:
