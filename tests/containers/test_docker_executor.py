@@ -320,3 +320,21 @@ def test_restarted_manager_adopts_containers(client: redis.Redis, settings: Sett
 
     shutil.rmtree(crashed.items_dir, ignore_errors=True)
 
+
+
+# -- chains and in-process workers --------------------------------------------------------------------------
+
+def test_in_process_worker_runs_the_one_shot_runtime_in_the_image(
+        client: redis.Redis, settings: Settings, pipeline_name: str, tmp_path: Path,
+        executors: list[DockerExecutor]) -> None:
+    spec_dir = tmp_path / "spec"
+    spec_dir.mkdir(mode=0o755)
+    path = write_spec(spec_dir / "pipeline.yaml", pipeline_name, {"worker": "echo", "container": {"image": IMAGE}})
+    executor = start_executor(client, settings, path, tmp_path / "out", executors)
+    assert executor.argv == ["python", "-m", "services.workers.once", "--pipeline", str(path), "--stage", "w"]
+    assert executor.fixed_mounts == {str(spec_dir): True}  # the spec, read-only, for `once` to load
+    executor.start()
+    dispatch(client, pipeline_name, {"a": {"n": 1}, "b": {"n": 2}})
+    wait_for(lambda: counts(client, pipeline_name)["done"] == 2, timeout=60, what="2 done")
+    got = results(client, Keys(pipeline_name))
+    assert got["a"]["n"] == 1 and got["b"]["n"] == 2

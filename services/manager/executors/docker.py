@@ -196,8 +196,9 @@ class DockerExecutor(ProcessExecutor):
         try:
             self.sweep()
             super().run()
-        finally:
+        finally:  # every item started was waited for and its container removed (the loop drains its pool)
             shutil.rmtree(self.items_dir, ignore_errors=True)
+            self.engine.close()
 
     def execute(self, delivery: Delivery) -> Outcome:
         item = delivery.item
