@@ -14,7 +14,6 @@ overhead the mesh adds to the work itself. Other load on the machine skews both:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -23,7 +22,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import redis
 import yaml
@@ -34,7 +32,7 @@ from services.core.spec import Pipeline
 from services.manager import batch_done
 
 from .common import median
-from .report import Row, save, table
+from .report import Row, merge_save, table
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "images"
@@ -127,18 +125,6 @@ def wait(check: Callable[[], bool], run: subprocess.Popen[bytes], timeout: float
         time.sleep(0.02)  # a cheap check: polling often takes (almost) nothing from the two cores
 
 
-def merge_save(path: Path, row: Row, config: dict[str, Any], details: dict[str, Any]) -> None:
-    """Add this row to an existing out/bench.json (replacing an earlier image row), or write a new one."""
-    try:
-        doc = json.loads(path.read_text())
-        rows = [Row(**{k: v for k, v in r.items() if k not in ("ratio", "met")}) for r in doc["rows"]
-                if not r["benchmark"].startswith(LABEL)]
-        config, details = {**doc.get("config", {}), "e": config}, {**doc.get("details", {}), "e": details}
-    except (OSError, ValueError, KeyError, TypeError):
-        rows, config, details = [], {"e": config}, {"e": details}
-    save(path, [*rows, row], config, details)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.images", description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=60)
@@ -184,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         config = {"command": " ".join(["python -m bench.images", *(sys.argv[1:] if argv is None else argv)]),
                   "n": args.n, "repeat": args.repeat, "cores": CORES, "loadavg": [load_before, load_after]}
-        merge_save(Path(args.out), row, config, {"runs": runs, "cpu_ms_per_image": cpu, "speedup": speedup})
+        merge_save(Path(args.out), row, config, {"runs": runs, "cpu_ms_per_image": cpu, "speedup": speedup},
+                   key="e", label=LABEL)
         print(f"saved to {args.out}")
     return 0
 

@@ -85,3 +85,16 @@ def save(path: Path, rows: list[Row], config: dict[str, Any], details: dict[str,
     doc = {"config": config, "machine": machine(), "rows": [r.as_dict() for r in rows], "details": details,
            "table": table(rows)}
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+
+
+def merge_save(path: Path, row: Row, config: dict[str, Any], details: dict[str, Any], key: str, label: str) -> None:
+    """Add one benchmark's row to an existing out/bench.json (replacing an earlier row starting with `label`;
+    its config and details under `key`), or write a new file."""
+    try:
+        doc = json.loads(path.read_text())
+        rows = [Row(**{k: v for k, v in r.items() if k not in ("ratio", "met")}) for r in doc["rows"]
+                if not r["benchmark"].startswith(label)]
+        config, details = {**doc.get("config", {}), key: config}, {**doc.get("details", {}), key: details}
+    except (OSError, ValueError, KeyError, TypeError):
+        rows, config, details = [], {key: config}, {key: details}
+    save(path, [*rows, row], config, details)
