@@ -186,9 +186,22 @@ with open(os.path.join(out, "result.json"), "w") as f:
 '''
 
 
+def container_lifetimes(engine: Any, since: int, pipeline: str, item: str) -> list[float]:
+    """Seconds from start to die of each container the item had, from the engine's events."""
+    started: dict[str, int] = {}
+    lived = []
+    for event in engine.events(since=since, until=int(time.time()) + 1, decode=True, filters={
+            "type": "container", "label": [f"{LABEL}.pipeline={pipeline}", f"{LABEL}.item={item}"]}):
+        if event["status"] == "start":
+            started[event["id"]] = event["timeNano"]
+        elif event["status"] == "die" and event["id"] in started:
+            lived.append((event["timeNano"] - started[event["id"]]) / 1e9)
+    return lived
+
+
 def test_hostile_worker_meets_its_sandbox(client: redis.Redis, settings: Settings, pipeline_name: str,
                                          tmp_path: Path, executors: list[DockerExecutor], redis_url: str,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+                                         monkeypatch: pytest.MonkeyPatch, docker_client: Any) -> None:
     spec_dir = tmp_path / "spec"
     spec_dir.mkdir(mode=0o755)
     (spec_dir / "hostile.py").write_text(HOSTILE)
@@ -203,7 +216,7 @@ def test_hostile_worker_meets_its_sandbox(client: redis.Redis, settings: Setting
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     probe = {"redis_port": port, "spec_dir": str(spec_dir), "secret": str(secret),
              "repo_file": str(ROOT / "pyproject.toml")}
-    began = time.monotonic()
+    began, since = time.monotonic(), int(time.time()) - 1
     dispatch(client, pipeline_name, {"probe-1": probe, "probe-2": probe, "sleepy": {"kind": "sleep"},
                                      "poison": {"kind": "poison"}, "hog": {"kind": "oom"}})
     wait_for(lambda: counts(client, pipeline_name)["done"] == 2 and counts(client, pipeline_name)["dead"] == 3,
@@ -235,6 +248,8 @@ def test_hostile_worker_meets_its_sandbox(client: redis.Redis, settings: Setting
     assert letters["hog"].reason.startswith("OOM killed (memory limit 96m)"), letters["hog"].reason
     # Two attempts of the sleeper, each killed at 3 s: dead-lettered after ~6 s, not after its 120 s of sleep.
     assert 6 <= elapsed < 6 + 2 * 4, elapsed
+    lived = container_lifetimes(docker_client, since, pipeline_name, "sleepy")
+    assert len(lived) == 2 and all(3 <= s < 3 + 2 for s in lived), lived  # start -> die: killed at the timeout
     labels = {"pipeline": pipeline_name, "stage": "w"}
     assert REGISTRY.get_sample_value("batchmesh_processing_seconds_count", labels) == 2 + 3 * 2
     assert REGISTRY.get_sample_value("batchmesh_items_dead_lettered_total", labels) == 3
@@ -338,3 +353,54 @@ def test_in_process_worker_runs_the_one_shot_runtime_in_the_image(
     wait_for(lambda: counts(client, pipeline_name)["done"] == 2, timeout=60, what="2 done")
     got = results(client, Keys(pipeline_name))
     assert got["a"]["n"] == 1 and got["b"]["n"] == 2
+
+
+
+def test_outcome_lost_to_a_redis_outage_is_taken_from_the_container(
+        client: redis.Redis, settings: Settings, pipeline_name: str, tmp_path: Path,
+        executors: list[DockerExecutor], docker_client: Any) -> None:
+    """Redis goes away after the containers exited and before their outcomes were committed: the containers
+    stay; once Redis answers, the executor's loop starts over, reclaims the entries, adopts the exited containers
+    and commits their results. Nothing runs twice."""
+    spec_dir = tmp_path / "spec"
+    spec_dir.mkdir(mode=0o755)
+    (spec_dir / "once.py").write_text(ONCE)
+    path = write_spec(spec_dir / "pipeline.yaml", pipeline_name, {
+        "command": ["python", str(spec_dir / "once.py")], "concurrency": 2, "container": {"image": IMAGE}})
+    out = tmp_path / "out"
+    since = int(time.time()) - 1
+    executor = start_executor(client, settings, path, out, executors)
+    real_commit, failed = executor.commit, []
+
+    def redis_gone_for_a_while(commit: Any) -> None:
+        if len(failed) < 2 and commit.completed:  # the loop's commit, then the one its `finally` tries
+            failed.append([c.name for c in project_containers(docker_client, pipeline_name)])
+            raise redis.ConnectionError("Redis went away")
+        real_commit(commit)
+
+    creates: list[str] = []
+    real_create = executor.engine.api.create_container  # what ContainerCollection.create calls
+
+    def counting_create(*args: Any, **kwargs: Any) -> Any:
+        creates.append(kwargs["name"])
+        return real_create(*args, **kwargs)
+
+    executor.engine.api.create_container = counting_create  # type: ignore[method-assign]
+    executor.commit = redis_gone_for_a_while  # type: ignore[method-assign]
+    executor.start()
+    dispatch(client, pipeline_name, {"x": {}, "y": {}})
+    wait_for(lambda: counts(client, pipeline_name)["done"] == 2, timeout=30, what="2 done")
+    executor.stop(30)
+    assert len(failed) == 2 and failed[1], "the outage came before any container was left"
+    adopted = [name for name in set(creates) if creates.count(name) == 2]  # created, then refused (409)
+    assert sorted(adopted) == sorted(failed[1]), creates
+    assert results(client, Keys(pipeline_name)) == {i: {"item": i, "attempt": 1} for i in "xy"}
+    for item_id in "xy":
+        assert len((out / "w" / item_id / "runs.log").read_text().splitlines()) == 1
+    events = docker_client.events(since=since, until=int(time.time()) + 1, decode=True,
+                                  filters={"label": f"{LABEL}.pipeline={pipeline_name}", "type": "container"})
+    seen: dict[str, list[str]] = {}
+    for event in events:
+        seen.setdefault(event["Actor"]["Attributes"]["name"], []).append(event["status"])
+    assert len(seen) == 2 and all(s.count("create") == 1 and s.count("start") == 1 for s in seen.values()), seen
+

@@ -14,11 +14,13 @@ container, through the docker SDK, per the worker contract:
   no-new-privileges, a non-root user, memory (no swap), CPU and pid limits, the image's HEALTHCHECK off.
 - Exit 0 = done, the result JSON from $WORK_OUTPUT_DIR/result.json or stdout; non-zero, the stage's timeout (the
   container is killed) or an OOM kill = a failed attempt whose reason ends with the container's stderr tail.
-- The container is always removed. Its name is a hash of (pipeline, stage, item id, version, attempt, stream
-  entry), and labels name them too: an entry re-read after a manager restart finds its container (409 Conflict
-  on create) and *adopts* it — waits for it and takes its result — instead of running the item a second time.
-  At start, containers of this stage whose entry is no longer pending (a crash between commit and removal)
-  are removed: `docker ps -a --filter label=io.batchmesh.pipeline=NAME` lists what is left at any time.
+- The container is always removed, once its outcome is committed (not before: see below). Its name is a hash of
+  (pipeline, stage, item id, version, attempt, stream entry), and labels name them too: an entry re-read after a
+  manager restart finds its container (409 Conflict on create) and *adopts* it — waits for it if it still runs,
+  takes its result if it exited — instead of running the item a second time. So a manager crash at any point
+  never runs an item twice, as long as the engine keeps the container (a crash before the create: it runs
+  once, later). At start, containers of this stage whose entry is no longer pending (a crash between commit and
+  removal) are removed: `docker ps -a --filter label=io.batchmesh.pipeline=NAME` lists what is left any time.
 
 Bind mounts are host paths: the engine must run on the manager's machine (its local socket)."""
 
@@ -27,8 +29,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import shutil
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +40,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from services.core import Delivery, Keys
+from services.core import Commit, Delivery, Keys
 from services.core.command import STDERR_TAIL, Outcome, item_document, read_result
 from services.core.item import WorkItem
 from services.core.spec import StageContainer
@@ -122,6 +126,8 @@ class DockerExecutor(ProcessExecutor):
                 "volumes": sorted(self.image_attrs["Config"]["Volumes"])})
         self.fixed_mounts = self._fixed_mounts()
         self.items_dir = Path(tempfile.mkdtemp(prefix="batchmesh-docker-items-"))  # mode 0700
+        self.settled: dict[bytes, tuple[Any, Path]] = {}  # entry -> (its exited container, item file)
+        self.settled_lock = threading.Lock()
         self.errors = docker.errors
 
     # -- the stage's command and mounts ----------------------------------------------------------------------
@@ -193,11 +199,27 @@ class DockerExecutor(ProcessExecutor):
     # -- one item -------------------------------------------------------------------------------------------
 
     def run(self) -> None:
+        """Run again after a Redis outage (see Executor._main): outcomes it could not commit keep their
+        containers, which the reclaimed entries adopt."""
+        self.items_dir.mkdir(mode=0o700, exist_ok=True)
+        self.removals: queue.SimpleQueue[tuple[Any, Path] | None] = queue.SimpleQueue()
+        remover = threading.Thread(target=self._remove_loop, name=f"bm-docker-rm-{self.ctx.stage}", daemon=True)
+        remover.start()
         try:
             self.sweep()
             super().run()
-        finally:  # every item started was waited for and its container removed (the loop drains its pool)
-            shutil.rmtree(self.items_dir, ignore_errors=True)
+        finally:
+            # The loop waited for every item it started and committed what finished. An outcome it could not
+            # commit (Redis gone) keeps its container: a restarted manager adopts it and takes the result.
+            self.removals.put(None)
+            remover.join()
+            with self.settled_lock:
+                if not self.settled:
+                    shutil.rmtree(self.items_dir, ignore_errors=True)
+
+    def stop(self, timeout: float | None = None) -> None:
+        super().stop(timeout)
+        if self._thread is None or not self._thread.is_alive():
             self.engine.close()
 
     def execute(self, delivery: Delivery) -> Outcome:
@@ -206,17 +228,43 @@ class DockerExecutor(ProcessExecutor):
         name = container_name(self.ctx.pipeline.name, self.ctx.stage, delivery)
         out = self.ctx.out_dir / item.dirname
         item_file = self.items_dir / f"{name}.json"
+        container = None
         try:
             container, adopted = self._create_or_adopt(name, delivery, out, item_file)
-            try:
-                return self._wait(container, out, adopted)
-            finally:
-                try:
-                    container.remove(force=True, v=True)
-                except self.errors.NotFound:
-                    pass
-        finally:
-            item_file.unlink(missing_ok=True)
+            outcome = self._wait(container, out, adopted)
+        except BaseException:
+            if container is not None:  # an engine error: the attempt fails now, nothing is left to adopt
+                self._remove(container, item_file)
+            else:
+                item_file.unlink(missing_ok=True)
+            raise
+        with self.settled_lock:  # removed once its outcome is committed: see commit()
+            self.settled[delivery.entry_id] = (container, item_file)
+        return outcome
+
+    def commit(self, commit: Commit) -> None:
+        """Commit, then remove the containers of the committed items. Until then a crash leaves each container
+        for the restarted manager to adopt: an item that ran to the end is never run a second time."""
+        super().commit(commit)
+        entries = [*commit.acks, *(d.entry_id for d, _ in commit.retries), *(d.entry_id for d, _ in commit.dead)]
+        with self.settled_lock:
+            done = [self.settled.pop(e) for e in entries if e in self.settled]
+        for pair in done:
+            self.removals.put(pair)
+
+    def _remove_loop(self) -> None:
+        while (pair := self.removals.get()) is not None:
+            self._remove(*pair)
+
+    def _remove(self, container: Any, item_file: Path) -> None:
+        try:
+            container.remove(force=True, v=True)
+        except self.errors.NotFound:
+            pass
+        except Exception as exc:  # engine errors, a lost socket: the sweep at the next start removes it
+            log.warning("cannot remove a container", extra={"event": "docker.remove_failed",
+                                                           "container": container.name, "reason": str(exc)[:300]})
+        item_file.unlink(missing_ok=True)
 
     def _create_or_adopt(self, name: str, delivery: Delivery, out: Path, item_file: Path) -> tuple[Any, bool]:
         for _ in range(2):

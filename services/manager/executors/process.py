@@ -83,7 +83,7 @@ class ProcessExecutor(Executor):
                 now = time.monotonic()
                 if commit and (not held or commit.completed + len(commit.retries) >= ahead
                                or now - first_result >= FLUSH_AFTER_S):
-                    c.commit(commit)
+                    self.commit(commit)
                     commit, first_result = Commit(), 0.0
                 if held and now >= next_beat:
                     c.client.xclaim(c.stream_key, c.group, c.consumer, min_idle_time=0, message_ids=list(held),
@@ -97,8 +97,12 @@ class ProcessExecutor(Executor):
                     self._settle(commit, held, self.done.get_nowait())
                 except queue.Empty:
                     break
-            c.commit(commit)
+            self.commit(commit)
             workers.set(0)
+
+    def commit(self, commit: Commit) -> None:
+        """Apply a batch of outcomes (the docker executor removes the items' containers only after this)."""
+        self.consumer.commit(commit)
 
     def _submit(self, pool: ThreadPoolExecutor, batch: list[Delivery], held: dict[bytes, Delivery],
                 commit: Commit) -> None:
