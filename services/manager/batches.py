@@ -4,8 +4,10 @@ run) is its own batch. Its manifest — which items, how many, whether the listi
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
+from typing import Any
 
 from redis import Redis
 
@@ -38,6 +40,19 @@ def close(client: Redis, keys: Keys, batch: str, listed: int) -> int:
     pipe.expire(keys.batch_items(batch), BATCH_TTL_S)
     pipe.scard(keys.batch_items(batch))
     return int(pipe.execute()[-1])
+
+
+SKIPPED_KEPT = 100  # records kept per batch for the summary and manifest.json (the count is exact)
+
+
+def record_skipped(client: Redis, keys: Keys, batch: str, skipped: list[dict[str, Any]]) -> None:
+    """What the source could not serve in this batch's listing: `source_skipped` (a count) and
+    `source_skipped_records` (JSON, the first SKIPPED_KEPT) in the manifest and the current-batch hash."""
+    fields = {"source_skipped": len(skipped), "source_skipped_records": json.dumps(skipped[:SKIPPED_KEPT])}
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(keys.manifest(batch), mapping=fields)
+    pipe.hset(keys.batch(), mapping=fields)
+    pipe.execute()
 
 
 def recent(client: Redis, keys: Keys, count: int = 20) -> list[str]:

@@ -19,9 +19,11 @@ class SourceError(RuntimeError):
 
 
 def list_source(
-    source_url: str, page_size: int = 1000, *, client: httpx.Client | None = None
+    source_url: str, page_size: int = 1000, *, client: httpx.Client | None = None,
+    skipped: list[dict[str, Any]] | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Yield the listing page by page, with `client` (the manager keeps one) or a client made for this listing."""
+    """Yield the listing page by page, with `client` (the manager keeps one) or a client made for this listing.
+    The records the source reports it skipped (`skipped` of each page) are appended to `skipped`, if given."""
     url = source_url.rstrip("/") + "/api/v1/items"
     own = client is None
     http = client or httpx.Client(timeout=TIMEOUT)
@@ -40,6 +42,8 @@ def list_source(
                 body = None
             if not isinstance(body, dict) or body.get("kind") != "ItemList" or body.get("apiVersion") != "v1":
                 raise SourceError(f"GET {response.url}: not a v1 ItemList")
+            if skipped is not None:
+                skipped.extend(r for r in body.get("skipped") or [] if isinstance(r, dict))
             yield list(body.get("items") or [])
             cursor = body.get("next")
             if not cursor:

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis
@@ -67,7 +68,8 @@ class Manager:
         announced = scheduled or not self.complete
         if announced:
             batches.announce(self.client, self.keys, batch)
-        for page in list_source(self.source_url, self.page_size, client=self.http):
+        skipped: list[dict[str, Any]] = []  # records the source could not serve: reported, the rest flows
+        for page in list_source(self.source_url, self.page_size, client=self.http, skipped=skipped):
             stats = self.dispatcher.dispatch(page)
             total += stats
             if stats.new and not announced:
@@ -79,11 +81,13 @@ class Manager:
                 pipe.hset(self.keys.batch(), mapping={"listed": total.listed, "updated_at": f"{time.time():.3f}"})
                 pipe.execute()
         if announced:
+            batches.record_skipped(self.client, self.keys, batch, skipped)
             batches.close(self.client, self.keys, batch, total.listed)
         level = logging.INFO if total.new or not self.complete else logging.DEBUG
         log.log(level, "listing dispatched", extra={
             "event": "manager.dispatch", "batch": batch if announced else None, "listed": total.listed,
             "new": total.new, "known": total.known, "busy": total.busy, "invalid": total.invalid,
+            "source_skipped": len(skipped),
             "seconds": round(time.perf_counter() - began, 3)})
         self.complete = True
         return total

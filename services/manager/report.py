@@ -3,6 +3,7 @@ all read it — and `batch_done`, the runner's exit condition."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from redis import Redis
@@ -54,8 +55,9 @@ def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
 
 def _batch(raw: dict[bytes, bytes]) -> dict[str, Any]:
     batch: dict[str, Any] = _decode(raw)
-    for name in ("listed", "new", "known"):
+    for name in ("listed", "new", "known", "source_skipped"):
         batch[name] = int(batch.get(name, 0) or 0)
+    batch["source_skipped_records"] = json.loads(batch.get("source_skipped_records") or "[]")
     batch["complete"] = batch.get("complete") == "1"
     if "updated_at" in batch:
         batch["updated_at"] = float(batch["updated_at"])

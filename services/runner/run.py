@@ -174,7 +174,14 @@ def _watch(client: redis.Redis, pipeline: Pipeline, path: Path, supervisor: Supe
     snap = status(client, pipeline)
     dead = _dead_letters(client, pipeline, None)
     RunView([], quiet=True).summary(snap, dead, str(out_dir))
-    return EXIT_DEAD if snap["counts"].get("dead", 0) else 0
+    skipped = int(snap["batch"].get("source_skipped", 0))  # records the source could not serve: not processed
+    return EXIT_DEAD if snap["counts"].get("dead", 0) or skipped else 0
+
+
+def _source_skipped(client: redis.Redis, pipeline: Pipeline) -> dict[str, Any]:
+    """The records the source could not serve in the current batch: a count and the first of them."""
+    raw = client.hmget(Keys(pipeline.name).batch(), "source_skipped", "source_skipped_records")
+    return {"count": int(raw[0] or 0), "records": json.loads(raw[1] or "[]")}
 
 
 def _write_manifest(client: redis.Redis, pipeline: Pipeline, out_dir: Path) -> None:
@@ -182,5 +189,6 @@ def _write_manifest(client: redis.Redis, pipeline: Pipeline, out_dir: Path) -> N
         "pipeline": pipeline.name,
         "results": results(client, Keys(pipeline.name)),
         "dead_letters": _dead_letters(client, pipeline, None),
+        "source_skipped": _source_skipped(client, pipeline),
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))

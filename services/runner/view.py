@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -49,4 +50,18 @@ class RunView:
                 errors.add_row(letter["stage"], str(letter["item"]), letter["reason"][-200:])
             self.console.print(errors)
             self.console.print(f"{len(dead)} item(s) dead-lettered: `batchmesh dlq list` / `batchmesh dlq replay`")
+        self._source_skipped(status["batch"])
         self.console.print(f"results: {out_dir}")
+
+    def _source_skipped(self, batch: dict[str, Any]) -> None:
+        """Records the source could not serve (a file name that is not UTF-8, a malformed JSONL line)."""
+        count, records = int(batch.get("source_skipped", 0) or 0), batch.get("source_skipped_records") or []
+        if not count:
+            return
+        table = Table(title="skipped by the source (not processed)", title_justify="left")
+        for column in ("record", "reason"):
+            table.add_column(column, overflow="fold")
+        for record in records[:20]:
+            table.add_row(escape(str(record.get("record"))), escape(f"{record.get('reason')}: {record.get('detail')}"))
+        self.console.print(table)
+        self.console.print(f"{count} source record(s) skipped: fix or remove them, then run again")

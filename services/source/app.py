@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Annotated, Any
 
@@ -10,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_l
 
 from .backends.base import InvalidCursor, SourceBackend
 from .filter import FilteredBackend
-from .names import InvalidName, validate_name
+from .names import InvalidName, printable, validate_name
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,29 @@ MAX_LIMIT = 10_000
 # Module level: created once per process, however many apps the tests build (the default registry rejects
 # a second metric of the same name).
 REQUESTS = Counter("batchmesh_source_requests", "Requests to the source API", ("pipeline", "endpoint"))
+SKIPPED = Counter("batchmesh_source_skipped", "Distinct source records the source could not serve (skipped; "
+                  "reason bad-name: a file name that is not a safe UTF-8 name, malformed: a bad JSONL line)",
+                  ("pipeline", "reason"))
+SEEN_CAP = 100_000  # distinct skipped records remembered for the counter (beyond: counted again per listing)
+
+
+def _encode_page(items: list[dict[str, Any]], skipped: list[dict[str, Any]], next_cursor: str | None) -> bytes:
+    """The ItemList as UTF-8 JSON. An item that cannot be encoded (a lone surrogate from a backend that let one
+    through) is moved to `skipped` instead of failing the whole page with a 500 — for ever, at every listing."""
+    body = {"kind": "ItemList", "apiVersion": API_VERSION, "items": items, "next": next_cursor, "skipped": skipped}
+    try:
+        return json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        good = []
+        for item in items:
+            try:
+                json.dumps(item, ensure_ascii=False).encode()
+                good.append(item)
+            except UnicodeEncodeError:
+                skipped.append({"record": printable(str(item.get("name", "?"))), "reason": "bad-name",
+                                "detail": "the item holds text that is not valid UTF-8"})
+        body["items"] = good
+        return json.dumps(body, ensure_ascii=True).encode()
 
 
 def create_app(backend: SourceBackend, pipeline: str = "default") -> FastAPI:
@@ -37,17 +61,32 @@ def create_app(backend: SourceBackend, pipeline: str = "default") -> FastAPI:
     def count(endpoint: str) -> None:
         REQUESTS.labels(pipeline, endpoint).inc()
 
+    seen: set[tuple[str, str]] = set()
+
+    def count_skipped(skipped: list[dict[str, Any]]) -> None:
+        for record in skipped:
+            key = (str(record.get("record")), str(record.get("reason")))
+            if key not in seen:
+                if len(seen) < SEEN_CAP:
+                    seen.add(key)
+                SKIPPED.labels(pipeline, key[1]).inc()
+
     @app.get("/api/v1/items", summary="List items, one page at a time")
     def list_items(
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size")] = DEFAULT_LIMIT,
         cursor: Annotated[str | None, Query(max_length=8192, description="`next` of the previous page")] = None,
-    ) -> dict[str, Any]:
+    ) -> Response:
+        """`skipped`: records in this page's range the source cannot serve (each reported by one page of a
+        walk), `{"record", "reason", "detail"}`; everything else is listed."""
         count("list")
         try:
-            items, next_cursor = backend.list(limit, cursor or None)
+            items, next_cursor, skipped = backend.list_page(limit, cursor or None)
         except InvalidCursor as exc:
             raise HTTPException(400, str(exc)) from None
-        return {"kind": "ItemList", "apiVersion": API_VERSION, "items": items, "next": next_cursor}
+        skipped = list(skipped)
+        body = _encode_page(items, skipped, next_cursor)  # may add to `skipped`
+        count_skipped(skipped)
+        return Response(body, media_type="application/json")
 
     @app.get("/api/v1/items/{name:path}", summary="One item by name")
     def get_item(name: str, request: Request) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from prometheus_client import Counter
 
 from services.core.expressions import Expression, compile_expression, truthy
 
-from .backends.base import Item, Page, SourceBackend
+from .backends.base import FullPage, Item, Page, Skipped, SourceBackend
 
 ITEMS_FILTERED = Counter(
     "batchmesh_source_items_filtered", "Items a source filter dropped from listings", ("pipeline",)
@@ -48,10 +48,16 @@ class FilteredBackend(SourceBackend):
         return truthy(self.predicate.search(item))  # an expression failing on an odd item is null: no match
 
     def list(self, limit: int, cursor: str | None = None) -> Page:
+        items, next_cursor, _ = self.list_page(limit, cursor)
+        return items, next_cursor
+
+    def list_page(self, limit: int, cursor: str | None = None) -> FullPage:
         kept: list[Item] = []
+        skipped: list[Skipped] = []
         scanned = 0
         while True:
-            page, cursor = self.inner.list(limit - len(kept), cursor)
+            page, cursor, bad = self.inner.list_page(limit - len(kept), cursor)
+            skipped.extend(bad)
             scanned += len(page)
             matching = [item for item in page if self.keeps(item)]
             if len(matching) < len(page):
@@ -59,7 +65,7 @@ class FilteredBackend(SourceBackend):
             kept.extend(matching)
             # An empty inner page with a cursor would loop forever here: hand the cursor back instead.
             if cursor is None or not page or len(kept) >= limit or scanned >= max(self.scan_budget, limit):
-                return kept, cursor
+                return kept, cursor, skipped
 
     def get(self, name: str) -> Item | None:
         item = self.inner.get(name)

@@ -29,6 +29,9 @@ def validate_name(name: object) -> str:
     # Category Cc covers NUL, the C0/C1 controls and DEL: none belongs in a file name sent over HTTP.
     if any(unicodedata.category(ch) == "Cc" for ch in name):
         raise InvalidName("name contains a control character")
+    # Cs: a lone surrogate, which is how Python spells a file name's bytes that are not UTF-8 (surrogateescape).
+    if any(unicodedata.category(ch) == "Cs" for ch in name):
+        raise InvalidName("name is not valid UTF-8")
     if name.startswith("/"):
         raise InvalidName("name is an absolute path")
     for segment in name.split("/"):
@@ -37,6 +40,12 @@ def validate_name(name: object) -> str:
         if segment in (".", ".."):
             raise InvalidName(f"name has a {segment!r} segment")
     return name
+
+
+def printable(name: str) -> str:
+    """A name for a report: bytes that are not UTF-8 as \\xNN, control characters escaped (never raises)."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(ch if unicodedata.category(ch) != "Cc" else ch.encode("unicode_escape").decode() for ch in text)
 
 
 def contained(root: Path, path: Path) -> Path | None:

@@ -50,7 +50,8 @@ def walk(api: TestClient, limit: int, on_page=None) -> list[str]:
 
 def test_list_shape_and_defaults(api: TestClient) -> None:
     body = api.get("/api/v1/items").json()
-    assert set(body) == {"kind", "apiVersion", "items", "next"} and body["next"] is None
+    assert set(body) == {"kind", "apiVersion", "items", "next", "skipped"} and body["next"] is None
+    assert body["skipped"] == []  # records in the page's range the source cannot serve (none here)
     assert [it["name"] for it in body["items"]] == ["a.txt", "b.jpg", "sub/c.txt"]  # link.txt escapes: hidden
     assert set(body["items"][0]) == {"name", "size", "mtime", "content_type", "uri", "version"}
 

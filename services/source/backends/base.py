@@ -8,6 +8,14 @@ from typing import Any, TypeVar
 
 Item = dict[str, Any]
 Page = tuple[list[Item], str | None]
+# A record the backend passed over because it cannot serve it: {"record": printable name or "line N",
+# "reason": "bad-name" | "malformed", "detail": why}. The listing page that covers it reports it (`skipped`).
+Skipped = dict[str, Any]
+FullPage = tuple[list[Item], str | None, list[Skipped]]
+
+
+def skipped_record(record: str, reason: str, detail: str) -> Skipped:
+    return {"record": record, "reason": reason, "detail": detail}
 
 
 class InvalidCursor(ValueError):
@@ -26,6 +34,12 @@ class SourceBackend(ABC):
     @abstractmethod
     def list(self, limit: int, cursor: str | None = None) -> Page:
         """Up to `limit` items after `cursor`; raises InvalidCursor for a cursor it cannot read."""
+
+    def list_page(self, limit: int, cursor: str | None = None) -> FullPage:
+        """`list`, plus the records this page's range held that cannot be served (each reported by exactly one
+        page of a walk). Backends that can meet such records override this one and derive `list` from it."""
+        items, next_cursor = self.list(limit, cursor)
+        return items, next_cursor, []
 
     @abstractmethod
     def get(self, name: str) -> Item | None:

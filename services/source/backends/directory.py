@@ -14,8 +14,8 @@ import time
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from ..names import InvalidName, contained, validate_name
-from .base import InvalidCursor, Item, Page, SourceBackend, register_backend
+from ..names import InvalidName, contained, printable, validate_name
+from .base import FullPage, InvalidCursor, Item, Page, Skipped, SourceBackend, register_backend, skipped_record
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,10 @@ class Glob:
         if pats[0] == "**":
             return any(self._match(parts[i:], pats[1:]) for i in range(len(parts) + 1))
         return bool(parts) and fnmatchcase(parts[0], pats[0]) and self._match(parts[1:], pats[1:])
+
+
+def _name(pair: tuple[str, Skipped]) -> str:
+    return pair[0]
 
 
 def encode_cursor(name: str) -> str:
@@ -72,13 +76,18 @@ class DirectoryBackend(SourceBackend):
         self.glob = Glob(glob)
         self.cache_ttl = cache_ttl
         self._names: list[str] = []
+        self._unservable_now: list[tuple[str, Skipped]] = []  # sorted by name, from the last scan
         self._scanned_at = float("-inf")
         self._lock = threading.Lock()
         self._unservable: set[str] = set()
 
     def list(self, limit: int, cursor: str | None = None) -> Page:
+        items, next_cursor, _ = self.list_page(limit, cursor)
+        return items, next_cursor
+
+    def list_page(self, limit: int, cursor: str | None = None) -> FullPage:
         after = decode_cursor(cursor) if cursor is not None else None
-        names = self._snapshot()
+        names, unservable = self._snapshot()
         i = bisect.bisect_right(names, after) if after is not None else 0
         items: list[Item] = []
         while i < len(names) and len(items) < limit:
@@ -86,21 +95,30 @@ class DirectoryBackend(SourceBackend):
             if item is not None:  # None: deleted (or replaced by something unservable) since the scan
                 items.append(item)
             i += 1
-        return items, (encode_cursor(items[-1]["name"]) if items and i < len(names) else None)
+        next_cursor = encode_cursor(items[-1]["name"]) if items and i < len(names) else None
+        # The page covers the names in (after, its last item] (to the end for the last page): each unservable
+        # name is reported by exactly one page of a walk.
+        first = bisect.bisect_right(unservable, after, key=_name) if after is not None else 0
+        end = bisect.bisect_right(unservable, items[-1]["name"], key=_name) if next_cursor else len(unservable)
+        return items, next_cursor, [record for _, record in unservable[first:end]]
 
     def get(self, name: str) -> Item | None:
         validate_name(name)
         return self._item(name) if self.glob.match(name) else None
 
-    def _snapshot(self) -> list[str]:
+    def _snapshot(self) -> tuple[list[str], list[tuple[str, Skipped]]]:
         with self._lock:  # one scan at a time; concurrent requests share its result
             if time.monotonic() - self._scanned_at >= self.cache_ttl:
                 started = time.monotonic()
-                self._names = sorted(self._scan())
+                found = self._scan()
+                self._names = sorted(name for name in found if self._servable(name))
+                self._unservable_now = sorted(
+                    ((name, skipped_record(printable(name), "bad-name", reason))
+                     for name in found if (reason := self._unservable_reason(name))), key=lambda pair: pair[0])
                 self._scanned_at = time.monotonic()
                 log.debug("scanned source directory", extra={"root": str(self.root), "files": len(self._names),
                                                              "seconds": round(self._scanned_at - started, 3)})
-            return self._names
+            return self._names, self._unservable_now
 
     def _scan(self) -> list[str]:
         found: list[str] = []
@@ -124,19 +142,24 @@ class DirectoryBackend(SourceBackend):
                         found.append(name)
                 except OSError:
                     continue
-        return [name for name in found if self._servable(name)]
+        return found
 
-    def _servable(self, name: str) -> bool:
-        """Files whose names the API would refuse (backslash, control character) are left out, warned once."""
+    def _unservable_reason(self, name: str) -> str | None:
         try:
             validate_name(name)
-            return True
+            return None
         except InvalidName as exc:
-            if name not in self._unservable:
-                self._unservable.add(name)
-                log.warning("skipping a file whose name cannot be served",
-                            extra={"file": repr(name), "reason": str(exc)})
-            return False
+            return str(exc)
+
+    def _servable(self, name: str) -> bool:
+        """Files whose names the API would refuse (backslash, control character, bytes that are not UTF-8) are
+        left out of the listing, warned once, and reported as skipped by the page covering them."""
+        reason = self._unservable_reason(name)
+        if reason is not None and name not in self._unservable:
+            self._unservable.add(name)
+            log.warning("skipping a file whose name cannot be served",
+                        extra={"file": printable(name), "reason": reason})
+        return reason is None
 
     def _item(self, name: str) -> Item | None:
         path = self.root / name

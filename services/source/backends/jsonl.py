@@ -12,10 +12,19 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..names import InvalidName, validate_name
-from .base import InvalidCursor, Item, Page, SourceBackend, register_backend
+from .base import FullPage, InvalidCursor, Item, Page, Skipped, SourceBackend, register_backend, skipped_record
 
 log = logging.getLogger(__name__)
 _CURSOR = re.compile(r"(\d{1,18})-(\d{1,18})")
+
+
+def _unencodable(obj: object) -> bool:
+    """True if no UTF-8 response could carry `obj` (it holds a lone surrogate)."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode()
+        return False
+    except UnicodeEncodeError:
+        return True
 
 
 @register_backend("jsonl")
@@ -43,6 +52,11 @@ class JsonlBackend(SourceBackend):
         return len(self._bad)
 
     def list(self, limit: int, cursor: str | None = None) -> Page:
+        items, next_cursor, _ = self.list_page(limit, cursor)
+        return items, next_cursor
+
+    def list_page(self, limit: int, cursor: str | None = None) -> FullPage:
+        skipped: list[Skipped] = []  # the malformed lines of this page's range
         with self.path.open("rb") as f:
             size = os.fstat(f.fileno()).st_size
             lineno, pos = self._decode(cursor, f, size) if cursor is not None else (0, 0)
@@ -54,10 +68,10 @@ class JsonlBackend(SourceBackend):
                     break
                 lineno += 1
                 pos += len(raw)
-                item = self._parse(raw, lineno)
+                item = self._parse(raw, lineno, skipped=skipped)
                 if item is not None:
                     items.append(item)
-        return items, (f"{lineno}-{pos}" if len(items) == limit and pos < size else None)
+        return items, (f"{lineno}-{pos}" if len(items) == limit and pos < size else None), skipped
 
     def get(self, name: str) -> Item | None:
         validate_name(name)
@@ -100,7 +114,16 @@ class JsonlBackend(SourceBackend):
                 self._index, self._index_key = index, key
             return self._index
 
-    def _parse(self, raw: bytes, lineno: int, warn: bool = True) -> Item | None:
+    def _parse(self, raw: bytes, lineno: int, warn: bool = True, skipped: list[Skipped] | None = None) -> Item | None:
+        item = self._parse_line(raw, lineno, warn)
+        if isinstance(item, str):
+            if skipped is not None:
+                skipped.append(skipped_record(f"line {lineno}", "malformed", item))
+            return None
+        return item
+
+    def _parse_line(self, raw: bytes, lineno: int, warn: bool) -> Item | str | None:
+        """The item, None for a blank or unfinished line, or why the line is malformed."""
         text = raw.strip()
         if not text:
             return None
@@ -121,12 +144,14 @@ class JsonlBackend(SourceBackend):
             validate_name(name)
         except InvalidName as exc:
             return self._malformed(raw, lineno, f"bad name: {exc}", warn)
+        if b"\\ud" in raw.lower() and _unencodable(obj):  # a "\\udcXX" escape decodes to a lone surrogate
+            return self._malformed(raw, lineno, "a string is not valid Unicode (a lone surrogate escape)", warn)
         return {**obj, "name": name}
 
-    def _malformed(self, raw: bytes, lineno: int, reason: str, warn: bool) -> None:
+    def _malformed(self, raw: bytes, lineno: int, reason: str, warn: bool) -> str:
         key = (lineno, zlib.crc32(raw))
         if warn and key not in self._bad:
             self._bad.add(key)
             log.warning("skipping malformed line %d of %s: %s", lineno, self.path, reason,
                         extra={"line": lineno, "file": str(self.path), "reason": reason})
-        return None
+        return reason
