@@ -22,9 +22,17 @@ _NAME = r"^[a-z0-9]([a-z0-9-]{0,48}[a-z0-9])?$"  # a Kubernetes-safe name: it be
 
 
 class SpecError(ValueError):
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
+    """A bad spec: `path` and `reason` of the first error; `errors` holds every (path, reason) found."""
+
+    def __init__(self, path: str, reason: str, *, errors: list[tuple[str, str]] | None = None) -> None:
+        self.errors = errors or [(path, reason)]
+        lines = [f"{where}: {why}" for where, why in self.errors]
+        super().__init__(lines[0] if len(lines) == 1 else f"{len(lines)} errors:\n  " + "\n  ".join(lines))
         self.path, self.reason = path, reason
+
+    @classmethod
+    def of(cls, errors: list[tuple[str, str]]) -> SpecError:
+        return cls(*errors[0], errors=errors)
 
 
 def parse_duration(value: Any) -> float:
@@ -308,19 +316,45 @@ class Pipeline(Strict):
         return {out: name for name, st in self.stages.items() for out in st.outputs(name)}
 
     def check_graph(self) -> None:
-        """Every input is a stream someone writes, every router output is read, the graph has no cycle."""
-        producers = self.producers()
+        """Every input is a stream someone writes, every router output is read, the graph has no cycle. Raises
+        one SpecError carrying every error found."""
+        errors: list[tuple[str, str]] = []
+        try:
+            self._check_streams()
+        except SpecError as exc:
+            errors += exc.errors
+        if errors:  # a cycle or barrier check over unknown streams would only repeat them
+            raise SpecError.of(errors)
+        try:
+            self._check_cycles()
+        except SpecError as exc:
+            errors += exc.errors
+        for name in self.barrier_stages() if not errors else ():
+            try:
+                self._check_barrier(name)
+            except SpecError as exc:
+                errors += exc.errors
+        if errors:
+            raise SpecError.of(errors)
+
+    def _check_streams(self) -> None:
+        producers, errors = self.producers(), []
         for name, stage in self.stages.items():
             field = "inputs" if stage.kind == "merge" else "input"
             for stream in stage.body.inputs:
                 if stream != SOURCE and stream not in producers:
                     known = ", ".join(sorted([SOURCE, *producers]))
-                    raise SpecError(f"stages.{name}.{stage.kind}.{field}",
-                                    f"unknown stream {stream!r} (streams: {known})")
+                    errors.append((f"stages.{name}.{stage.kind}.{field}",
+                                   f"unknown stream {stream!r} (streams: {known})"))
             if stage.kind not in ("work", *BARRIER_SPECS):  # a barrier's output may go unread: events tell too
                 for stream in stage.outputs(name):
                     if not self.readers(stream):
-                        raise SpecError(f"stages.{name}.{stage.kind}", f"output {stream!r} is read by no stage")
+                        errors.append((f"stages.{name}.{stage.kind}", f"output {stream!r} is read by no stage"))
+        if errors:
+            raise SpecError.of(errors)
+
+    def _check_cycles(self) -> None:
+        producers = self.producers()
         state: dict[str, int] = {}
 
         def visit(node: str, trail: list[str]) -> None:
@@ -338,8 +372,6 @@ class Pipeline(Strict):
 
         for name in self.stages:
             visit(name, [])
-        for name in self.barrier_stages():
-            self._check_barrier(name)
 
     def barrier_siblings(self, name: str) -> list[str]:
         """Sharded reducers: the other barriers feeding the same downstream barrier as `name`. Together they see
@@ -390,9 +422,37 @@ def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         node[last] = value
     try:
         pipeline = Pipeline.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"] if p != "[key]") or "(top)"
-        raise SpecError(where, first["msg"].removeprefix("Value error, ")) from None
+    except ValidationError as exc:  # every error, each with the path of its field
+        raise SpecError.of([(".".join(str(p) for p in error["loc"] if p != "[key]") or "(top)",
+                             error["msg"].removeprefix("Value error, ")) for error in exc.errors()]) from None
     pipeline.check_graph()
+    resolve_paths(pipeline, Path(path).resolve().parent)
     return pipeline
+
+
+def spec_relative(entry: str, spec_dir: Path) -> str:
+    """The path rule for `plugins:` files and a command's argv: a relative path naming a file that exists under
+    the spec file's directory becomes that file's absolute path; anything else is left as written (a relative
+    path then resolves against the working directory, as the examples' `examples/<x>/...` paths do from the
+    repository root, and in the containers from /app)."""
+    if not entry or entry.startswith(("-", "/", "~")) or "\0" in entry:
+        return entry
+    candidate = spec_dir / entry
+    try:
+        return str(candidate) if candidate.is_file() else entry
+    except (OSError, ValueError):  # a name too long for the filesystem, say
+        return entry
+
+
+def resolve_paths(pipeline: Pipeline, spec_dir: Path) -> None:
+    """Apply `spec_relative` to the plugin files (`.py` entries; module names stay) and every command's argv
+    (not a docker stage's: its command runs in its image, from the image's working directory)."""
+    pipeline.plugins = [spec_relative(p, spec_dir) if p.endswith(".py") else p for p in pipeline.plugins]
+    for work in pipeline.work_stages().values():
+        if work.executor == "docker":
+            continue
+        if work.command:
+            work.command = [spec_relative(arg, spec_dir) for arg in work.command]
+        for ref in work.chain or ():
+            if ref.command:
+                ref.command = [spec_relative(arg, spec_dir) for arg in ref.command]
