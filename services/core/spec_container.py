@@ -53,7 +53,7 @@ class StageContainer(BaseModel):
     pids: int = Field(default=256, ge=8, le=1_000_000, description="Most processes and threads at once.")
     tmp: int = Field(default=64 * 1024**2, description="Size of the /tmp tmpfs in bytes, or '64m'; it counts "
                                                        "against `memory`.")
-    user: str | None = Field(default=None, description="'uid' or 'uid:gid', numeric, never uid 0. Default: the "
+    user: str | None = Field(default=None, description="'uid' (gid = uid) or 'uid:gid', numeric, never 0. Default: the "
                                                        "manager's own uid:gid, or 65534:65534 (nobody) when the "
                                                        "manager runs as root.")
     mounts: list[str] = Field(default_factory=list, description="Extra host paths mounted read-only at the same "
@@ -85,6 +85,8 @@ class StageContainer(BaseModel):
             raise ValueError(f"user {value!r}: give a numeric 'uid' or 'uid:gid' (names cannot be checked for root)")
         if int(match.group(1)) == 0:
             raise ValueError("user: uid 0 is root; workers never run as root")
+        if match.group(2) is not None and int(match.group(2)) == 0:
+            raise ValueError("user: gid 0 is root's group (it opens root-group files and sockets); give another gid")
         return value.strip()
 
     @field_validator("mounts")
@@ -101,7 +103,7 @@ class StageContainer(BaseModel):
     @property
     def run_user(self) -> str:
         """The user the container runs as (see `user`)."""
-        if self.user is not None:
-            return self.user
+        if self.user is not None:  # a uid alone gets its own number as gid (the engine would pick 0 or the image's)
+            return self.user if ":" in self.user else f"{self.user}:{self.user}"
         uid, gid = os.getuid(), os.getgid()
         return NOBODY if uid == 0 else f"{uid}:{gid}"

@@ -123,7 +123,7 @@ def test_thumbnailer_in_containers(tmp_path: Path, pipeline_name: str, docker_cl
                          capture_output=True, text=True, timeout=180)
     assert run.returncode == 1, run.stderr[-3000:]  # 1: an item was dead-lettered
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert len(manifest["results"]) == 3
+    assert len(manifest["results"]) == 3, manifest
     for name, result in manifest["results"].items():
         png = Path(result["thumbnail"])  # the container wrote it at the host's path: the mount is the same path
         assert png.is_file() and png.parent.name == name
@@ -403,4 +403,13 @@ def test_outcome_lost_to_a_redis_outage_is_taken_from_the_container(
     for event in events:
         seen.setdefault(event["Actor"]["Attributes"]["name"], []).append(event["status"])
     assert len(seen) == 2 and all(s.count("create") == 1 and s.count("start") == 1 for s in seen.values()), seen
+
+
+
+def test_the_engine_socket_is_never_mounted(client: redis.Redis, settings: Settings, pipeline_name: str,
+                                            tmp_path: Path) -> None:
+    path = write_spec(tmp_path / "pipeline.yaml", pipeline_name, {
+        "command": ["true"], "container": {"image": IMAGE, "mounts": ["/var/run"]}})
+    with pytest.raises(ValueError, match="holds a socket"):
+        start_executor(client, settings, path, tmp_path / "out", [])
 

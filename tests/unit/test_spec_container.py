@@ -42,6 +42,7 @@ def test_sizes_and_user(tmp_path: Path) -> None:
         "image": "img", "memory": "1.5g", "tmp": "16M", "cpus": 0.5, "user": "1000:1000", "network": True}})
     assert work.container.memory == int(1.5 * 1024**3) and work.container.tmp == 16 * 1024**2
     assert work.container.run_user == "1000:1000"
+    assert StageContainer(image="x", user="1234").run_user == "1234:1234"  # never the engine's default gid 0
     assert parse_size(4096) == 4096 and parse_size("64k") == 65536
 
 
@@ -59,6 +60,8 @@ def test_sizes_and_user(tmp_path: Path) -> None:
     ({"executor": "docker", "container": {"image": "img", "pids": 2}}, "stages.w.work.container.pids", "8"),
     ({"executor": "docker", "container": {"image": "img", "user": "0:0"}}, "stages.w.work.container.user", "root"),
     ({"executor": "docker", "container": {"image": "img", "user": "0"}}, "stages.w.work.container.user", "root"),
+    ({"executor": "docker", "container": {"image": "img", "user": "10001:0"}}, "stages.w.work.container.user",
+     "gid 0"),
     ({"executor": "docker", "container": {"image": "img", "user": "worker"}}, "stages.w.work.container.user",
      "numeric"),
     ({"executor": "docker", "container": {"image": "img", "mounts": ["/"]}}, "stages.w.work.container.mounts",

@@ -31,6 +31,7 @@ import logging
 import os
 import queue
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -90,6 +91,15 @@ def _started_at(state: dict[str, Any]) -> float | None:
         return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00").timestamp()
     except ValueError:
         return None
+
+
+def _engine_sockets() -> list[Path]:
+    """The Docker engine's socket, as this host names it (never to be mounted into a worker)."""
+    found = {Path("/var/run/docker.sock"), Path("/run/docker.sock")}
+    host = os.environ.get("DOCKER_HOST", "")
+    if host.startswith("unix://"):
+        found.add(Path(host.removeprefix("unix://")))
+    return sorted({p.resolve() for p in found} | found)
 
 
 def _tail(data: bytes) -> str:
@@ -167,8 +177,11 @@ class DockerExecutor(ProcessExecutor):
             mounts[str(self.spec_dir)] = True
         for raw in self.spec.mounts:
             path = (self.cwd / raw).resolve()
+            where = f"stages.{self.ctx.stage}.work.container.mounts: {raw!r} ({path})"
             if not path.exists():
-                raise ValueError(f"stages.{self.ctx.stage}.work.container.mounts: {raw!r} ({path}) does not exist")
+                raise ValueError(f"{where} does not exist")
+            if any(sock.is_relative_to(path) for sock in _engine_sockets()) or stat.S_ISSOCK(path.stat().st_mode):
+                raise ValueError(f"{where} holds a socket: even read-only, it would let the worker out of its sandbox")
             mounts[str(path)] = True
         covered = [Path(p) for p in mounts]
         for arg in self.argv[1:]:
