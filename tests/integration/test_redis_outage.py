@@ -40,6 +40,9 @@ stages:
 """
 
 
+ROLES = {"manager": "manager", "router-merged": "router", "router-total": "barrier", "worker-work-0": "worker"}
+
+
 def done(client: redis.Redis, keys: Keys) -> int:
     """Items done: folded into the reduce (the pipeline's end)."""
     return int(client.hget(keys.counts(), "done") or 0)
@@ -65,14 +68,15 @@ def test_every_role_rides_out_a_redis_kill_and_restart(tmp_path: Path) -> None:
     try:
         roles = ("source", "manager", "router-merged", "router-total", "worker-work-0")
         live = wait_for("every role listed and healthy", lambda: (t := by_role_name(targets(tmp_path, name)))
-                        and set(roles) <= set(t) and all(healthz(t[r]) == 200 for r in roles) and t)
+                        and set(roles) <= set(t) and all(healthz(t[r]) == 200 for r in roles) and t, timeout_s=60)
         pids = wait_for("the role processes", lambda: (p := role_pids(run.pid)) and len(p) == 5 and p)
         wait_for("some items done before the outage", lambda: done(client, keys) >= 3)
 
         server.kill()
         _files(source, 15, 10)  # during: listed by the source, dispatched once Redis is back
-        for role in ("manager", "router-merged", "router-total", "worker-work-0"):
-            wait_for(f"{role} to report Redis down", lambda role=role: healthz(live[role]) == 503, timeout_s=10)
+        for role, metric_role in ROLES.items():  # Redis stays down until every role's own loop has seen it
+            wait_for(f"{role} to report Redis down", lambda role=role, r=metric_role: sample(
+                scrape(live[role]), "batchmesh_redis_up", role=r) == 0 and healthz(live[role]) == 503, timeout_s=20)
         assert healthz(live["source"]) == 200  # the source does not use Redis
         server.start()
         _files(source, 25, 10)  # after
@@ -84,14 +88,16 @@ def test_every_role_rides_out_a_redis_kill_and_restart(tmp_path: Path) -> None:
         assert int(client.hget(keys.arrivals(), keys.stream("merged")) or 0) == 35
         assert not client.exists(keys.dead_letters("work"))
 
-        for role in ("manager", "router-merged", "router-total", "worker-work-0"):
-            metric_role = {"router-total": "barrier"}.get(role, role.split("-")[0])
+        for role, metric_role in ROLES.items():
             up = wait_for(f"{role}'s redis_up back at 1", lambda role=role, r=metric_role: (
                 s := scrape(live[role])) and sample(s, "batchmesh_redis_up", role=r) == 1 and s, timeout_s=10)
             assert (sample(up, "batchmesh_redis_disconnects_total", role=metric_role) or 0) >= 1, role
             assert healthz(live[role]) == 200
         assert role_pids(run.pid) == pids  # nobody crashed and was restarted
         assert run.poll() is None
+    except AssertionError as exc:  # say what the roles were doing
+        logs = sorted((tmp_path / "st" / "logs" / name).glob("*.log"))
+        raise AssertionError(f"{exc}\n" + "\n".join(f"== {f.name}\n{f.read_text()[-3000:]}" for f in logs)) from None
     finally:
         stop_run(run)
         server.stop()

@@ -28,7 +28,7 @@ name: metered
 source: {type: directory, path: ./in, glob: "*.txt"}
 stages:
   merged: {merge: {inputs: [source]}}
-  work:   {work: {input: merged, worker: echo, replicas: {min: 1, max: 2}}}
+  work:   {work: {input: merged, worker: echo, replicas: {min: 1, max: 1}}}  # no scaling mid-test
   total:  {reduce: {input: work, fold: {files: {count: true}}}}
 """
 N = 12
