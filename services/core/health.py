@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 from . import metrics
 
@@ -17,6 +18,16 @@ log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _registered: list[RoleHealth] = []
+
+
+class _Unexported:
+    """Stands in for a metric a role does not export."""
+
+    def set(self, value: float) -> None:
+        pass
+
+    def inc(self, amount: float = 1) -> None:
+        pass
 
 
 class RoleHealth:
@@ -31,10 +42,9 @@ class RoleHealth:
         self._lock = threading.Lock()
         self.m_up = metrics.ROLE_UP.labels(pipeline=pipeline, role=role, stage=stage)
         # The source never talks to Redis: no redis_up series for it (labels() alone would export a 0).
-        self.m_redis = metrics.REDIS_UP.labels(pipeline=pipeline, role=role) if uses_redis else metrics.Gauge(
-            "unregistered_redis_up", "", registry=None)
-        self.m_disconnects = metrics.REDIS_DISCONNECTS.labels(pipeline=pipeline, role=role) if uses_redis else \
-            metrics.Counter("unregistered_redis_disconnects", "", registry=None)
+        self.m_redis: Any = metrics.REDIS_UP.labels(pipeline=pipeline, role=role) if uses_redis else _Unexported()
+        self.m_disconnects: Any = (metrics.REDIS_DISCONNECTS.labels(pipeline=pipeline, role=role) if uses_redis
+                                   else _Unexported())
         self.m_redis.set(1)
 
     # -- the main loop -------------------------------------------------------------------------------------
