@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from services.core import lifeline
 from services.core.logs import setup_logging
 from services.core.settings import Settings
 from services.core.spec import Pipeline, SpecError, load_pipeline
@@ -42,8 +43,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM stops a run the way Ctrl-C does, but exits 143 (128 + SIGTERM), not 130."""
+
+
 def _interrupt(*_: Any) -> None:
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -229,11 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(Settings().log_level, Settings().log_json)
+    lifeline.guard()  # a role of `batchmesh run` dies with it (and kills its commands), even if it is SIGKILLed
     try:
         return int(args.func(args) or 0)
     except SpecError as exc:
         print(f"batchmesh: invalid pipeline: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Terminated:
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         return 130
 

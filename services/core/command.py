@@ -10,7 +10,6 @@ import json
 import os
 import selectors
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import lifeline
 from .item import WorkItem, encode_json
 
 STDERR_TAIL = 2000
@@ -63,17 +63,21 @@ def run_command(
         try:
             proc = subprocess.Popen(
                 argv, env=child_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                start_new_session=True,  # its own process group, so a timeout kills its children too
+                start_new_session=True,  # its own process group: killed as a whole when the item ends
             )
         except OSError as exc:
             return Outcome(False, reason=f"cannot start {argv[0]!r}: {exc.strerror or exc}")
-        output = _communicate(proc, timeout)
+        with _running_lock:
+            _running.add(proc.pid)
+        try:
+            output = _communicate(proc, timeout)
+        finally:
+            if proc.returncode is None:  # timed out, or interrupted: the whole group goes, then it is reaped
+                lifeline.kill_group(proc.pid)
+                proc.communicate()
+            with _running_lock:
+                _running.discard(proc.pid)
         if output is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass  # the whole group exited in the meantime
-            proc.communicate()
             return Outcome(False, reason=f"timed out after {timeout:g}s")
         stdout, stderr = output
     finally:
@@ -87,18 +91,37 @@ def run_command(
 # Item files live in one private directory (mode 0700) per process, one file (mode 0600) per run: a directory per
 # item costs a mkdir and an rmdir each, which on some filesystems is more than the fork+exec of a small command.
 # Keyed by pid, so a forked child (an rq work horse) makes its own; each is removed when its process exits.
+# Named batchmesh-items-<pid>-*: the local runner removes those of processes that died without cleaning up (SIGKILL).
+ITEM_DIR_PREFIX = "batchmesh-items-"
 _item_dirs: dict[int, Path] = {}
 _item_dirs_lock = threading.Lock()
 _item_names = itertools.count()
+_running: set[int] = set()  # process groups of the commands running now (each command leads its own)
+_running_lock = threading.RLock()  # re-entrant: the parent-death handler may interrupt a holder
 
 
 def _item_dir(fresh: bool = False) -> Path:
     pid = os.getpid()
     with _item_dirs_lock:
         if fresh or pid not in _item_dirs:
-            path = _item_dirs[pid] = Path(tempfile.mkdtemp(prefix="batchmesh-items-"))
+            if not _item_dirs:
+                lifeline.guard(stop_all)  # dying with the runner kills the running commands and removes the files
+            path = _item_dirs[pid] = Path(tempfile.mkdtemp(prefix=f"{ITEM_DIR_PREFIX}{pid}-"))
             atexit.register(lambda: os.getpid() == pid and shutil.rmtree(path, ignore_errors=True))
+            atexit.register(stop_all)
         return _item_dirs[pid]
+
+
+def stop_all() -> None:
+    """Kill the process group of every command running in this process and remove its item files (at exit, and
+    when the runner that started this role dies). The items themselves stay pending and are retried elsewhere."""
+    with _running_lock:
+        groups = list(_running)
+    for pgid in groups:
+        lifeline.kill_group(pgid)
+    path = _item_dirs.get(os.getpid())
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _write_item_file(item: WorkItem) -> Path:
@@ -126,9 +149,11 @@ def _communicate(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, 
         pidfd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):  # not Linux >= 5.3: the standard library's way
         try:
-            return proc.communicate(timeout=timeout)
+            output = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             return None
+        lifeline.kill_group(proc.pid)  # leftovers of its group (reaped already: a reused id is very unlikely)
+        return output
     deadline = time.monotonic() + timeout
     chunks: dict[int, list[bytes]] = {proc.stdout.fileno(): [], proc.stderr.fileno(): []}
     try:
@@ -147,6 +172,9 @@ def _communicate(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, 
                         selector.unregister(key.fd)
     finally:
         os.close(pidfd)
+    # What the command left running in its group ends with it: killed before the reap, while the group id cannot
+    # have been reused yet.
+    lifeline.kill_group(proc.pid)
     proc.wait()  # it has exited: no wait
     stdout, stderr = (b"".join(c) for c in chunks.values())
     proc.stdout.close()
