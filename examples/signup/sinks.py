@@ -6,8 +6,10 @@ can be checked from another process (check.py):
 
     python examples/signup/sinks.py --smtp-port 8025 --webhook-port 8026 --record out/signup-record
 
-Both listen on 127.0.0.1 only, and the SMTP server refuses any recipient outside the reserved `.test` TLD: nothing
-the example does can reach a real person. Each start truncates the recordings (a new run, a new count).
+Both listen on 127.0.0.1 only by default (`--host 0.0.0.0` is for a container whose compose network is the only
+way in: compose/signup.yml, which publishes neither port), and the SMTP server refuses any recipient outside the
+reserved `.test` TLD: nothing the example does can reach a real person. Each start truncates the recordings (a new
+run, a new count).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from aiosmtpd.controller import Controller
 
 log = logging.getLogger("signup.sinks")
 
-HOST = "127.0.0.1"  # loopback only, never configurable
+HOST = "127.0.0.1"  # loopback by default; --host 0.0.0.0 only inside a container (compose/signup.yml)
 SMTP_RECORD = "smtp.jsonl"
 WEBHOOK_RECORD = "webhook.jsonl"
 SMS_PATH = "/sms"
@@ -126,28 +128,28 @@ def webhook_handler(recorder: Recorder) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def free_port() -> int:
+def free_port(host: str = HOST) -> int:
     # aiosmtpd's Controller checks readiness by connecting to its configured port, so it cannot be given port 0.
     with closing(socket.socket()) as s:
-        s.bind((HOST, 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
 @contextmanager
 def running_sinks(record_dir: str | Path, smtp_port: int = 0, webhook_port: int = 0,
-                  append: bool = False) -> Iterator[Ports]:
-    """Start both sinks (port 0: pick a free one), yield their ports, stop them on exit."""
+                  append: bool = False, host: str = HOST) -> Iterator[Ports]:
+    """Start both sinks on `host` (port 0: pick a free one), yield their ports, stop them on exit."""
     record_dir = Path(record_dir)
-    smtp = Controller(SmtpHandler(Recorder(record_dir / SMTP_RECORD, append)), hostname=HOST,
-                      port=smtp_port or free_port())
-    httpd = ThreadingHTTPServer((HOST, webhook_port), webhook_handler(Recorder(record_dir / WEBHOOK_RECORD, append)))
+    smtp = Controller(SmtpHandler(Recorder(record_dir / SMTP_RECORD, append)), hostname=host,
+                      port=smtp_port or free_port(host))
+    httpd = ThreadingHTTPServer((host, webhook_port), webhook_handler(Recorder(record_dir / WEBHOOK_RECORD, append)))
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), name="signup-webhook", daemon=True)
     smtp.start()
     try:
         thread.start()
         ports = Ports(smtp.port, int(httpd.server_address[1]))
-        log.info("sinks started", extra={"event": "sinks.start", "smtp_port": ports.smtp,
+        log.info("sinks started", extra={"event": "sinks.start", "host": host, "smtp_port": ports.smtp,
                                          "webhook_port": ports.webhook, "record": str(record_dir)})
         yield ports
     finally:
@@ -165,6 +167,8 @@ def worker_env(ports: Ports) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default=HOST, help=f"address to listen on (default {HOST}; 0.0.0.0 only inside a "
+                                                     "container network)")
     parser.add_argument("--smtp-port", type=int, default=8025)
     parser.add_argument("--webhook-port", type=int, default=8026)
     parser.add_argument("--record", type=Path, required=True, help="directory for smtp.jsonl and webhook.jsonl")
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    with running_sinks(args.record, args.smtp_port, args.webhook_port, args.append) as ports:
+    with running_sinks(args.record, args.smtp_port, args.webhook_port, args.append, args.host) as ports:
         for key, value in worker_env(ports).items():
             print(f"export {key}={value}", flush=True)  # the workers' settings, ready to paste or eval
         stop.wait()

@@ -7,14 +7,18 @@ Services, all on the project's default network, ports published on 127.0.0.1 onl
   every other service runs as;
 - one-shot `generate` when the spec's `containers.generate` names a sample-data generator: runs it into the input
   dir unless that dir already holds something;
+- the spec's sidecars (`containers.services`: a mail sink, a fake gateway), hardened like the roles, on the
+  network, not published unless they say so; every role waits for them to be healthy;
 - the roles of services/render/roles.py (the same argv and environment as `batchmesh run`): `source`, `manager`,
   `router-<stage>` per router/barrier, `worker-<stage>` per stream stage (`deploy.replicas` = replicas.min),
-  `rq-<stage>` per rq stage; `process` stages run inside the manager;
+  `rq-<stage>` per rq stage; `process` stages run inside the manager. Besides the mesh's environment they get the
+  spec's `containers.env`, values left to compose's interpolation (`${SECRET:?...}`: from the user's environment);
 - `prometheus` (the scrape config of services/render/prometheus.py) and `grafana` (dashboards provisioned by
   services/render/grafana.py).
 
 Host paths are relative to the compose file's directory (compose/) and overridable: `BATCHMESH_INPUT`,
-`BATCHMESH_OUTPUT`, `BATCHMESH_REDIS_URL` (an external Redis), `BATCHMESH_*_PORT` for the published ports."""
+`BATCHMESH_OUTPUT`, `BATCHMESH_REDIS_URL` (an external Redis), `BATCHMESH_*_PORT` for the published ports. A directory
+source reads the input dir; a jsonl source the file of its path's name in it (`/data/input/signups.jsonl`)."""
 
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from services.core.spec import Pipeline, load_pipeline
+from services.core.spec import Pipeline, SidecarSpec, load_pipeline
 
 from .prometheus import scrape_config
 from .roles import MANAGER_PORT, MESH_IMAGE, METRICS_PORT, SOURCE_PORT, Role, role_env, roles, worker_image
@@ -49,9 +53,16 @@ DOCKERFILES = {"mesh": "services/Dockerfile", "worker": "services/workers/Docker
 PROBE = "import sys, urllib.request as u; sys.exit(u.urlopen(sys.argv[1], timeout=8).status != 200)"
 
 
-def _health(port: int, interval: str) -> dict[str, Any]:
-    test = ["CMD", "python", "-c", PROBE, f"http://127.0.0.1:{port}/healthz"]
+# A sidecar's `healthcheck: PORT`: the port accepts a TCP connection.
+PROBE_TCP = "import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=8).close()"
+
+
+def _check(test: list[str], interval: str) -> dict[str, Any]:
     return {"test": test, "interval": interval, "timeout": "10s", "retries": 3, "start_period": "60s"}
+
+
+def _health(port: int, interval: str) -> dict[str, Any]:
+    return _check(["CMD", "python", "-c", PROBE, f"http://127.0.0.1:{port}/healthz"], interval)
 
 
 def _hardened(user: str = USER) -> dict[str, Any]:
@@ -93,6 +104,10 @@ def _completed(*names: str) -> dict[str, dict[str, str]]:
     return {name: {"condition": "service_completed_successfully"} for name in names}
 
 
+def _started(*names: str) -> dict[str, dict[str, str]]:
+    return {name: {"condition": "service_started"} for name in names}
+
+
 def _dollars(text: str) -> str:
     return text.replace("$", "$$")  # a literal $ for the shell, not compose interpolation
 
@@ -111,6 +126,10 @@ def compose(pipeline: Pipeline, spec_path: str, *, input_dir: str | None = None,
     host_out = f"${{BATCHMESH_OUTPUT:-{output_dir or f'../out/{name}'}}}"
     volumes = ["../examples:/app/examples:ro", f"{host_in}:{IN_DIR}", f"{host_out}:{OUT_DIR}"]
     env = role_env(pipeline, REDIS_URL, OUT_DIR) | {"BATCHMESH_METRICS_PORT": str(METRICS_PORT)}
+    env |= pipeline.containers.env  # validated: never one of the mesh's own names
+    src = pipeline.source
+    # what the source reads: the input dir, or (jsonl) the file of the spec's file name in it
+    input_path = IN_DIR if src.type == "directory" else f"{IN_DIR}/{PurePosixPath(src.path).name}"
 
     services: dict[str, Any] = {"redis": _redis()}
     services["prepare"] = {
@@ -123,8 +142,8 @@ def compose(pipeline: Pipeline, spec_path: str, *, input_dir: str | None = None,
         argv = [arg.replace("{input}", IN_DIR) for arg in pipeline.containers.generate]
         # skipped while the input dir holds a file the source lists (by the glob's file-name part): a rerun keeps
         # the data, and a pipeline that consumes its input (the images' join deletes the originals) gets new data
-        src = pipeline.source
-        name_glob = shlex.quote(src.glob.rsplit("/", 1)[-1] if src.type == "directory" else "*")
+        name_glob = shlex.quote(src.glob.rsplit("/", 1)[-1] if src.type == "directory" else PurePosixPath(
+            input_path).name)
         script = (f'if [ -n "$(find {IN_DIR} -type f -name {name_glob} -print -quit)" ]; '
                   f'then echo "{IN_DIR} holds input: nothing generated"; else "$@"; fi')
         services["generate"] = {
@@ -133,19 +152,47 @@ def compose(pipeline: Pipeline, spec_path: str, *, input_dir: str | None = None,
             "volumes": volumes[:2], "depends_on": _completed("prepare"), "healthcheck": {"disable": True},
         }
         one_shots.append("generate")
+    sidecars: dict[str, dict[str, str]] = {}
+    for sidecar, side in pipeline.containers.services.items():
+        services[sidecar] = _sidecar(sidecar, side, images, volumes)
+        sidecars |= (_healthy if side.healthcheck is not None else _started)(sidecar)
 
     mesh_roles = roles(pipeline, str(spec), source_url=f"http://source:{SOURCE_PORT}", redis_url=REDIS_URL,
                        host="0.0.0.0", source_port=SOURCE_PORT, manager_port=MANAGER_PORT,  # noqa: S104
-                       input_path=IN_DIR)
+                       input_path=input_path)
     for role in mesh_roles:
-        services[role.name] = _role(role, images, env, volumes, one_shots)
+        services[role.name] = _role(role, images, env, volumes, one_shots, sidecars)
     services["prometheus"] = _prometheus(name)
     if grafana:
         services["grafana"] = _grafana()
     return {"services": services, "volumes": {"redis-data": {}, "prometheus-data": {}}}
 
 
-def _role(role: Role, images: _Images, env: dict[str, str], volumes: list[str], one_shots: list[str]) -> dict:
+def _sidecar(name: str, side: SidecarSpec, images: _Images, volumes: list[str]) -> dict[str, Any]:
+    """A `containers.services` entry: its argv as the entrypoint (the image's `batchmesh` entrypoint and CMD do not
+    apply), the image's `batchmesh probe` healthcheck replaced by the spec's (or none)."""
+    argv = [arg.replace("{input}", IN_DIR).replace("{output}", OUT_DIR) for arg in side.command]
+    image = images.heavy() if side.image == "worker" else images.mesh()
+    service: dict[str, Any] = {**image, **_hardened(), "restart": RESTART, "stop_grace_period": "10s",
+                               "working_dir": APP, "entrypoint": argv}
+    if side.env:
+        service["environment"] = dict(side.env)
+    service["volumes"] = list(volumes)
+    if side.ports:
+        var = name.upper().replace("-", "_")
+        service["ports"] = [f"127.0.0.1:${{BATCHMESH_{var}_{port}_PORT:-{port}}}:{port}" for port in side.ports]
+    if isinstance(side.healthcheck, str):
+        service["healthcheck"] = _check(["CMD", "python", "-c", PROBE, side.healthcheck], "2s")
+    elif side.healthcheck is not None:
+        service["healthcheck"] = _check(["CMD", "python", "-c", PROBE_TCP, str(side.healthcheck)], "2s")
+    else:
+        service["healthcheck"] = {"disable": True}
+    service["depends_on"] = _completed("prepare")  # the dirs handed to the user first
+    return service
+
+
+def _role(role: Role, images: _Images, env: dict[str, str], volumes: list[str], one_shots: list[str],
+          sidecars: dict[str, dict[str, str]]) -> dict:
     image = images.heavy() if role.heavy else images.mesh()
     service: dict[str, Any] = {**image, **_hardened(), "restart": RESTART, "stop_grace_period": STOP_GRACE}
     if role.kind == "rq":
@@ -153,7 +200,7 @@ def _role(role: Role, images: _Images, env: dict[str, str], volumes: list[str], 
     else:
         service["command"] = role.argv
     service |= {"environment": dict(env), "volumes": list(volumes)}
-    depends = _healthy("redis") | _completed(*one_shots)
+    depends = _healthy("redis") | _completed(*one_shots) | sidecars
     if role.kind == "source":  # others wait for these two: checked often
         service["healthcheck"] = _health(SOURCE_PORT, "2s")
     elif role.kind == "manager":
@@ -228,12 +275,12 @@ def render(spec_path: str | Path) -> str:
     return dump(compose(load_pipeline(path), rel))
 
 
-# The committed files (compose/ in the repository): file name -> spec, relative to the repository root. signup is
-# left out: its workers need SMTP/SMS sinks (examples/signup/sinks.py listens on 127.0.0.1 only) and a secret.
+# The committed files (compose/ in the repository): file name -> spec, relative to the repository root.
 COMMITTED = {
     "docker-compose.yml": "examples/images/pipeline.yaml",
     "wordcount.yml": "examples/wordcount/pipeline.yaml",
     "thumbnailer.yml": "examples/thumbnailer/pipeline.yaml",
+    "signup.yml": "examples/signup/pipeline.yaml",  # its sinks as a sidecar, SIGNUP_SECRET from the environment
 }
 
 

@@ -4,6 +4,7 @@ to services the way DESIGN.md's "one spec, three renderings" says (the local run
 from __future__ import annotations
 
 import copy
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from services.render.roles import MESH_IMAGE, role_env, worker_image
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES, WORDCOUNT = "examples/images/pipeline.yaml", "examples/wordcount/pipeline.yaml"
+SIGNUP = "examples/signup/pipeline.yaml"
 NOT_ROLES = {"redis", "prepare", "generate", "prometheus", "grafana"}
 REGENERATE = "regenerate with: python -m services.render (or batchmesh render compose --all), then commit compose/"
 
@@ -181,7 +183,15 @@ def test_spec_outside_examples_is_refused() -> None:
 
 
 def test_containers_section_is_validated(tmp_path: Path) -> None:
-    for bad in ({"extras": ["gpu"]}, {"generate": []}, {"prepare": ["x"]}):
+    sidecar = {"command": ["python", "x.py"]}
+    for bad in ({"extras": ["gpu"]}, {"generate": []}, {"prepare": ["x"]}, {"env": {"REDIS_URL": "x"}},
+                {"env": {"BATCHMESH_PIPELINE": "x"}}, {"env": {"1X": "x"}}, {"env": {"X": "${Y"}},
+                {"env": {"X": "costs 5$"}}, {"env": {"X": "${A:-${B}}"}}, {"services": {"redis": sidecar}},
+                {"services": {"worker-x": sidecar}}, {"services": {"Bad": sidecar}}, {"services": {"s": {}}},
+                {"services": {"s": {"command": []}}}, {"services": {"s": {**sidecar, "image": "grafana"}}},
+                {"services": {"s": {**sidecar, "ports": [70000]}}}, {"services": {"s": {**sidecar, "x": 1}}},
+                {"services": {"s": {**sidecar, "healthcheck": "ftp://x"}}},
+                {"services": {"s": {**sidecar, "env": {"REDIS_URL": "x"}}}}):
         data = copy.deepcopy(spec(WORDCOUNT))
         data["containers"] = bad
         path = tmp_path / "p.yaml"
@@ -198,3 +208,71 @@ def test_cli_prints_and_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["render", "compose", IMAGES, "-o", str(out)]) == 0
     assert out.read_text() == (ROOT / "compose" / "docker-compose.yml").read_text()
     assert main(["render", "compose"]) == 2
+
+
+def test_a_jsonl_source_reads_its_file_in_the_input_dir() -> None:
+    services = render.compose(load_pipeline(ROOT / SIGNUP), SIGNUP)["services"]
+    command = services["source"]["command"]
+    assert command[command.index("--input") + 1] == "/data/input/signups.jsonl"  # the spec's file name
+    script, _, *argv = services["generate"]["command"]
+    assert "-name signups.jsonl" in script  # skipped while that file is there
+    assert argv[:3] == ["python", "examples/signup/generate.py", "/data/input/signups.jsonl"]
+
+
+def test_containers_env_reaches_every_role_and_the_secret_stays_in_the_users_environment(monkeypatch) -> None:
+    secret = secrets.token_hex(24)
+    monkeypatch.setenv("SIGNUP_SECRET", secret)
+    text = render.render(ROOT / SIGNUP)
+    assert secret not in text and secret not in (ROOT / "compose" / "signup.yml").read_text()
+    doc = yaml.safe_load(text)
+    pipeline = load_pipeline(ROOT / SIGNUP)
+    roles = role_services(doc)
+    roles.pop("sinks")
+    assert {"source", "manager", "router-zones", "worker-verify-0", "worker-welcome-sms"} <= set(roles)
+    for name, svc in roles.items():
+        env = svc["environment"]
+        assert env["SIGNUP_SECRET"].startswith("${SIGNUP_SECRET:?set SIGNUP_SECRET"), name  # refused without
+        assert env["SIGNUP_SMTP_HOST"] == "sinks" and env["SIGNUP_WEBHOOK_URL"] == "http://sinks:8026/sms", name
+        assert env == role_env(pipeline, render.REDIS_URL, "/data/out") | {"BATCHMESH_METRICS_PORT": "9400"} | {
+            k: env[k] for k in pipeline.containers.env}, name  # the mesh's own variables untouched
+    for name in ("redis", "prepare", "generate", "sinks", "prometheus", "grafana"):
+        assert "SIGNUP_SECRET" not in yaml.safe_dump(doc["services"][name]), name
+    assert "SIGNUP_SECRET" not in yaml.safe_dump(render.compose(load_pipeline(ROOT / WORDCOUNT), WORDCOUNT))
+
+
+def test_sidecar_runs_beside_the_roles_unpublished_and_healthy_first() -> None:
+    doc = render.compose(load_pipeline(ROOT / SIGNUP), SIGNUP)
+    sinks = doc["services"]["sinks"]
+    assert sinks["entrypoint"] == ["python", "examples/signup/sinks.py", "--host", "0.0.0.0", "--smtp-port", "8025",
+                                   "--webhook-port", "8026", "--record", "/data/out/sinks"]
+    assert "command" not in sinks and "ports" not in sinks and "environment" not in sinks
+    assert sinks["image"] == worker_image(["signup"]) and sinks["pull_policy"] == "never"  # generate builds it
+    assert sinks["user"] == "${BATCHMESH_UID:-1000}:${BATCHMESH_GID:-1000}" and sinks["read_only"] is True
+    assert sinks["cap_drop"] == ["ALL"] and sinks["security_opt"] == ["no-new-privileges:true"]
+    assert sinks["working_dir"] == "/app" and "${BATCHMESH_OUTPUT:-../out/signup}:/data/out" in sinks["volumes"]
+    assert sinks["healthcheck"]["test"][-1] == "http://127.0.0.1:8026/healthz"
+    assert sinks["depends_on"] == {"prepare": {"condition": "service_completed_successfully"}}
+    for name, svc in role_services(doc).items():
+        if name != "sinks":
+            assert svc["depends_on"]["sinks"] == {"condition": "service_healthy"}, name
+    assert list(doc["services"]).index("sinks") < list(doc["services"]).index("source")
+
+
+def test_sidecar_ports_healthchecks_and_image_families() -> None:
+    data = spec(WORDCOUNT)
+    data["containers"]["services"] = {
+        "gateway": {"command": ["python", "-m", "http.server", "9000"], "ports": [9000],
+                    "healthcheck": 9000, "env": {"TOKEN": "${GATEWAY_TOKEN:-dev}"}},
+        "plain": {"command": ["sleep", "infinity"], "image": "worker"},
+    }
+    services = rendered(data)["services"]
+    gateway, plain = services["gateway"], services["plain"]
+    assert gateway["ports"] == ["127.0.0.1:${BATCHMESH_GATEWAY_9000_PORT:-9000}:9000"]
+    assert gateway["healthcheck"]["test"][:3] == ["CMD", "python", "-c"]
+    assert gateway["healthcheck"]["test"][-1] == "9000" and "create_connection" in gateway["healthcheck"]["test"][3]
+    assert gateway["environment"] == {"TOKEN": "${GATEWAY_TOKEN:-dev}"}
+    assert plain["healthcheck"] == {"disable": True}  # not the image's `batchmesh probe`
+    assert plain["image"] == MESH_IMAGE  # no extras: the work stages' image is the mesh image
+    assert services["worker-map-0"]["depends_on"]["gateway"] == {"condition": "service_healthy"}
+    assert services["worker-map-0"]["depends_on"]["plain"] == {"condition": "service_started"}
+    assert "gateway" not in services["generate"].get("depends_on", {})
