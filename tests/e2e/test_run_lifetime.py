@@ -111,15 +111,23 @@ def kill_leftovers(marker: str) -> None:
             pass
 
 
-@pytest.mark.parametrize("how,expected", [("SIGINT", 130), ("SIGTERM", 143), ("timeout", 3), ("SIGKILL", -9)])
-def test_an_interrupted_run_leaves_nothing_behind(tmp_path: Path, how: str, expected: int) -> None:
+EXITS = {"SIGINT": 130, "SIGTERM": 143, "timeout": 3, "SIGKILL": -9}
+
+
+@pytest.mark.parametrize("executor,how", [("stream", "SIGINT"), ("stream", "SIGTERM"), ("stream", "timeout"),
+                                          ("stream", "SIGKILL"), ("process", "SIGKILL"), ("rq", "SIGTERM"),
+                                          ("rq", "SIGKILL")])
+def test_an_interrupted_run_leaves_nothing_behind(tmp_path: Path, executor: str, how: str) -> None:
     # After the runner is SIGKILLed nobody is left to find a process that set up a session of its own (the
     # documented limit): that case runs without one.
-    pipeline, marker, _ = write_pipeline(tmp_path, escape=how != "SIGKILL")
+    expected = EXITS[how]
+    pipeline, marker, _ = write_pipeline(tmp_path, executor=executor, escape=how != "SIGKILL")
     run = start(tmp_path, pipeline, *(["--timeout", "6"] if how == "timeout" else []))
     try:
-        # both items' commands, their children in the group and their own-session children
-        wait_for(lambda: len(with_marker(marker)) >= (6 if how != "SIGKILL" else 4), 20, "the commands")
+        # the items' commands (rq's one worker runs one at a time), their children in the group and in sessions of
+        # their own
+        expect = (1 if executor == "rq" else 2) * (2 if how == "SIGKILL" else 3)
+        wait_for(lambda: len(with_marker(marker)) >= expect, 20, "the commands")
         assert item_dirs(tmp_path), "the workers keep their item files in the run's TMPDIR"
         if how != "timeout":
             run.send_signal(getattr(signal, how))
