@@ -1,5 +1,6 @@
-"""`batchmesh …`: parses arguments and calls the library. Exit codes: 0 done, 1 items dead-lettered or a role
-failed, 2 bad usage or a bad pipeline spec."""
+"""`batchmesh …`: parses arguments and calls the library. Exit codes: 0 done, 1 items dead-lettered or skipped by
+the source, or a role failed, 2 bad usage or a bad pipeline spec (every error, one line each), 3 `run --timeout`
+passed before the batch was done."""
 
 from __future__ import annotations
 
@@ -36,8 +37,32 @@ def _settings(pipeline: Pipeline, **extra: Any) -> Settings:
     return Settings(pipeline=pipeline.name, **extra)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("batchmesh")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
+
+
+def _preflight(pipeline: Pipeline, input_given: bool) -> None:
+    """What the spec names must exist here (source, plugin files, commands): every problem on stderr, one line
+    each, then exit 2; warnings (a predicate that is not boolean on sampled items...) on stderr too."""
+    from services.runner.preflight import check
+
+    found = check(pipeline, input_given=input_given)
+    for where, why in found.warnings:
+        print(f"batchmesh: warning: {where}: {why}", file=sys.stderr)
+    for where, why in found.errors:
+        print(f"batchmesh: {where}: {why}", file=sys.stderr)
+    if found.errors:
+        raise SystemExit(EXIT_USAGE)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    pipeline = _load(args.pipeline)
+    pipeline = _load(args.pipeline, args.input)
+    _preflight(pipeline, input_given=bool(args.input))
     stages = ", ".join(f"{name} ({stage.kind})" for name, stage in pipeline.stages.items())
     print(f"{args.pipeline}: valid pipeline {pipeline.name!r}: {stages}")
     return 0
@@ -55,6 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from services.runner import run_pipeline
 
     pipeline = _load(args.pipeline, args.input)
+    _preflight(pipeline, input_given=True)  # before anything starts: a missing --input is one line, exit 2
     signal.signal(signal.SIGTERM, _interrupt)  # like Ctrl-C: the run stops every role it started before it exits
     return run_pipeline(pipeline, Path(args.pipeline), Path(args.out), timeout=args.timeout,
                         input_path=args.input, quiet=args.quiet, watch=args.watch)
@@ -72,6 +98,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     from services.runner import dlq_list, dlq_replay
 
     pipeline = _load(args.pipeline)
+    if args.stage is not None and args.stage not in pipeline.stages:
+        raise SpecError("--stage", f"no stage {args.stage!r} in {args.pipeline} (stages: {', '.join(pipeline.stages)})")
     settings = Settings(pipeline=pipeline.name)
     if args.action == "list":
         for letter in dlq_list(pipeline, settings, args.stage):
@@ -160,7 +188,9 @@ def cmd_render_compose(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="batchmesh", description=__doc__)
+    parser = argparse.ArgumentParser(prog="batchmesh", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"batchmesh {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a whole pipeline locally, each role its own process")
@@ -173,8 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep running: the next batches as the pipeline's schedule starts them (Ctrl-C ends)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("validate", help="check a pipeline spec; exit 2 with the bad field's path if invalid")
+    p = sub.add_parser("validate", help="check a pipeline spec; exit 2 with every bad field's path if invalid")
     p.add_argument("pipeline")
+    p.add_argument("--input", help="check this source path (replaces the source's path) and sample its items")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("status", help="progress of a pipeline as JSON")

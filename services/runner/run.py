@@ -25,7 +25,7 @@ from services.manager.report import done_in
 from services.render.roles import manager_args, role_env, router_args, rq_argv, source_args, worker_args
 
 from .supervisor import Supervisor, free_port
-from .view import RunView
+from .view import RunView, filter_notes
 
 log = logging.getLogger(__name__)
 EXIT_DEAD, EXIT_TIMEOUT = 1, 3
@@ -174,6 +174,8 @@ def _watch(client: redis.Redis, pipeline: Pipeline, path: Path, supervisor: Supe
     snap = status(client, pipeline)
     dead = _dead_letters(client, pipeline, None)
     RunView([], quiet=True).summary(snap, dead, str(out_dir))
+    for note in filter_notes(snap, baseline):
+        RunView([], quiet=True).console.print(note)
     skipped = int(snap["batch"].get("source_skipped", 0))  # records the source could not serve: not processed
     return EXIT_DEAD if snap["counts"].get("dead", 0) or skipped else 0
 

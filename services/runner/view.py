@@ -9,6 +9,26 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+# The summary's item states; "failed" items failed their last attempt and wait for a retry (attempts that failed,
+# retried or not, are the bar's "failed attempts").
+STATE_LABELS = {"failed": "failed (awaiting a retry)"}
+
+
+def filter_notes(status: dict[str, Any], baseline: dict[str, dict[str, int]]) -> list[str]:
+    """A filter that dropped every item it saw in this run says so (a predicate that is null for every item,
+    like `!data.secret`, read by JMESPath as `(!data).secret`, drops everything silently otherwise)."""
+    notes = []
+    for name, now in status["stages"].items():
+        if now.get("kind") != "filter":
+            continue
+        before = baseline.get(name, {})
+        kept = int(now.get("out", 0) or 0) - int(before.get("out", 0) or 0)
+        dropped = int(now.get("filtered", 0) or 0) - int(before.get("filtered", 0) or 0)
+        if dropped and not kept:
+            notes.append(f"filter {name!r} dropped every item ({dropped} of {dropped}): check its `where` "
+                         "(`batchmesh validate` samples it)")
+    return notes
+
 
 class RunView:
     def __init__(self, stages: list[str], quiet: bool = False) -> None:
@@ -27,27 +47,37 @@ class RunView:
         self.progress.stop()
 
     def update(self, status: dict[str, Any], baseline: dict[str, dict[str, int]]) -> None:
-        total = int(status["batch"].get("new", 0) or 0)  # dispatched in this batch; done ones are skipped
+        """Per stage: done = items it finished in this run (passed on, dropped by a filter, dead-lettered) out of
+        its total: the batch's new items for a stage reading the source, else what reached it so far (done +
+        backlog: a shard's share, a filter's kept items downstream). `failed attempts`: each one
+        retried, or dead-lettered at the last; the summary's "failed" items are those awaiting a retry."""
+        new = int(status["batch"].get("new", 0) or 0)  # dispatched in this batch; done ones are skipped
         for name, task in self.tasks.items():
             now, before = status["stages"].get(name, {}), baseline.get(name, {})
-            done = sum(int(now.get(k, 0)) - int(before.get(k, 0)) for k in ("out", "dead"))
-            detail = f"failed {int(now.get('failed', 0)) - int(before.get('failed', 0))}  " \
-                     f"dead {int(now.get('dead', 0)) - int(before.get('dead', 0))}  backlog {now.get('backlog', 0)}"
-            self.progress.update(task, completed=done, total=max(total, done) or None, detail=detail)
+
+            def delta(key: str, now: dict[str, Any] = now, before: dict[str, Any] = before) -> int:
+                return int(now.get(key, 0) or 0) - int(before.get(key, 0) or 0)
+
+            done = delta("out") + delta("dead") + delta("filtered")
+            from_source = "source" in (now.get("inputs") or [])
+            total = new if from_source else done + int(now.get("backlog", 0) or 0)
+            parts = [f"kept {delta('out')} dropped {delta('filtered')}"] if now.get("kind") == "filter" else []
+            parts += [f"failed attempts {delta('failed')}", f"dead {delta('dead')}", f"backlog {now.get('backlog', 0)}"]
+            self.progress.update(task, completed=done, total=max(total, done) or None, detail="  ".join(parts))
 
     def summary(self, status: dict[str, Any], dead: list[dict[str, Any]], out_dir: str) -> None:
         table = Table(title=f"pipeline {status['pipeline']}", title_justify="left")
         for column in ("state", "items"):
             table.add_column(column, justify="right" if column == "items" else "left")
         for state, n in status["counts"].items():
-            table.add_row(state, str(n))
+            table.add_row(STATE_LABELS.get(state, state), str(n))
         self.console.print(table)
         if dead:
             errors = Table(title="dead-lettered", title_justify="left")
             for column in ("stage", "item", "reason"):
                 errors.add_column(column, overflow="fold")
             for letter in dead[:20]:
-                errors.add_row(letter["stage"], str(letter["item"]), letter["reason"][-200:])
+                errors.add_row(escape(letter["stage"]), escape(str(letter["item"])), escape(letter["reason"][-200:]))
             self.console.print(errors)
             self.console.print(f"{len(dead)} item(s) dead-lettered: `batchmesh dlq list` / `batchmesh dlq replay`")
         self._source_skipped(status["batch"])
