@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from services.render.roles import MESH_IMAGE, worker_image
+
 ROOT = Path(__file__).resolve().parents[2]
-IMAGES = {  # tag -> Dockerfile, both built from the repository root
-    "batchmesh:0.1.0": "services/Dockerfile",
-    "batchmesh-worker:0.1.0": "services/workers/Dockerfile",
+VIDEO_WORKER = worker_image(["video"])  # what compose/thumbnailer.yml builds: ffmpeg, no OpenCV
+IMAGES = {  # tag -> (Dockerfile, build args), built from the repository root like Compose builds them
+    MESH_IMAGE: ("services/Dockerfile", {}),
+    VIDEO_WORKER: ("services/workers/Dockerfile", {"EXTRAS": "video"}),
 }
 
 
@@ -36,15 +39,17 @@ def docker_client() -> Iterator[object]:
 
 def build(client: object, tag: str) -> str:
     """Build `tag` from its Dockerfile (the engine's layer cache makes a rebuild of an unchanged tree ~1 s)."""
-    client.images.build(path=str(ROOT), dockerfile=IMAGES[tag], tag=tag, rm=True)  # type: ignore[attr-defined]
+    dockerfile, args = IMAGES[tag]
+    client.images.build(path=str(ROOT), dockerfile=dockerfile, buildargs=args, tag=tag,  # type: ignore[attr-defined]
+                        rm=True)
     return tag
 
 
 @pytest.fixture(scope="session")
 def mesh_image(docker_client: object) -> str:
-    return build(docker_client, "batchmesh:0.1.0")
+    return build(docker_client, MESH_IMAGE)
 
 
 @pytest.fixture(scope="session")
 def worker_image(docker_client: object) -> str:
-    return build(docker_client, "batchmesh-worker:0.1.0")
+    return build(docker_client, VIDEO_WORKER)

@@ -28,9 +28,10 @@ from services.core.spec import load_pipeline
 from services.manager.diff import Dispatcher
 from services.manager.executors import StageContext, stage_settings
 from services.manager.executors.docker import LABEL, DockerExecutor, container_name, project_containers
+from services.render.roles import worker_image as worker_image_tag
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGE = "batchmesh-worker:0.1.0"
+IMAGE = worker_image_tag(["video"])  # the image the worker_image fixture builds (ffmpeg, no OpenCV)
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
