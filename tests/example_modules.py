@@ -12,6 +12,9 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def load_example(example: str, name: str) -> ModuleType:
+    from services.workers.registry import public_api_importable
+
+    public_api_importable()  # the examples import `batchmesh`, the public API
     key = f"{example}_{name}"
     if key not in sys.modules:
         spec = importlib.util.spec_from_file_location(key, EXAMPLES / example / f"{name}.py")

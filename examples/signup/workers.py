@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 import httpx
 
-from services.workers import worker
+from batchmesh import worker
 
 log = logging.getLogger("signup.workers")
 

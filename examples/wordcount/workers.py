@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from services.workers import worker
+from batchmesh import worker
 
 WORD = re.compile(r"[^\W_]+")
 DELAY_S = float(os.environ.get("WORDCOUNT_DELAY_MS", "0")) / 1000  # a slower map, to watch (or kill) it mid-run

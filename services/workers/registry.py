@@ -70,12 +70,27 @@ def resolve(name: str) -> WorkerFn:
     return target
 
 
-def load_plugins(plugins: list[str]) -> None:
-    """Import the modules a pipeline names under `plugins:` so their @worker functions register: a dotted module
-    name, or a path to a .py file (relative to the working directory). Loaded once per process."""
+def public_api_importable() -> None:
+    """Plugins import the public API by the distribution's name (`from batchmesh import worker`). From a source
+    tree installed before the `batchmesh` package existed (an editable install maps only `services`), make it
+    importable from beside `services`; otherwise (installed, or already importable) nothing changes."""
     import importlib.util
     import sys
 
+    if importlib.util.find_spec("batchmesh") is None:
+        root = Path(__file__).resolve().parents[2]
+        if (root / "batchmesh" / "__init__.py").is_file():
+            sys.path.append(str(root))
+
+
+def load_plugins(plugins: list[str]) -> None:
+    """Import the modules a pipeline names under `plugins:` so their @worker functions register: a dotted module
+    name, or a path to a .py file (the spec resolves a relative path against its own directory first, then the
+    working directory: core.spec.spec_relative). Loaded once per process."""
+    import importlib.util
+    import sys
+
+    public_api_importable()
     for plugin in plugins:
         if not plugin.endswith(".py"):
             importlib.import_module(plugin)

@@ -22,8 +22,8 @@ from typing import Any
 
 import cv2
 
+from batchmesh import worker
 from services.core import Settings
-from services.workers import worker
 
 from . import detectors, faces, plates, vehicles  # noqa: F401  (plates/vehicles/faces register detectors)
 from .blur import anonymise
