@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from services.core import lifeline
 from services.core.logs import setup_logging
 from services.core.settings import Settings
@@ -271,6 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(f"batchmesh: invalid pipeline: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except redis.RedisError as exc:  # a Redis state is never a traceback: one line, what is wrong, what to do
+        from services.core.redis_errors import explain
+
+        settings = Settings()
+        message, code = explain(exc, settings.redis_url, settings.data_dir.resolve() / "redis")
+        print(f"batchmesh: {message}", file=sys.stderr)
+        return code
     except Terminated:
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:

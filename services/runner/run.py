@@ -16,6 +16,7 @@ import httpx
 import redis
 
 from services.core import Keys, Settings, list_dead_letters, redis_url
+from services.core.embedded import redact, wait_loaded
 from services.core.health import RoleHealth
 from services.core.reconnect import TRANSIENT, Backoff
 from services.core.results import results
@@ -34,7 +35,9 @@ EXIT_DEAD, EXIT_TIMEOUT = 1, 3
 @contextmanager
 def connect(settings: Settings) -> Iterator[redis.Redis]:
     with redis_url(settings.redis_url, settings.data_dir / "redis") as url:
-        yield redis.Redis.from_url(url)
+        client = redis.Redis.from_url(url)
+        wait_loaded(client, redact(url))  # a Redis loading its AOF answers every command with BusyLoadingError
+        yield client
 
 
 def pipeline_status(pipeline: Pipeline, settings: Settings) -> dict[str, Any]:
@@ -113,6 +116,7 @@ def run_pipeline(pipeline: Pipeline, path: Path, out_dir: Path, *, timeout: floa
     out_dir.mkdir(parents=True, exist_ok=True)
     with redis_url(settings.redis_url, settings.data_dir / "redis") as url:
         client = redis.Redis.from_url(url)
+        wait_loaded(client, redact(url))
         bin_dir = str(Path(sys.executable).parent)  # commands like [python, x.py] find this environment first
         env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
                **role_env(pipeline, url, str(out_dir.resolve()))}  # the same as in compose (services/render)
@@ -150,10 +154,14 @@ def _watch(client: redis.Redis, pipeline: Pipeline, path: Path, supervisor: Supe
             while True:
                 try:
                     snap: dict[str, Any] | None = status(client, pipeline)
+                    if not health.redis_ok:
+                        view.console.print("Redis back; carrying on")
                     health.redis_up()
                     backoff.reset()
                 except TRANSIENT as exc:  # Redis restarting: wait, still watching the roles and the clock
-                    health.redis_down(exc)
+                    if health.redis_down(exc):  # once per outage
+                        view.console.print(f"Redis unreachable at {_url_of(client)} ({type(exc).__name__}), "
+                                           "retrying")
                     snap = None
                 if snap is not None:
                     view.update(snap, baseline)
@@ -184,6 +192,11 @@ def _source_skipped(client: redis.Redis, pipeline: Pipeline) -> dict[str, Any]:
     """The records the source could not serve in the current batch: a count and the first of them."""
     raw = client.hmget(Keys(pipeline.name).batch(), "source_skipped", "source_skipped_records")
     return {"count": int(raw[0] or 0), "records": json.loads(raw[1] or "[]")}
+
+
+def _url_of(client: redis.Redis) -> str:
+    kw = client.get_connection_kwargs()
+    return f"redis://{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
 
 
 def _write_manifest(client: redis.Redis, pipeline: Pipeline, out_dir: Path) -> None:
