@@ -107,8 +107,44 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         for letter in dlq_list(pipeline, settings, args.stage):
             print(json.dumps(letter))
         return 0
-    moved = dlq_replay(pipeline, settings, args.stage, args.id or None)
+    moved, lines = dlq_replay(pipeline, settings, args.stage, args.id or None)
+    for line in lines:
+        print(line, file=sys.stderr)
     print(f"replayed {moved} item(s); run the pipeline (or let its workers run) to process them", file=sys.stderr)
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    """Delete every key of the pipeline (its progress, versions, results, dead letters, barrier state): the next
+    run processes everything anew. Output files are left alone."""
+    from services.core import Keys
+    from services.runner.lifecycle import alive_roles, pipeline_keys, reset
+    from services.runner.run import connect
+
+    pipeline = _load(args.pipeline)
+    settings = Settings(pipeline=pipeline.name)
+    with connect(settings) as client:
+        keys = Keys(pipeline.name)
+        alive = alive_roles(client, pipeline, settings)
+        if alive and not args.force:
+            roles = ", ".join(f"{stage} ({n})" for stage, n in alive.items())
+            print(f"batchmesh reset: pipeline {pipeline.name!r} is in use: live consumers at {roles}; stop the run "
+                  f"first (or --force)", file=sys.stderr)
+            return 1
+        found = sum(1 for _ in pipeline_keys(client, keys))
+        if not args.yes:
+            if not sys.stdin.isatty():
+                print(f"batchmesh reset: would delete {found} key(s) of pipeline {pipeline.name!r}; stdin is not a "
+                      f"terminal: confirm with --yes", file=sys.stderr)
+                return EXIT_USAGE
+            answer = input(f"delete {found} key(s) of pipeline {pipeline.name!r} (progress, results, dead letters)? "
+                           f"[y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("batchmesh reset: nothing deleted", file=sys.stderr)
+                return 1
+        removed = reset(client, keys)
+    print(f"reset pipeline {pipeline.name!r}: {removed} key(s) removed; the next run processes every item anew",
+          file=sys.stderr)
     return 0
 
 
@@ -220,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", help="only this stage (default: every stage)")
     p.add_argument("--id", action="append", help="replay only this dead-letter entry id (repeatable)")
     p.set_defaults(func=cmd_dlq)
+
+    p = sub.add_parser("reset", help="delete a pipeline's state in Redis (progress, results, dead letters): the "
+                                     "next run starts over")
+    p.add_argument("pipeline")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask (scripts); without it a non-terminal "
+                                                            "stdin is refused (exit 2)")
+    p.add_argument("--force", action="store_true", help="even while consumers of the pipeline are alive")
+    p.set_defaults(func=cmd_reset)
 
     p = sub.add_parser("source", help="role: the source ambassador (REST API v1)")
     p.add_argument("--pipeline", required=True)

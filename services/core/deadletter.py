@@ -57,9 +57,10 @@ def add_dead_letter(
     )
 
 
-def list_dead_letters(client: Redis, keys: Keys, stage: str, count: int = 1000) -> list[DeadLetter]:
+def list_dead_letters(client: Redis, keys: Keys, stage: str, count: int = 1000, start: str = "-") -> list[DeadLetter]:
+    """The first `count` dead letters of a stage, from the entry id `start` on (a time: `<ms>-0`)."""
     out = []
-    for entry_id, fields in client.xrange(keys.dead_letters(stage), count=count):
+    for entry_id, fields in client.xrange(keys.dead_letters(stage), min=start, count=count):
         out.append(
             DeadLetter(
                 entry_id=entry_id.decode(),
@@ -79,13 +80,15 @@ def dead_letter_stages(client: Redis, keys: Keys) -> list[str]:
     return sorted(k.decode()[len(prefix):] for k in client.scan_iter(match=f"{prefix}*", count=1000))
 
 
-def replay(client: Redis, keys: Keys, stage: str, entry_ids: list[str] | None = None) -> int:
+def replay(client: Redis, keys: Keys, stage: str, entry_ids: list[str] | None = None,
+           replayed: list[WorkItem] | None = None) -> int:
     """Put dead letters back on the stream they came from, with a fresh delivery budget. Returns how many.
 
     Each move (XADD back, XDEL from the dead-letter stream, state back to queued) is one transaction, so an
     entry is never both replayed and still dead-lettered. The replay is addressed to `stage`: other stages reading
     the same stream already had the item. Malformed items cannot be replayed and stay. A barrier that already
-    fired for the item's batch reports the replayed item as late."""
+    fired for the item's batch folds the replayed item as late (router.barrier). Each item put back is appended to
+    `replayed` if given."""
     progress = Progress(client, keys)
     moved = 0
     for letter in list_dead_letters(client, keys, stage, count=100_000):
@@ -104,4 +107,6 @@ def replay(client: Redis, keys: Keys, stage: str, entry_ids: list[str] | None = 
             pipe.srem(keys.batch_dead(item.batch, stage), item.id)
         pipe.execute()
         moved += 1
+        if replayed is not None:
+            replayed.append(item)
     return moved

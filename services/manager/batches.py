@@ -27,7 +27,7 @@ def announce(client: Redis, keys: Keys, batch: str) -> None:
     pipe.zremrangebyscore(keys.batches(), "-inf", time.time() - BATCH_TTL_S)  # their keys have expired
     pipe.zadd(keys.batches(), {batch: time.time()})
     pipe.delete(keys.batch())
-    pipe.hset(keys.batch(), mapping={"id": batch, "listed": 0, "new": 0, "complete": 0, "updated_at": now})
+    pipe.hset(keys.batch(), mapping={"id": batch, "listed": 0, "new": 0, "known": 0, "complete": 0, "updated_at": now})
     pipe.execute()
 
 

@@ -78,6 +78,7 @@ class Manager:
             if announced:  # the current batch shows its progress while it lists
                 pipe = self.client.pipeline(transaction=True)
                 pipe.hincrby(self.keys.batch(), "new", stats.new)
+                pipe.hincrby(self.keys.batch(), "known", stats.known)  # seen in an earlier batch: not work again
                 pipe.hset(self.keys.batch(), mapping={"listed": total.listed, "updated_at": f"{time.time():.3f}"})
                 pipe.execute()
         if announced:

@@ -106,6 +106,7 @@ def status(client: Redis, pipeline: Pipeline) -> dict[str, Any]:
                 entry["desired_replicas"] = desired_replicas(stage.body, entry["backlog"])
         elif name in barriers:
             entry["barrier"] = barrier_state(client, keys, name, batch["id"]) if batch.get("id") else None
+            entry["late"] = stats.get("late", 0)  # items folded after their batch fired, over every batch
         else:
             entry.update({k: stats[k] for k in ("filtered", "spilled") if k in stats})
         if name in rq_waiting:

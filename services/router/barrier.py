@@ -117,6 +117,13 @@ class Barrier:
     def idle(self, batch: str) -> None:
         """Called on every check of a batch not yet complete (a reduce writes its running aggregate)."""
 
+    def late(self, batch: str, n: int) -> None:
+        """Called after `n` items were folded into a batch that had already fired (a replay, a slow retry). They
+        count once each (the batch's set of ids in guards it) and show as the batch's `late` count; the output and
+        the batch-complete event are not sent again. A reduce rewrites its aggregate file."""
+        log.info("late items folded into a fired batch", extra={"event": "barrier.late", "stage": self.stage,
+                                                                "batch": batch, "items": n})
+
     # -- running -------------------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, health: RoleHealth | None = None) -> None:
@@ -165,11 +172,14 @@ class Barrier:
                     rejects.dead_letter(d, f"{self.kind}: {exc}")
         self.consumer.commit(rejects)  # dead-lettered items count as resolved for the barrier: before the check
         for batch, arrivals in by_batch.items():
-            fired = False
+            fired, late = False, 0
             for chunk in _chunks(arrivals):
-                fired = self._fold(batch, chunk) or fired
+                now_fired, now_late = self._fold(batch, chunk)
+                fired, late = fired or now_fired, late + now_late
             if fired:
                 self._finish(batch)
+            if late:
+                self.late(batch, late)
 
     def check_recent(self) -> None:
         """Re-check the recent batches and, every SWEEP_EVERY_S, every batch not yet emitted: an old batch (many
@@ -182,13 +192,14 @@ class Barrier:
             batch = batch.decode()
             if batch in self._done:
                 continue
-            if self._fold(batch, []):
+            if self._fold(batch, [])[0]:
                 self._finish(batch)
             else:
                 self.idle(batch)
 
-    def _fold(self, batch: str, arrivals: list[tuple[Delivery, Arrival]]) -> bool:
-        """Acknowledge and fold `arrivals` (possibly none), then fire if the batch is complete. True if fired."""
+    def _fold(self, batch: str, arrivals: list[tuple[Delivery, Arrival]]) -> tuple[bool, int]:
+        """Acknowledge and fold `arrivals` (possibly none), then fire if the batch is complete. Returns (fired, how
+        many of them were folded late: first arrived after the batch had fired)."""
         k = self.keys
         args: list[Any] = [self.stage, "" if self.plan.expected is None else self.plan.expected,
                            f"{time.time():.3f}", len(arrivals), *(d.entry_id for d, _ in arrivals)]
@@ -204,10 +215,10 @@ class Barrier:
         self._step(keys=keys, args=args, client=pipe)
         if arrivals and not self.emits_held:  # the items end here (a join releasing them passes them on)
             self.consumer.progress.mark([a.id for _, a in arrivals], DONE, pipe=pipe)
-        (folded, fired), *_ = pipe.execute()
+        (folded, fired, late), *_ = pipe.execute()
         if arrivals:
             self.consumer.m_out.inc(int(folded))
-        return bool(fired)
+        return bool(fired), int(late)
 
     def _finish(self, batch: str) -> None:
         """Emit the fired batch's output, once (a replica or a restart that races here finds it emitted)."""

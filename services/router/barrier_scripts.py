@@ -12,7 +12,9 @@ from __future__ import annotations
 #       op 'i' = an integer amount (HINCRBY, or HINCRBYFLOAT once the field holds a fraction), 'f' = a fraction.
 # An item is folded (or held) only the first time its id arrives: a duplicate from a retry or a reclaim changes
 # nothing. Then the barrier fires when the manifest is complete and every item of it arrived, was dead-lettered
-# upstream or was folded by a sibling. Returns {newly folded, fired (0/1)}.
+# upstream or was folded by a sibling. An item first arriving after the batch fired is late: folded all the
+# same (once per id), counted in the batch's `state` (`late`) and the stage's stats (`late`, every batch).
+# Returns {newly folded, fired (0/1), newly folded late}.
 STEP = """
 local stream, stats, seen, agg, held, state = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local n = tonumber(ARGV[4])
@@ -44,13 +46,16 @@ while i <= #ARGV do
   i = i + 3 + 3 * m
 end
 if folded > 0 then redis.call('HINCRBY', stats, 'out', folded) end
-if fired then return {folded, 1} end
+if fired then
+  if folded > 0 then redis.call('HINCRBY', stats, 'late', folded) end
+  return {folded, 1, folded}
+end
 
 local expected
 if ARGV[2] ~= '' then
   expected = tonumber(ARGV[2])
 else
-  if redis.call('HGET', KEYS[7], 'complete') ~= '1' then return {folded, 0} end
+  if redis.call('HGET', KEYS[7], 'complete') ~= '1' then return {folded, 0, 0} end
   expected = redis.call('SCARD', KEYS[8])
 end
 local arrived = redis.call('SCARD', seen)
@@ -63,9 +68,9 @@ if arrived < expected and #KEYS > 11 then
     redis.call('DEL', KEYS[9])
   end
 end
-if resolved < expected then return {folded, 0} end
+if resolved < expected then return {folded, 0, 0} end
 redis.call('HSET', state, 'fired', ARGV[3], 'expected', expected, 'arrived', arrived)
-return {folded, 1}
+return {folded, 1, 0}
 """
 
 # KEYS: 1 `state` hash, 2 output stream (= KEYS[4] when nobody reads it), 3 `held` hash, 4 pipeline events

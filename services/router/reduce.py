@@ -6,6 +6,7 @@ reducers merge in a reduce downstream of them: a sum of their objects, one parti
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import math
@@ -121,6 +122,34 @@ class Reduce(Barrier):
                                                                 "batch": batch})
             return
         self._write(data)
+        if barrier_state(self.client, self.keys, self.stage, batch)["late"]:  # folded while another replica emitted
+            self._rewrite(batch)
+
+    def late(self, batch: str, n: int) -> None:
+        """Late items are in the batch's aggregate in Redis already (folded once each): the file follows."""
+        super().late(batch, n)
+        self._rewrite(batch)
+
+    def _rewrite(self, batch: str) -> None:
+        """Write the fired batch's aggregate again with its late items and `"late": n` — unless the file holds
+        another batch's (a later batch wrote it: that one is the current result). Under a lock next to the file,
+        so of two replicas folding late items at once the last to write has read the most recent aggregate."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(f".{self.path.name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                held = json.loads(self.path.read_text()).get("batch")
+            except (OSError, ValueError, AttributeError):
+                held = None
+            if held not in (None, batch):
+                log.info("late items folded; the aggregate file holds a later batch: kept", extra={
+                    "event": "reduce.late_kept", "stage": self.stage, "batch": batch, "file_batch": held})
+                return
+            state = barrier_state(self.client, self.keys, self.stage, batch)
+            data = self.result(batch, {**self.summary(batch), "done": state["arrived"]}, final=True)
+            self._write({**data, "late": state["late"]})
 
     def idle(self, batch: str) -> None:
         """Write the running aggregate of a batch in progress, at most every `every` seconds, when it changed."""

@@ -50,21 +50,37 @@ def dlq_list(pipeline: Pipeline, settings: Settings, stage: str | None) -> list[
         return _dead_letters(client, pipeline, stage)
 
 
-def dlq_replay(pipeline: Pipeline, settings: Settings, stage: str | None, ids: list[str] | None) -> int:
+def dlq_replay(pipeline: Pipeline, settings: Settings, stage: str | None,
+               ids: list[str] | None) -> tuple[int, list[str]]:
+    """Put dead letters back. Returns how many, and what will happen to them: one line per stage and batch
+    (a barrier that already fired folds them as late items, runner.lifecycle)."""
     from services.core import replay
+
+    from .lifecycle import describe_replay
 
     with connect(settings) as client:
         keys = Keys(pipeline.name)
-        return sum(replay(client, keys, name, ids) for name in ([stage] if stage else pipeline.stages))
+        replayed: dict[str, list[Any]] = {}
+        for name in [stage] if stage else pipeline.stages:
+            replay(client, keys, name, ids, replayed=replayed.setdefault(name, []))
+        return sum(map(len, replayed.values())), describe_replay(client, pipeline, replayed)
 
 
-def _dead_letters(client: redis.Redis, pipeline: Pipeline, stage: str | None) -> list[dict[str, Any]]:
+def _dead_letters(client: redis.Redis, pipeline: Pipeline, stage: str | None, since: str = "-",
+                  count: int = 1000) -> list[dict[str, Any]]:
+    """Dead letters of a stage (default: every stage), those added since the entry id `since` only if given."""
     keys = Keys(pipeline.name)
     return [
         {"stage": d.stage, "id": d.entry_id, "item": d.item_id, "reason": d.reason, "deliveries": d.deliveries}
         for name in ([stage] if stage else pipeline.stages)
-        for d in list_dead_letters(client, keys, name)
+        for d in list_dead_letters(client, keys, name, count=count, start=since)
     ]
+
+
+def _redis_now(client: redis.Redis) -> str:
+    """Now as a stream entry id on Redis's clock: dead letters added later have ids at or after it."""
+    seconds, micros = client.time()
+    return f"{seconds * 1000 + micros // 1000}-0"
 
 
 def targets_path(settings: Settings, pipeline: str) -> Path:
@@ -129,6 +145,7 @@ def run_pipeline(pipeline: Pipeline, path: Path, out_dir: Path, *, timeout: floa
                              labels={"role": "source", "stage": ""})
             _wait_healthy(f"http://127.0.0.1:{port}/healthz", supervisor)
             client.delete(Keys(pipeline.name).batch())  # the previous run's "complete" must not end this one
+            since = _redis_now(client)  # dead letters from here on are this run's: they set the exit code
             baseline = status(client, pipeline)["stages"]
             _start_rq_workers(supervisor, pipeline)
             for name in pipeline.router_stages():
@@ -137,7 +154,7 @@ def run_pipeline(pipeline: Pipeline, path: Path, out_dir: Path, *, timeout: floa
                                  labels={"role": role, "stage": name})
             supervisor.start("manager", *manager_args(str(path), f"http://127.0.0.1:{port}"), port_flag="--port",
                              labels={"role": "manager", "stage": ""})
-            code = _watch(client, pipeline, path, supervisor, baseline, timeout, quiet, out_dir, watch)
+            code = _watch(client, pipeline, path, supervisor, baseline, timeout, quiet, out_dir, watch, since=since)
         finally:
             supervisor.stop_all()
         _write_manifest(client, pipeline, out_dir)
@@ -145,8 +162,10 @@ def run_pipeline(pipeline: Pipeline, path: Path, out_dir: Path, *, timeout: floa
 
 
 def _watch(client: redis.Redis, pipeline: Pipeline, path: Path, supervisor: Supervisor,
-           baseline: dict[str, Any], timeout: float, quiet: bool, out_dir: Path, watch: bool) -> int:
-    """Until the batch is done (with `watch`: until Ctrl-C, batch after batch as the schedule starts them)."""
+           baseline: dict[str, Any], timeout: float, quiet: bool, out_dir: Path, watch: bool,
+           since: str = "-") -> int:
+    """Until the batch is done (with `watch`: until Ctrl-C, batch after batch as the schedule starts them). The
+    exit code counts the dead letters of this run only (added since `since`): older ones are reported apart."""
     started = time.monotonic()
     with RunView(list(pipeline.stages), quiet=quiet) as view:
         try:
@@ -180,12 +199,13 @@ def _watch(client: redis.Redis, pipeline: Pipeline, path: Path, supervisor: Supe
             if not watch:
                 raise
     snap = status(client, pipeline)
-    dead = _dead_letters(client, pipeline, None)
-    RunView([], quiet=True).summary(snap, dead, str(out_dir))
+    dead = _dead_letters(client, pipeline, None, since=since, count=100_000)
+    older = sum(int(client.xlen(Keys(pipeline.name).dead_letters(name))) for name in pipeline.stages) - len(dead)
+    RunView([], quiet=True).summary(snap, dead, str(out_dir), older=older)
     for note in filter_notes(snap, baseline):
         RunView([], quiet=True).console.print(note)
     skipped = int(snap["batch"].get("source_skipped", 0))  # records the source could not serve: not processed
-    return EXIT_DEAD if snap["counts"].get("dead", 0) or skipped else 0
+    return EXIT_DEAD if dead or skipped else 0
 
 
 def _source_skipped(client: redis.Redis, pipeline: Pipeline) -> dict[str, Any]:

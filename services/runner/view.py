@@ -65,7 +65,8 @@ class RunView:
             parts += [f"failed attempts {delta('failed')}", f"dead {delta('dead')}", f"backlog {now.get('backlog', 0)}"]
             self.progress.update(task, completed=done, total=max(total, done) or None, detail="  ".join(parts))
 
-    def summary(self, status: dict[str, Any], dead: list[dict[str, Any]], out_dir: str) -> None:
+    def summary(self, status: dict[str, Any], dead: list[dict[str, Any]], out_dir: str, *, older: int = 0) -> None:
+        """`dead`: the dead letters of this run; `older`: how many from earlier runs remain."""
         table = Table(title=f"pipeline {status['pipeline']}", title_justify="left")
         for column in ("state", "items"):
             table.add_column(column, justify="right" if column == "items" else "left")
@@ -79,7 +80,11 @@ class RunView:
             for letter in dead[:20]:
                 errors.add_row(escape(letter["stage"]), escape(str(letter["item"])), escape(letter["reason"][-200:]))
             self.console.print(errors)
-            self.console.print(f"{len(dead)} item(s) dead-lettered: `batchmesh dlq list` / `batchmesh dlq replay`")
+            self.console.print(f"{len(dead)} dead-lettered in this run: `batchmesh dlq list` / `batchmesh dlq replay`")
+        if older:
+            self.console.print(f"{older} older dead letter(s) remain: `batchmesh dlq list`")
+        batch = status["batch"]
+        self.console.print(f"{batch['listed']} listed, {batch['known']} already done, {batch['new']} new")
         self._source_skipped(status["batch"])
         self.console.print(f"results: {out_dir}")
 
