@@ -127,6 +127,42 @@ def test_a_sigkilled_user_neither_stops_the_server_under_others_nor_keeps_it_ali
     assert not (data / "redis.url").exists() and not _redis_servers(data)
 
 
+def _keeper_pid(data: Path) -> int:
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"services.core.redis_lease" in argv and str(data.resolve()).encode() in argv:
+            return int(proc.name)
+    return 0
+
+
+def test_a_sigkilled_keeper_takes_its_server_along_and_the_next_user_restarts_it_on_the_same_port(
+        tmp_path: Path) -> None:
+    data, go = tmp_path / "redis", tmp_path / "go"
+    go.touch()
+    holder = _users(data, go, [30])[0]
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+    first = json.loads(holder.stdout.readline())
+    try:
+        keeper = _keeper_pid(data)
+        assert keeper
+        os.kill(keeper, signal.SIGKILL)
+        _wait("the server to follow its keeper (PR_SET_PDEATHSIG)", lambda: not _alive(first["pid"]), timeout_s=10)
+        later = _users(data, go, [0.5])[0]
+        out, err = later.communicate(timeout=30)
+        assert later.returncode == 0, err[-2000:]
+        report = json.loads(out.splitlines()[-1])
+        assert report["url"] == first["url"] and report["pid"] != first["pid"], "a new server on the same port"
+        assert _redis_servers(data) == [report["pid"]], "the holder still uses it: it stays"
+        assert redis.Redis.from_url(first["url"]).info("server")["process_id"] == report["pid"]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    _wait("the server to stop after its last user", lambda: not _redis_servers(data), timeout_s=10)
+
+
 def test_a_connection_error_in_the_body_is_the_bodys(tmp_path: Path) -> None:
     """The `generator didn't stop after throw()` bug: an error raised inside `with redis_url(...)` propagates
     as it is; no second server is started for it."""
