@@ -84,8 +84,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     pipeline = _load(args.pipeline, args.input)
     _preflight(pipeline, input_given=True)  # before anything starts: a missing --input is one line, exit 2
     signal.signal(signal.SIGTERM, _interrupt)  # like Ctrl-C: the run stops every role it started before it exits
-    return run_pipeline(pipeline, Path(args.pipeline), Path(args.out), timeout=args.timeout,
-                        input_path=args.input, quiet=args.quiet, watch=args.watch)
+    tail = None
+    if args.verbose:  # the roles' logs live: a worker's stderr (kept even when it succeeds), role events
+        from services.runner.tail import LogTail
+
+        tail = LogTail(Settings(pipeline=pipeline.name).data_dir / "logs" / pipeline.name).start()
+    try:
+        return run_pipeline(pipeline, Path(args.pipeline), Path(args.out), timeout=args.timeout,
+                            input_path=args.input, quiet=args.quiet, watch=args.watch)
+    finally:
+        if tail is not None:
+            tail.stop()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -237,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out", help="where results go (default: out)")
     p.add_argument("--timeout", type=float, default=0, help="give up after this many seconds (0 = never)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show the roles' logs live: workers' stderr (also of items that succeed), role events")
     p.add_argument("--watch", action="store_true",
                    help="keep running: the next batches as the pipeline's schedule starts them (Ctrl-C ends)")
     p.set_defaults(func=cmd_run)

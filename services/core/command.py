@@ -7,6 +7,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import json
+import logging
 import os
 import selectors
 import shutil
@@ -22,6 +23,8 @@ from . import lifeline
 from .item import WorkItem, encode_json
 
 STDERR_TAIL = 2000
+STDERR_LINES = 20  # of a successful command's stderr, kept in the role log
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,16 @@ def run_command(
     if proc.returncode != 0:
         tail = stderr.decode(errors="replace").strip()[-STDERR_TAIL:]
         return Outcome(False, reason=f"exit code {proc.returncode}: {tail}" if tail else f"exit code {proc.returncode}")
+    if stderr.strip():  # a successful worker's warnings are kept too (the role log; `batchmesh run -v` shows them)
+        log.info("worker stderr", extra={"event": "worker.stderr", "item": item.id, "command": argv[0],
+                                         "stderr": stderr_tail(stderr)})
     return Outcome(True, result=read_result(stdout, output_dir))
+
+
+def stderr_tail(stderr: bytes) -> str:
+    """The last STDERR_LINES lines (at most STDERR_TAIL characters) of a command's stderr."""
+    lines = stderr.decode(errors="replace").rstrip().splitlines()[-STDERR_LINES:]
+    return "\n".join(lines)[-STDERR_TAIL:]
 
 
 # Item files live in one private directory (mode 0700) per process, one file (mode 0600) per run: a directory per
