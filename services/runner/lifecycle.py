@@ -7,6 +7,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 from redis import Redis
 
@@ -55,6 +56,19 @@ def describe_replay(client: Redis, pipeline: Pipeline, replayed: dict[str, list[
                      for b in _barriers_reached(pipeline, stage)] if batch else []
             lines.append("; ".join([f"{n} item(s) of stage {stage} replayed into {where}", *fates]))
     return lines
+
+
+def late_notes(pipeline: Pipeline, status: dict[str, Any], baseline: dict[str, dict[str, Any]]) -> list[str]:
+    """What a run says about late items: per barrier, how many it folded in this run into batches that had
+    already fired (replayed items of an earlier run's batch), and what it did with them."""
+    notes = []
+    for name in pipeline.barrier_stages():
+        late = int(status["stages"].get(name, {}).get("late", 0)) - int(baseline.get(name, {}).get("late", 0))
+        if late > 0:
+            body, kind = pipeline.stages[name].body, pipeline.stages[name].kind
+            then = f": {body.write} rewritten with them" if kind == "reduce" and body.write else ""
+            notes.append(f"{kind} `{name}`: {late} late item(s) folded into a batch that had already fired{then}")
+    return notes
 
 
 def _pattern(keys: Keys) -> str:

@@ -25,6 +25,7 @@ from services.manager import status
 from services.manager.report import done_in
 from services.render.roles import manager_args, role_env, router_args, rq_argv, source_args, worker_args
 
+from .lifecycle import late_notes
 from .supervisor import Supervisor, free_port
 from .view import RunView, filter_notes
 
@@ -204,6 +205,8 @@ def _watch(client: redis.Redis, pipeline: Pipeline, path: Path, supervisor: Supe
     RunView([], quiet=True).summary(snap, dead, str(out_dir), older=older)
     for note in filter_notes(snap, baseline):
         RunView([], quiet=True).console.print(note)
+    for note in late_notes(pipeline, snap, baseline):
+        RunView([], quiet=True).console.print(note, markup=False, soft_wrap=True)
     skipped = int(snap["batch"].get("source_skipped", 0))  # records the source could not serve: not processed
     return EXIT_DEAD if dead or skipped else 0
 

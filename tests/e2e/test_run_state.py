@@ -133,6 +133,8 @@ def test_replay_after_the_reduce_fired_folds_the_item_late_and_rewrites_the_file
     after = run(world)
     assert after.returncode == 0, after.stderr[-3000:]
     assert "5 listed, 5 already done, 0 new" in after.stderr and "dead letter" not in after.stderr
+    assert ("reduce `total`: 1 late item(s) folded into a batch that had already fired: report.json rewritten with "
+            "them") in after.stderr
     late = report(world)
     assert late["batch"] == fired["batch"] and late["late"] == 1 and late["failed"] == [] and late["done"] == 5
     assert late["aggregate"]["files"] == 5 and late["aggregate"]["words"] == {
