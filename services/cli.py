@@ -48,12 +48,12 @@ def _version() -> str:
         return "unknown"
 
 
-def _preflight(pipeline: Pipeline, input_given: bool) -> None:
+def _preflight(pipeline: Pipeline, input_given: bool, require_source: bool = False) -> None:
     """What the spec names must exist here (source, plugin files, commands): every problem on stderr, one line
     each, then exit 2; warnings (a predicate that is not boolean on sampled items...) on stderr too."""
     from services.runner.preflight import check
 
-    found = check(pipeline, input_given=input_given)
+    found = check(pipeline, input_given=input_given, require_source=require_source or input_given)
     for where, why in found.warnings:
         print(f"batchmesh: warning: {where}: {why}", file=sys.stderr)
     for where, why in found.errors:
@@ -82,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from services.runner import run_pipeline
 
     pipeline = _load(args.pipeline, args.input)
-    _preflight(pipeline, input_given=True)  # before anything starts: a missing --input is one line, exit 2
+    _preflight(pipeline, input_given=bool(args.input), require_source=True)  # a missing input: one line, exit 2
     signal.signal(signal.SIGTERM, _interrupt)  # like Ctrl-C: the run stops every role it started before it exits
     tail = None
     if args.verbose:  # the roles' logs live: a worker's stderr (kept even when it succeeds), role events

@@ -31,11 +31,14 @@ class Findings:
     warnings: list[tuple[str, str]] = field(default_factory=list)
 
 
-def check(pipeline: Pipeline, *, input_given: bool, sample: int = SAMPLE) -> Findings:
-    """Every finding at once. A missing source is an error when `input_given` (the run's or validate's `--input`),
-    a warning for `validate` of a spec whose data is not there yet."""
+def check(pipeline: Pipeline, *, input_given: bool, require_source: bool | None = None,
+          sample: int = SAMPLE) -> Findings:
+    """Every finding at once. A missing source is an error when it is required (default: when `input_given`, the
+    `--input` of run or validate; a run always requires it), a warning for `validate` of a spec whose data is not
+    there yet."""
     found = Findings()
-    backend = _source(pipeline, found, input_given)
+    required = input_given if require_source is None else require_source
+    backend = _source(pipeline, found, required, "--input" if input_given else "source.path")
     _plugins(pipeline, found)
     _commands(pipeline, found)
     if backend is not None:
@@ -46,14 +49,13 @@ def check(pipeline: Pipeline, *, input_given: bool, sample: int = SAMPLE) -> Fin
     return found
 
 
-def _source(pipeline: Pipeline, found: Findings, required: bool) -> Any:
+def _source(pipeline: Pipeline, found: Findings, required: bool, where: str) -> Any:
     from services.source.server import build_backend
 
     src = pipeline.source
     try:
         return build_backend(src.type, path=src.path, glob=src.glob)  # the filter is sampled apart, below
     except ValueError as exc:
-        where = "--input" if required else "source.path"
         (found.errors if required else found.warnings).append((where, str(exc)))
         return None
 
