@@ -23,6 +23,9 @@ def explain(exc: redis.RedisError, configured: str | None, data_dir: Path) -> tu
     if isinstance(exc, redis.AuthenticationError | redis.AuthenticationWrongNumberOfArgsError):
         return (f"Redis at {where} refused the credentials ({detail}); check the user and password in REDIS_URL",
                 EXIT_CONFIG)
+    if isinstance(exc, redis.exceptions.InvalidResponse):
+        return (f"the server at {where} does not speak the Redis protocol ({detail}); check the host and port in "
+                "REDIS_URL", EXIT_CONFIG)
     if isinstance(exc, redis.BusyLoadingError):
         return f"Redis at {where} is still loading its dataset into memory; try again in a moment", EXIT_REDIS
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):

@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -256,3 +258,29 @@ def test_a_wrong_password_is_one_line(tmp_path: Path) -> None:
         assert "refused the credentials" in done.stderr and "wrong" not in done.stderr.replace("WRONGPASS", "")
     finally:
         server.stop()
+
+
+def test_a_server_that_is_not_redis_is_one_line(tmp_path: Path) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer_like_http() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(1000)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    threading.Thread(target=answer_like_http, daemon=True).start()
+    spec = ROOT / "examples" / "wordcount" / "pipeline.yaml"
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{port}/0", "BATCHMESH_DATA_DIR": str(tmp_path)}
+    try:
+        done = subprocess.run([sys.executable, "-m", "services.cli", "status", str(spec)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        listener.close()
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "does not speak the Redis protocol" in done.stderr and len(done.stderr.strip().splitlines()) == 1
