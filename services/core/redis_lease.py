@@ -185,9 +185,12 @@ def keep(data_dir: Path, persist: bool, port: int) -> int:
     """Start the server, say its URL on stdout, and stop it once no lease is held. Runs in its own process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     keeper_fd = _open(data_dir / KEEPER)
-    if not _try_lock(keeper_fd, fcntl.LOCK_EX):
-        print("error another keeper runs on this data directory", flush=True)
-        return 1
+    deadline = time.monotonic() + 10
+    while not _try_lock(keeper_fd, fcntl.LOCK_EX):  # a keeper whose server died may still be on its way out
+        if time.monotonic() > deadline:
+            print(f"error another keeper holds {data_dir / KEEPER} and does not exit", flush=True)
+            return 1
+        time.sleep(0.05)
     if old := _old_server(data_dir):
         _wait_gone(old)  # a dead keeper's server, shutting down on its SIGTERM: never two on the same files
     server = EmbeddedRedis(data_dir, persist=persist)
