@@ -75,8 +75,8 @@ def run_command(
         try:
             output = _communicate(proc, timeout)
         finally:
-            if proc.returncode is None:  # timed out, or interrupted: the whole group goes, then it is reaped
-                lifeline.kill_group(proc.pid)
+            if proc.returncode is None:  # timed out, or interrupted: its group and descendants go, then it is reaped
+                lifeline.kill_tree(proc.pid)
                 proc.communicate()
             with _running_lock:
                 _running.discard(proc.pid)
@@ -129,8 +129,8 @@ def stop_all() -> None:
     when the runner that started this role dies). The items themselves stay pending and are retried elsewhere."""
     with _running_lock:
         groups = list(_running)
-    for pgid in groups:
-        lifeline.kill_group(pgid)
+    for pid in groups:
+        lifeline.kill_tree(pid)  # its group, and descendants that left it (while it lives, they are found)
     path = _item_dirs.get(os.getpid())
     if path is not None:
         shutil.rmtree(path, ignore_errors=True)
@@ -182,6 +182,8 @@ def _communicate(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, 
                         chunks[key.fd].append(data)
                     else:  # EOF, or the process exited
                         selector.unregister(key.fd)
+                        if key.fd == pidfd:  # what it left in its group ends now (and lets go of the pipes)
+                            lifeline.kill_group(proc.pid)
     finally:
         os.close(pidfd)
     # What the command left running in its group ends with it: killed before the reap, while the group id cannot

@@ -1,23 +1,27 @@
 """Nothing a run started outlives it: the process-lifetime rules every role and the local runner follow.
 
-- An item's command runs in a process group of its own (core.command); when the command exits, times out or its
-  role stops, that whole group is SIGKILLed: a background job an item left behind ends with the item.
+- An item's command runs in a process group (a session) of its own (core.command). When it exits, that group is
+  SIGKILLed at once (a background job it left ends with it, and lets go of the output pipes); when it times out
+  or its role stops or dies with the runner, the command, every descendant and all their groups are SIGKILLed
+  (`kill_tree`: found while the command still lives, so a child that moved to a session of its own goes too).
 - A role started by `batchmesh run` is armed with PR_SET_PDEATHSIG: when the runner dies, even by SIGKILL, the
-  kernel sends the role SIGHUP; the role kills the process groups of the commands it is running, removes its item
-  files and exits at once (its uncommitted items stay pending and are reclaimed: at-least-once, as for a crash).
-  The runner passes its pid in BATCHMESH_PARENT_PID; a role whose parent is already gone when it arms exits.
-  PR_SET_PDEATHSIG follows the *thread* that forked: the runner starts every role from its main thread, whose end
-  is the runner's end.
-- The runner is a child subreaper (PR_SET_CHILD_SUBREAPER): a command whose role was SIGKILLed, or that
-  double-forked away from its group, is re-parented to the runner instead of init; the runner recognises it by
-  the run's token in its environment (BATCHMESH_RUN) and kills it within one poll (core of "a SIGKILLed worker
-  replica leaves no command running while its item is reclaimed").
+  kernel sends the role SIGHUP; the role kills its running commands' trees, removes its item files and exits at
+  once, 129 (its uncommitted items stay pending and are reclaimed: at-least-once, as after any crash). The runner
+  passes its pid in BATCHMESH_PARENT_PID (consumed, commands never see it); a role whose parent is already gone
+  when it arms exits. PR_SET_PDEATHSIG follows the *thread* that forked: the runner starts every role from its
+  main thread, whose end is the runner's end. Roles that are not batchmesh commands (rq's worker) are armed by
+  the exec wrapper below; commands themselves get no parent-death signal (no code runs between fork and exec:
+  preexec_fn is unsafe with threads), their role kills them.
+- The runner is a child subreaper (PR_SET_CHILD_SUBREAPER): the commands of a role that was SIGKILLed, or a
+  process that double-forked away from its item, are re-parented to the runner instead of init; the runner knows
+  them by the run's token in their environment (BATCHMESH_RUN), kills their trees and reaps them at its next poll
+  (0.2 s): a SIGKILLed worker replica's command is dead long before its item is reclaimed and started again.
 
-Linux only (prctl through ctypes). Elsewhere the group kills still apply, but a SIGKILLed runner's roles and a
-SIGKILLed role's commands are not reached: run under a supervisor that kills the whole tree (a container, a
-systemd unit with KillMode=control-group, a Kubernetes pod). Limit: a command that double-forks, calls setsid()
-and clears its environment escapes the token; one that does so after its runner was SIGKILLed is re-parented
-to init."""
+Linux only (prctl through ctypes, /proc). Elsewhere the group kills still apply, but a SIGKILLed runner's roles
+and a SIGKILLed role's commands are not reached: run under something that kills the whole tree (a container, a
+systemd unit with KillMode=control-group, a Kubernetes pod). Limits: a process that double-forks *and* clears
+its environment escapes the runner's sweep; one that double-forks (its intermediate parent gone) after the
+runner was SIGKILLed, or outside `batchmesh run` (roles started by hand), is re-parented to init."""
 
 from __future__ import annotations
 
@@ -71,7 +75,7 @@ def arm_parent_death() -> bool:
         if os.getppid() != int(parent):  # the parent died before the signal was armed: it will never come
             os.kill(os.getpid(), PARENT_DEATH_SIGNAL)
         return True
-    return bool(pdeathsig())  # armed before an exec (python -m services.core.lifeline ...)
+    return bool(pdeathsig())  # armed before an exec (the wrapper, main below)
 
 
 def guard(cleanup: Callable[[], None] | None = None) -> None:
@@ -198,10 +202,11 @@ def sweep_dirs(root: Path, prefix: str) -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m services.core.lifeline ARGV...`: arm the parent-death signal, then exec ARGV (for roles that are
-    not `batchmesh` commands, like rq's worker). The signal survives exec; its default action ends the process."""
+    """`python services/core/lifeline.py ARGV...` (by path: this module imports the standard library only): arm the
+    parent-death signal, then exec ARGV (for roles that are not `batchmesh` commands, like rq's worker). The signal
+    survives exec; its default action ends the process; core.command handles it once the role runs a command."""
     if not argv:
-        sys.stderr.write("usage: python -m services.core.lifeline ARGV...\n")
+        sys.stderr.write("usage: python services/core/lifeline.py ARGV...\n")
         return 2
     arm_parent_death()
     try:

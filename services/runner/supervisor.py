@@ -82,7 +82,7 @@ class Supervisor:
             role.port = free_port()
             argv += [role.port_flag, str(role.port)]
         if argv[1:3] != ["-m", "services.cli"]:  # not a batchmesh role (rq's worker): armed by a wrapper, then exec
-            argv = [sys.executable, "-m", "services.core.lifeline", *argv]
+            argv = [sys.executable, lifeline.__file__, *argv]  # by path: stdlib only, no package import
         env = {**self.env, lifeline.PARENT_ENV: str(os.getpid())}  # dies with us, even if we are SIGKILLed
         with open(role.log_file, "ab") as out:
             role.process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out,

@@ -111,27 +111,32 @@ def kill_leftovers(marker: str) -> None:
             pass
 
 
-EXITS = {"SIGINT": 130, "SIGTERM": 143, "timeout": 3, "SIGKILL": -9}
+EXITS = {"SIGINT": 130, "SIGTERM": 143, "timeout": 3, "SIGKILL": -9, "SIGINT twice": 130}
 
 
 @pytest.mark.parametrize("executor,how", [("stream", "SIGINT"), ("stream", "SIGTERM"), ("stream", "timeout"),
-                                          ("stream", "SIGKILL"), ("process", "SIGKILL"), ("rq", "SIGTERM"),
-                                          ("rq", "SIGKILL")])
+                                          ("stream", "SIGKILL"), ("stream", "SIGINT twice"), ("process", "SIGKILL"),
+                                          ("rq", "SIGTERM"), ("rq", "SIGKILL")])
 def test_an_interrupted_run_leaves_nothing_behind(tmp_path: Path, executor: str, how: str) -> None:
-    # After the runner is SIGKILLed nobody is left to find a process that set up a session of its own (the
-    # documented limit): that case runs without one.
     expected = EXITS[how]
-    pipeline, marker, _ = write_pipeline(tmp_path, executor=executor, escape=how != "SIGKILL")
+    pipeline, marker, _ = write_pipeline(tmp_path, executor=executor)
     run = start(tmp_path, pipeline, *(["--timeout", "6"] if how == "timeout" else []))
     try:
         # the items' commands (rq's one worker runs one at a time), their children in the group and in sessions of
         # their own
-        expect = (1 if executor == "rq" else 2) * (2 if how == "SIGKILL" else 3)
+        expect = (1 if executor == "rq" else 2) * 3
         wait_for(lambda: len(with_marker(marker)) >= expect, 20, "the commands")
         assert item_dirs(tmp_path), "the workers keep their item files in the run's TMPDIR"
-        if how != "timeout":
+        if how == "SIGINT twice":  # a second Ctrl-C does not wait for the workers' grace period
+            run.send_signal(signal.SIGINT)
+            time.sleep(1)
+            run.send_signal(signal.SIGINT)
+            stopped = time.monotonic()
+        elif how != "timeout":
             run.send_signal(getattr(signal, how))
         out, _ = run.communicate(timeout=30)
+        if how == "SIGINT twice":
+            assert time.monotonic() - stopped < 5, "the second Ctrl-C waited for the grace period"
         assert run.returncode == expected, out[-2000:]
         left = {}
         deadline = time.monotonic() + 5
