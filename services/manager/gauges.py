@@ -21,8 +21,6 @@ from .report import done_in
 
 LABELS = metrics.LABELS
 
-ITEMS = Gauge("batchmesh_items", "Items per progress state (and listed) in the current batch (deprecated: "
-              "batchmesh_batch_items)", ("pipeline", "state"))
 BATCH_ITEMS = Gauge("batchmesh_batch_items", "Items of the current batch per state (listed, queued, running, done, "
                     "failed, dead)", ("pipeline", "state"))
 BATCH_COMPLETE = Gauge("batchmesh_batch_complete", "1 once the current batch is done: listed, nothing in flight, "
@@ -82,7 +80,6 @@ class ClusterGauges:
         MEMORY.labels(name).set(memory["used_memory"])
         MEMORY_PEAK.labels(name).set(memory["used_memory_peak"])
         for state, n in snapshot["counts"].items():
-            ITEMS.labels(pipeline=name, state=state).set(n)
             BATCH_ITEMS.labels(pipeline=name, state=state).set(n)
         BATCH_COMPLETE.labels(name).set(1 if done_in(snapshot) else 0)
         for (stage, entry), consumers in zip(snapshot["stages"].items(), alive, strict=True):
