@@ -186,10 +186,7 @@ def _communicate(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, 
                             lifeline.kill_group(proc.pid)
     finally:
         os.close(pidfd)
-    # What the command left running in its group ends with it: killed before the reap, while the group id cannot
-    # have been reused yet.
-    lifeline.kill_group(proc.pid)
-    proc.wait()  # it has exited: no wait
+    proc.wait()  # it has exited (and its group was killed then, before this reap: the id could not be reused)
     stdout, stderr = (b"".join(c) for c in chunks.values())
     proc.stdout.close()
     proc.stderr.close()
