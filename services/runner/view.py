@@ -86,7 +86,7 @@ class RunView:
         batch = status["batch"]
         self.console.print(f"{batch['listed']} listed, {batch['known']} already done, {batch['new']} new")
         self._source_skipped(status["batch"])
-        self.console.print(f"results: {out_dir}")
+        self.console.print(f"results: {escape(out_dir)}")
 
     def _source_skipped(self, batch: dict[str, Any]) -> None:
         """Records the source could not serve (a file name that is not UTF-8, a malformed JSONL line)."""
