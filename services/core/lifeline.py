@@ -181,13 +181,17 @@ def reap_strays(token: str, keep: set[int]) -> list[int]:
 
 
 def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (exited, not reaped yet)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return not Path("/proc/self").exists()  # no /proc (not Linux): it exists
 
 
 def sweep_dirs(root: Path, prefix: str) -> list[Path]:
