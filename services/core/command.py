@@ -117,11 +117,18 @@ def _item_dir(fresh: bool = False) -> Path:
     with _item_dirs_lock:
         if fresh or pid not in _item_dirs:
             if not _item_dirs:
-                lifeline.guard(stop_all)  # dying with the runner kills the running commands and removes the files
+                lifeline.guard(_orphaned)  # dying with the runner kills the running commands, removes the files
             path = _item_dirs[pid] = Path(tempfile.mkdtemp(prefix=f"{ITEM_DIR_PREFIX}{pid}-"))
             atexit.register(lambda: os.getpid() == pid and shutil.rmtree(path, ignore_errors=True))
             atexit.register(stop_all)
         return _item_dirs[pid]
+
+
+def _orphaned() -> None:
+    """The runner is gone (so nobody else will sweep): also remove the item dirs of processes that died with us
+    (the one-shot workers of the process executor's chains)."""
+    stop_all()
+    lifeline.sweep_dirs(Path(tempfile.gettempdir()), ITEM_DIR_PREFIX)
 
 
 def stop_all() -> None:
