@@ -76,6 +76,11 @@ class Keys:
         script): a stage's arrivals counter is the sum over its inputs (batchmesh_stage_arrivals_total)."""
         return f"{self.prefix}:arrivals"
 
+    def autoscale(self) -> str:
+        """Hash stage -> the autoscaler's latest decision (JSON: desired, inputs), refreshed by the manager on
+        every tick and expiring when no manager refreshes it (services.manager.autoscale)."""
+        return f"{self.prefix}:autoscale"
+
     def alive(self, stage: str) -> str:
         """Sorted set consumer name -> last heartbeat (Unix seconds) of the stage's live consumers."""
         return f"{self.prefix}:alive:{stage}"

@@ -24,6 +24,7 @@ from services.core.reconnect import TRANSIENT, Reconnect
 from services.core.spec import Pipeline
 
 from . import batches, gauges
+from .autoscale import Autoscaler, Rule
 from .diff import DiffStats, Dispatcher
 from .executors import Executor, StageContext, executor_class, stage_settings
 from .lister import TIMEOUT as LIST_TIMEOUT
@@ -46,6 +47,9 @@ class Manager:
         self.complete = False  # the first listing pass is done
         self.http = httpx.Client(timeout=LIST_TIMEOUT)  # one for every poll: a new client costs a TLS context
         self.gauges = gauges.ClusterGauges(client, pipeline, settings.visibility_timeout_ms / 1000)
+        self.autoscaler = Autoscaler(client, pipeline, Rule(
+            utilisation=settings.autoscale_utilisation, drain_s=settings.autoscale_drain_s,
+            window_s=settings.autoscale_window_s, rate_window_s=settings.autoscale_rate_window_s))
         self._repoll: str | None = None  # a poll a Redis outage interrupted: run again once Redis is back
 
     def ensure_groups(self) -> None:
@@ -108,6 +112,7 @@ class Manager:
             if not executor.alive:
                 raise RuntimeError(f"the {executor.name} executor of stage {name!r} crashed: {executor.error!r}")
         snapshot = status(self.client, self.pipeline)
+        self.autoscaler.observe(snapshot)  # sets each stream stage's desired_replicas before the gauges read it
         self.gauges.observe(snapshot)
         for name, executor in executors.items():
             executor.observe(snapshot["stages"][name])

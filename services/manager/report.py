@@ -12,8 +12,8 @@ from services.core import FAILED, QUEUED, RUNNING, STATES, Keys
 from services.core.barriers import barrier_state
 from services.core.spec import Pipeline
 
+from .autoscale import fallback, stored_decisions
 from .executors.base import rq_queue_name
-from .executors.stream import desired_replicas
 
 LAG_CAP = 10_000  # Redis 6.2 has no group lag: it is counted (server-side) up to this, and estimated beyond
 
@@ -66,8 +66,8 @@ def _batch(raw: dict[bytes, bytes]) -> dict[str, Any]:
 
 def status(client: Redis, pipeline: Pipeline) -> dict[str, Any]:
     """Batch manifest, item counts per state, and per stage: out/failed/dead (routers: filtered/spilled too),
-    backlog (lag + pending over its inputs), and what its executor reports (desired replicas for stream stages,
-    jobs waiting in rq for rq stages). Two round trips."""
+    backlog (lag + pending over its inputs), and what its executor reports (desired replicas for stream stages:
+    the autoscaler's latest decision; jobs waiting in rq for rq stages). Two round trips."""
     keys = Keys(pipeline.name)
     stages = list(pipeline.stages.items())
     work = pipeline.work_stages()
@@ -80,7 +80,9 @@ def status(client: Redis, pipeline: Pipeline) -> dict[str, Any]:
     rq_stages = [name for name, spec in work.items() if spec.executor == "rq"]
     for name in rq_stages:
         pipe.llen(f"rq:queue:{rq_queue_name(pipeline.name, name)}")
+    pipe.hgetall(keys.autoscale())
     replies = pipe.execute()
+    decisions = stored_decisions(replies.pop())
     reads = [(name, stream) for name, st in stages for stream in st.body.inputs]  # one (group, stream) per input
     backlog = client.register_script(_BACKLOG)(
         keys=[keys.stream(stream) for _, stream in reads], args=[*(name for name, _ in reads), LAG_CAP])
@@ -103,7 +105,11 @@ def status(client: Redis, pipeline: Pipeline) -> dict[str, Any]:
         if stage.kind == "work":
             entry["executor"] = stage.body.executor
             if stage.body.executor == "stream":
-                entry["desired_replicas"] = desired_replicas(stage.body, entry["backlog"])
+                decided = decisions.get(name)  # the manager's autoscaler (services.manager.autoscale)
+                entry["desired_replicas"] = (int(decided["desired"]) if decided
+                                             else fallback(stage.body, entry["backlog"]))
+                if decided:
+                    entry["autoscale"] = decided
         elif name in barriers:
             entry["barrier"] = barrier_state(client, keys, name, batch["id"]) if batch.get("id") else None
             entry["late"] = stats.get("late", 0)  # items folded after their batch fired, over every batch

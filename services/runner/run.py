@@ -104,8 +104,9 @@ def _wait_healthy(url: str, supervisor: Supervisor, timeout_s: float = 30) -> No
 
 
 def _scale_workers(supervisor: Supervisor, pipeline: Pipeline, path: Path, snap: dict[str, Any]) -> None:
-    """Keep each stream stage at the replica count the manager asks for (between min and max, by backlog):
-    the local stand-in for KEDA's stream-lag trigger. At least one replica runs, so a batch always finishes."""
+    """Keep each stream stage at the replica count the manager's autoscaler decided (services.manager.autoscale,
+    between min and max): the local actuator, as KEDA is on Kubernetes. At least one replica runs, so a batch
+    always finishes."""
     for name, work in pipeline.work_stages().items():
         if work.executor != "stream":
             continue

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import redis
@@ -59,6 +60,13 @@ def run_worker(pipeline: Pipeline, stage: str, settings: Settings, stop: threadi
             client.close()
 
 
+def _add_service(stats_key: str, spent: list[float], pipe: Any) -> None:
+    """In the batch's commit: the stage's total service time (µs) and items timed, which the manager's
+    autoscaler turns into the service time S per item (services.manager.autoscale)."""
+    pipe.hincrby(stats_key, "service_us", int(sum(spent) * 1e6))
+    pipe.hincrby(stats_key, "timed", len(spent))
+
+
 class _Worker:
     def __init__(self, pipeline: Pipeline, stage: str, settings: Settings, chain: Chain, client: redis.Redis) -> None:
         work = pipeline.stages[stage].body
@@ -77,6 +85,7 @@ class _Worker:
         self.m_time = metrics.PROCESSING.labels(**labels)
         self.m_workers = metrics.WORKERS.labels(**labels)
         self.done = self.failed = 0
+        self._spent: list[float] = []
 
     def loop(self, stop: threading.Event, health: RoleHealth | None = None) -> None:
         c = self.consumer
@@ -140,6 +149,7 @@ class _Worker:
         c.progress.mark([d.item.id for d in items if d.item is not None], RUNNING)
         lease.hold([d.entry_id for d in items])
         began = time.perf_counter()
+        self._spent = []  # each item's time, for the autoscaler's service time (stage stats)
         try:
             outcomes = pool.map(self._run, items) if pool is not None else map(self._run, items)
             for d, outcome in zip(items, outcomes, strict=True):
@@ -147,6 +157,8 @@ class _Worker:
                     self._finish(commit, d, outcome.result or {})
                 else:
                     self._failed(commit, d, outcome.reason)
+            if self._spent:
+                commit.actions.append(partial(_add_service, c.keys.stage_stats(self.stage), self._spent))
             c.commit(commit)
         finally:
             lease.release()
@@ -159,7 +171,9 @@ class _Worker:
         assert item is not None
         started = time.perf_counter()
         outcome = self.chain.run(item, self.out_root / item.dirname)
-        self.m_time.observe(time.perf_counter() - started)
+        spent = time.perf_counter() - started
+        self.m_time.observe(spent)
+        self._spent.append(spent)
         return outcome
 
     def _finish(self, commit: Commit, delivery: Delivery, result: dict[str, Any]) -> None:

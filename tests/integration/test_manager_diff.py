@@ -191,7 +191,7 @@ def test_batch_done_waits_for_the_listing_and_for_items_in_flight(client: redis.
     assert not batch_done(client, pipeline)  # a is queued
     snap = status(client, pipeline)
     assert snap["stages"]["work"]["backlog"] == 1 and snap["stages"]["work"]["lag"] == 1
-    assert snap["stages"]["work"]["desired_replicas"] == 1  # stream executor: clamp(1, 1, ceil(1 / 8))
+    assert snap["stages"]["work"]["desired_replicas"] == 1  # no autoscaler decision yet: one replica for work
     Progress(client, keys).mark(["a"], "dead")
     assert not batch_done(client, pipeline)  # its entry is still in the stage's stream
     client.xgroup_create(keys.stream("source"), "work", id="0")  # the manager makes it; this test has none
