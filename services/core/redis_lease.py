@@ -205,7 +205,10 @@ def keep(data_dir: Path, persist: bool, port: int) -> int:
     partial = marker.with_suffix(".tmp")
     partial.write_text(url)
     partial.replace(marker)  # atomic: a reader never sees half a URL
-    print(f"ok {url}", flush=True)
+    try:
+        print(f"ok {url}", flush=True)
+    except BrokenPipeError:  # the starter was interrupted: no lease is left, the loop below stops the server
+        pass
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     stopping = threading.Event()
