@@ -32,5 +32,5 @@ class Settings(BaseSettings):
     # ceil(B × S / (c × T)), clamped to the stage's replicas, scaled down at most once per W to the window's max.
     autoscale_utilisation: float = Field(default=0.8, gt=0, le=1, description="ρ: utilisation margin.")
     autoscale_drain_s: float = Field(default=30.0, gt=0, description="T: drain the backlog within this (s).")
-    autoscale_window_s: float = Field(default=60.0, ge=0, description="W: downscale stabilisation window (s).")
-    autoscale_rate_window_s: float = Field(default=10.0, gt=0, description="λ and S are averaged over this (s).")
+    autoscale_window_s: float = Field(default=30.0, ge=0, description="W: downscale stabilisation window (s).")
+    autoscale_rate_window_s: float = Field(default=5.0, gt=0, description="λ is averaged over this (s).")

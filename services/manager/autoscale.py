@@ -55,8 +55,8 @@ DECISION_TTL_S = 30  # a decision no manager refreshed for this long is gone: st
 class Rule:
     utilisation: float = 0.8  # ρ: the share of capacity steady arrivals may use
     drain_s: float = 30.0  # T: drain the backlog within this
-    window_s: float = 60.0  # W: scale down at most once per W, to the highest recommendation of the last W
-    rate_window_s: float = 10.0  # λ and S are averaged over this
+    window_s: float = 30.0  # W: scale down at most once per W, to the highest recommendation of the last W
+    rate_window_s: float = 5.0  # λ is averaged over this
 
     def __post_init__(self) -> None:
         if not 0 < self.utilisation <= 1 or self.drain_s <= 0 or self.window_s < 0 or self.rate_window_s <= 0:
@@ -108,29 +108,38 @@ class Stabiliser:
 
 
 class StageMeter:
-    """λ and S of one stage from cumulative totals (arrivals; service microseconds and items timed), averaged over
-    `window_s`. A total that goes back (Redis restored from an older AOF) starts the averages afresh. S stays at
-    its last measurement while nothing finishes."""
+    """λ and S of one stage from cumulative totals (arrivals; service microseconds and items timed). λ is averaged
+    over `window_s`; S over the last `service_items` items finished (a time window would over-weight the slow
+    stragglers that finish last as a burst drains), and stays at its last value while nothing finishes. A total
+    that goes back (Redis restored from an older AOF) starts the averages afresh."""
 
-    def __init__(self, window_s: float, clock: Clock = time.monotonic) -> None:
-        self.window_s, self.clock = window_s, clock
-        self.samples: deque[tuple[float, int, int, int]] = deque()
+    def __init__(self, window_s: float, clock: Clock = time.monotonic, service_items: int = 50) -> None:
+        self.window_s, self.clock, self.service_items = window_s, clock, service_items
+        self.samples: deque[tuple[float, int]] = deque()  # (t, arrivals)
+        self.timings: deque[tuple[int, int]] = deque()  # (service_us, timed), one per change of `timed`
         self.service_s: float | None = None
 
     def update(self, arrivals: int, service_us: int, timed: int) -> tuple[float, float | None]:
         now = self.clock()
-        if self.samples and any(new < old for new, old in zip((arrivals, service_us, timed), self.samples[-1][1:],
-                                                                strict=True)):
+        if self.samples and arrivals < self.samples[-1][1]:
             self.samples.clear()
-        self.samples.append((now, arrivals, service_us, timed))
+        if self.timings and (timed < self.timings[-1][1] or service_us < self.timings[-1][0]):
+            self.timings.clear()
+        self.samples.append((now, arrivals))
         while len(self.samples) > 2 and self.samples[1][0] <= now - self.window_s:
             self.samples.popleft()
-        t0, a0, us0, n0 = self.samples[0]
+        t0, a0 = self.samples[0]
         rate = (arrivals - a0) / (now - t0) if now > t0 else 0.0
-        if timed > n0:
+        if not self.timings:
+            self.timings.append((service_us, timed))
+            if timed and self.service_s is None:  # a restarted manager: the lifetime mean until items finish
+                self.service_s = service_us / timed / 1e6
+        elif timed > self.timings[-1][1]:
+            self.timings.append((service_us, timed))
+            while len(self.timings) > 2 and timed - self.timings[1][1] >= self.service_items:
+                self.timings.popleft()
+            us0, n0 = self.timings[0]
             self.service_s = (service_us - us0) / (timed - n0) / 1e6
-        elif self.service_s is None and timed:
-            self.service_s = service_us / timed / 1e6  # a restarted manager: the lifetime mean until items finish
         return rate, self.service_s
 
 
