@@ -173,7 +173,7 @@ def test_manager_picks_up_new_files_serves_status_and_finishes_the_batch(
         assert work["executor"] == "process" and work["out"] == 30 and work["backlog"] == 0
         assert {"failed", "dead", "lag", "pending", "length"} <= set(work)
         assert json.loads(client.hget(Keys(pipeline.name).results(), "f029.txt")) == {"ok": True}
-        wait_for(lambda: f'batchmesh_items{{pipeline="{pipeline.name}",state="done"}} 30.0' in
+        wait_for(lambda: f'batchmesh_batch_items{{pipeline="{pipeline.name}",state="done"}} 30.0' in
                  httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
     finally:
         stop.set()
