@@ -234,6 +234,12 @@ def cmd_render_compose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render_k8s(args: argparse.Namespace) -> int:
+    from services.render.k8s import cli
+
+    return cli(args.pipeline, args.output)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="batchmesh", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -316,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write here (default: stdout)")
     p.add_argument("--all", action="store_true", help="regenerate every committed file under compose/")
     p.set_defaults(func=cmd_render_compose)
+    p = render.add_parser("k8s", help="kustomize dirs (base, KEDA and HPA overlays) for a pipeline spec")
+    p.add_argument("pipeline", help="pipeline.yaml (its directory becomes the roles' ConfigMap)")
+    p.add_argument("-o", "--output", help="write k8s/-style dirs under this directory (default: one YAML stream)")
+    p.set_defaults(func=cmd_render_k8s)
     return parser
 
 

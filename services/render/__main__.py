@@ -1,10 +1,12 @@
 """`python -m services.render`: regenerate every committed rendering under compose/ (the compose files, their
-Prometheus scrape configs, and the Grafana dashboards and alert rules of services/render/grafana.py)."""
+Prometheus scrape configs, and the Grafana dashboards and alert rules of services/render/grafana.py) and k8s/
+(services/render/k8s.py)."""
 
 from __future__ import annotations
 
 import sys
 
+from . import k8s
 from .compose import ROOT, write_all
 
 
@@ -16,6 +18,7 @@ def main() -> int:
         print(f"grafana dashboards not rendered: {exc}", file=sys.stderr)
     else:
         written += grafana.write_all(ROOT / "compose")
+    written += k8s.write_all(ROOT / "k8s")
     for path in written:
         print(path.relative_to(ROOT))
     return 0

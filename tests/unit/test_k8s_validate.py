@@ -1,0 +1,188 @@
+"""Issue 9, part 4: every overlay under k8s/ builds with `kubectl kustomize`, and every object it yields is valid
+offline: built-in kinds strictly against Kubernetes' schemas (kubernetes-validate), KEDA's kinds against its CRDs
+made strict, KEDA trigger metadata against the keys KEDA documents; then a policy scan (checkov's Kubernetes
+checks) whose every finding is fixed or listed with a reason in k8s/checkov-skips.yaml. Each validator is shown to
+fail on a deliberately faulty manifest (the tests of the tests)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from k8s_checks import KEDA_SCHEMAS, errors, have_kubectl, kustomize, need
+
+ROOT = Path(__file__).resolve().parents[2]
+OVERLAYS = sorted(p for p in (ROOT / "k8s" / "overlays").iterdir() if p.is_dir())
+SKIPS = ROOT / "k8s" / "checkov-skips.yaml"
+
+
+def _tools() -> None:
+    need("kubectl (with kustomize)", have_kubectl())
+    need("kubernetes-validate (pip)", _importable("kubernetes_validate"))
+    need("jsonschema (pip)", _importable("jsonschema"))
+    need(f"the KEDA CRD schemas in {KEDA_SCHEMAS}", (KEDA_SCHEMAS / "keda.sh_scaledobjects.yaml").exists())
+
+
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def built() -> dict[str, list[dict[str, Any]]]:
+    _tools()
+    return {overlay.name: kustomize(overlay) for overlay in OVERLAYS}
+
+
+def test_there_is_a_keda_and_an_hpa_overlay_per_example() -> None:
+    names = {p.name for p in OVERLAYS}
+    for example in ("images", "wordcount", "thumbnailer", "signup"):
+        assert {example, f"{example}-hpa"} <= names
+
+
+@pytest.mark.parametrize("overlay", [p.name for p in OVERLAYS])
+def test_every_object_is_valid(built: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    found = [e for doc in built[overlay] for e in errors(doc)]
+    assert found == [], "\n".join(found)
+    kinds = {doc["kind"] for doc in built[overlay]}
+    scaler = "HorizontalPodAutoscaler" if overlay.endswith("-hpa") else "ScaledObject"
+    assert {"Deployment", "StatefulSet", "Service", "NetworkPolicy", "PodDisruptionBudget", "ConfigMap",
+            scaler} <= kinds, overlay
+
+
+# -- the tests of the tests: each validator fails on a deliberate fault ----------------------------------------
+
+
+def _first(built: dict[str, list[dict[str, Any]]], kind: str) -> dict[str, Any]:
+    return copy.deepcopy(next(d for d in built["wordcount"] if d["kind"] == kind))
+
+
+def test_a_wrong_type_fails(built: dict[str, list[dict[str, Any]]]) -> None:
+    dep = _first(built, "Deployment")
+    dep["spec"]["replicas"] = "two"
+    assert any("replicas" in e for e in errors(dep)), errors(dep)
+    scaled = _first(built, "ScaledObject")
+    scaled["spec"]["pollingInterval"] = "10"
+    assert any("pollingInterval" in e for e in errors(scaled)), errors(scaled)
+
+
+def test_an_unknown_field_fails(built: dict[str, list[dict[str, Any]]]) -> None:
+    dep = _first(built, "Deployment")
+    dep["spec"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    assert errors(dep), "kubernetes-validate --strict let an unknown field through"
+    scaled = _first(built, "ScaledObject")
+    scaled["spec"]["minReplicas"] = 0  # an HPA's name for minReplicaCount
+    assert any("minReplicas" in e for e in errors(scaled)), errors(scaled)
+    auth = _first(built, "TriggerAuthentication")
+    auth["spec"]["secretTargetRef"][0]["secret"] = "x"  # noqa: S105 (an unknown field, not a password)
+    assert errors(auth)
+
+
+def test_an_unknown_kind_fails() -> None:
+    _tools()
+    assert errors({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {}})
+    assert errors({"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledWidget", "metadata": {"name": "w"}})
+
+
+def test_a_number_as_keda_metadata_fails(built: dict[str, list[dict[str, Any]]]) -> None:
+    scaled = _first(built, "ScaledObject")
+    scaled["spec"]["triggers"][0]["metadata"]["lagCount"] = 10
+    found = errors(scaled)
+    assert any("lagCount" in e and "string" in e for e in found), found
+
+
+def test_an_undocumented_trigger_key_fails(built: dict[str, list[dict[str, Any]]]) -> None:
+    scaled = _first(built, "ScaledObject")
+    scaled["spec"]["triggers"][0]["metadata"]["lagcount"] = "8"
+    assert any("lagcount" in e for e in errors(scaled))
+    prometheus = {"type": "prometheus", "metadata": {"serverAddress": "http://prometheus.monitoring:9090",
+                                                     "query": "max(batchmesh_stage_replicas_desired)",
+                                                     "threshold": "1", "activationThreshold": "0"}}
+    scaled["spec"]["triggers"] = [prometheus]
+    assert errors(scaled) == []
+    prometheus["metadata"]["treshold"] = "1"
+    assert any("treshold" in e for e in errors(scaled))
+
+
+# -- policy: checkov's Kubernetes checks, once over every overlay's output -------------------------------------
+
+
+def _checkov() -> str | None:
+    found = shutil.which("checkov") or str(Path(sys.executable).with_name("checkov"))
+    return found if Path(found).exists() else None
+
+
+FAULTY = """apiVersion: apps/v1
+kind: Deployment
+metadata: {name: faulty, namespace: batchmesh}
+spec:
+  selector: {matchLabels: {app: faulty}}
+  template:
+    metadata: {labels: {app: faulty}}
+    spec:
+      containers:
+      - name: app
+        image: batchmesh:0.1.0
+        securityContext: {privileged: true}
+"""
+
+
+@pytest.fixture(scope="module")
+def checkov_report(built: dict[str, list[dict[str, Any]]], tmp_path_factory: pytest.TempPathFactory
+                   ) -> dict[str, list[dict[str, Any]]]:
+    """checkov (~10-30 s: it is slow to start) over every overlay's kustomize output plus one faulty manifest."""
+    binary = _checkov()
+    need("checkov (pip)", binary is not None)
+    scan = tmp_path_factory.mktemp("checkov")
+    for name, objects in built.items():
+        (scan / f"{name}.yaml").write_text(yaml.safe_dump_all(objects, sort_keys=False))
+    (scan / "faulty").mkdir()
+    (scan / "faulty" / "faulty.yaml").write_text(FAULTY)
+    env = os.environ | {"BC_SKIP_MAPPING": "TRUE", "CKV_SKIP_PACKAGE_UPDATE_CHECK": "true"}
+    done = subprocess.run([str(binary), "-d", str(scan), "--framework", "kubernetes", "--quiet", "--compact",
+                           "-o", "json", "--skip-download"], capture_output=True, text=True, env=env, timeout=240)
+    assert done.stdout.strip(), f"checkov wrote nothing: {done.stderr[-2000:]}"
+    reports = json.loads(done.stdout)
+    reports = reports if isinstance(reports, list) else [reports]
+    failed: dict[str, list[dict[str, Any]]] = {}
+    for report in reports:
+        for check in report["results"]["failed_checks"]:
+            failed.setdefault(Path(check["file_path"]).name, []).append(check)
+    return failed
+
+
+def test_every_checkov_finding_is_fixed_or_justified(checkov_report: dict[str, list[dict[str, Any]]]) -> None:
+    skips = yaml.safe_load(SKIPS.read_text())["skips"]
+    assert all(s.get("reason", "").strip() and s.get("id") and s.get("kinds") for s in skips), \
+        "every skip needs an id, the kinds it applies to and a reason"
+    allowed = {(s["id"], kind) for s in skips for kind in s["kinds"]}
+    used = set()
+    unjustified = []
+    for name, checks in checkov_report.items():
+        if name == "faulty.yaml":
+            continue
+        for check in checks:
+            key = (check["check_id"], check["resource"].split(".")[0])
+            if key in allowed:
+                used.add(key)
+            else:
+                unjustified.append(f"{name}: {check['check_id']} {check['check_name']} on {check['resource']}")
+    assert unjustified == [], "fix these or justify them in k8s/checkov-skips.yaml:\n" + "\n".join(unjustified)
+    assert allowed - used == set(), "skips no finding needs any more: remove them from k8s/checkov-skips.yaml"
+
+
+def test_checkov_catches_a_faulty_manifest(checkov_report: dict[str, list[dict[str, Any]]]) -> None:
+    found = {check["check_id"] for check in checkov_report.get("faulty.yaml", [])}
+    # privileged, no resource limits, no probes, root allowed, no read-only root filesystem
+    assert {"CKV_K8S_16", "CKV_K8S_11", "CKV_K8S_8", "CKV_K8S_22"} <= found, found
