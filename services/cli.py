@@ -190,6 +190,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_autoscaler(args: argparse.Namespace) -> int:
+    from services.autoscaler import run_autoscaler
+
+    pipeline = _load(args.pipeline)
+    run_autoscaler(pipeline, _settings(pipeline), _stop_on_signals(), project=args.project, interval_s=args.interval)
+    return 0
+
+
 def cmd_router(args: argparse.Namespace) -> int:
     from services.core.metrics import serve_metrics
     from services.core.progress import DONE
@@ -310,6 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="root of the items' WORK_OUTPUT_DIRs")
     p.add_argument("--metrics-port", type=int, default=0)
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("autoscaler", help="role: scale each work stage's worker-<stage> compose containers to the "
+                                          "manager's autoscaler decision (docker SDK)")
+    p.add_argument("--pipeline", required=True)
+    p.add_argument("--project", help="compose project (default: the project of the container this runs in)")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between decisions read (default: 2)")
+    p.set_defaults(func=cmd_autoscaler)
 
     p = sub.add_parser("probe", help="health check: GET URL, exit 0 on HTTP 200 else 1 (a container HEALTHCHECK)")
     p.add_argument("url", nargs="?", help="default: http://127.0.0.1:$BATCHMESH_METRICS_PORT/healthz (port 9400)")
