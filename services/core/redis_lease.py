@@ -150,12 +150,14 @@ def _start_keeper(data_dir: Path, persist: bool) -> str:
 def _wait_if_last(data_dir: Path) -> None:
     """After our lease is gone: if nobody else holds one, wait until the keeper has stopped the server."""
     probe = _open(data_dir / LEASE)
-    deadline = time.monotonic() + LAST_USER_WAIT_S
+    deadline, held = time.monotonic() + LAST_USER_WAIT_S, 0
     try:
         while time.monotonic() < deadline and keeper_alive(data_dir):
-            if not _try_lock(probe, fcntl.LOCK_EX):
+            if _try_lock(probe, fcntl.LOCK_EX):
+                fcntl.flock(probe, fcntl.LOCK_UN)
+                held = 0
+            elif (held := held + 1) >= 5:  # held throughout (the keeper only ever holds it for an instant)
                 return  # another user holds a lease: the server stays for them
-            fcntl.flock(probe, fcntl.LOCK_UN)
             time.sleep(0.02)
     finally:
         os.close(probe)
