@@ -522,17 +522,22 @@ def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> 
 
 
 def spec_relative(entry: str, spec_dir: Path) -> str:
-    """The path rule for `plugins:` files and a command's argv: a relative path naming a file that exists under
-    the spec file's directory becomes that file's absolute path; anything else is left as written (a relative
-    path then resolves against the working directory, as the examples' `examples/<x>/...` paths do from the
-    repository root, and in the containers from /app)."""
+    """The path rule for `plugins:` files and a command's argv entries. A relative path naming a file under the
+    spec file's directory becomes that file's absolute path; one with a directory part (`examples/x/w.py`) is
+    also looked for under the spec directory's parents, nearest first — so the examples' repository-relative
+    paths work whatever the working directory, and in the containers (/app/examples/...). Anything else is left
+    as written: a relative path then resolves against the working directory."""
     if not entry or entry.startswith(("-", "/", "~")) or "\0" in entry:
         return entry
-    candidate = spec_dir / entry
-    try:
-        return str(candidate) if candidate.is_file() else entry
-    except (OSError, ValueError):  # a name too long for the filesystem, say
-        return entry
+    bases = [spec_dir, *spec_dir.parents] if "/" in entry.strip("/") else [spec_dir]
+    for base in bases:
+        candidate = base / entry
+        try:
+            if candidate.is_file():
+                return str(candidate)
+        except (OSError, ValueError):  # a name too long for the filesystem, say
+            return entry
+    return entry
 
 
 def resolve_paths(pipeline: Pipeline, spec_dir: Path) -> None:

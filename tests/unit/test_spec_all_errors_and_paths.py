@@ -78,15 +78,38 @@ def test_spec_relative_paths_resolve_against_the_spec_directory(tmp_path: Path, 
 def test_the_examples_load_from_any_directory(cwd: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT if cwd == "root" else tmp_path)
     pipeline = load_pipeline(ROOT / "examples" / "wordcount" / "pipeline.yaml")
-    assert pipeline.plugins == [str(ROOT / "examples" / "wordcount" / "workers.py")]
+    assert pipeline.plugins == [str(ROOT / "examples" / "wordcount" / "workers.py")]  # under a parent of the spec
     thumbs = load_pipeline(ROOT / "examples" / "thumbnailer" / "pipeline.yaml")
     assert thumbs.stages["thumbnails"].body.command == ["python", str(ROOT / "examples/thumbnailer/thumbnail.py")]
 
 
+def test_a_copied_spec_still_finds_repository_paths_from_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = tmp_path / "pipeline.yaml"
+    copy.write_text((ROOT / "examples" / "wordcount" / "pipeline.yaml").read_text())
+    monkeypatch.chdir(ROOT)
+    assert load_pipeline(copy).plugins == ["examples/wordcount/workers.py"]  # as written: the cwd's
+
+
+def test_single_names_are_not_looked_for_in_parents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "tool.py").write_text("")
+    (tmp_path / "sub").mkdir()
+    spec = write(tmp_path / "sub" / "p.yaml", """\
+        apiVersion: batchmesh/v1
+        name: parents
+        source: {path: ./in}
+        stages:
+          a: {work: {input: source, command: [python, tool.py, sub/p.yaml]}}
+    """)
+    monkeypatch.chdir(tmp_path / "sub")
+    assert load_pipeline(spec).stages["a"].body.command == ["python", "tool.py", str(tmp_path / "sub" / "p.yaml")]
+
+
 def test_cwd_relative_paths_still_work_and_docker_commands_stay_as_written(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "tools").mkdir()
-    (tmp_path / "tools" / "w.py").write_text("")
+    work = tmp_path / "work"
+    (work / "tools").mkdir(parents=True)
+    (work / "tools" / "w.py").write_text("")
     (tmp_path / "specs").mkdir()
     spec = write(tmp_path / "specs" / "p.yaml", """\
         apiVersion: batchmesh/v1
@@ -97,8 +120,8 @@ def test_cwd_relative_paths_still_work_and_docker_commands_stay_as_written(tmp_p
           a: {work: {input: source, command: [python, tools/w.py]}}
           b: {work: {input: a, command: [python, p.yaml], executor: docker, container: {image: x}}}
     """)
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(work)
     pipeline = load_pipeline(spec)
-    assert pipeline.plugins == ["tools/w.py"]  # not under the spec's directory: as written, the cwd's
+    assert pipeline.plugins == ["tools/w.py"]  # not under the spec's directory nor its parents: the cwd's
     assert pipeline.stages["a"].body.command == ["python", "tools/w.py"]
     assert pipeline.stages["b"].body.command == ["python", "p.yaml"]  # runs in its image
