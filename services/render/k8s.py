@@ -10,6 +10,9 @@
                                  Services (source, manager, metrics), NetworkPolicies, the manager's PDB
     k8s/overlays/<pipeline>/     + KEDA: a ScaledObject per stream work stage (redis-streams lag trigger),
                                  TriggerAuthentication, NetworkPolicy letting KEDA's operator reach Redis
+    k8s/overlays/<pipeline>-keda-prometheus/
+                                 + KEDA on the manager's decision: a ScaledObject per stream work stage with a
+                                 Prometheus trigger on batchmesh_stage_replicas_desired (no Redis access for KEDA)
     k8s/overlays/<pipeline>-hpa/ + an HPA per stream work stage on batchmesh_stage_replicas_desired (External metric,
                                  prometheus-adapter; its rule in a ConfigMap), for clusters without KEDA
 
@@ -199,6 +202,11 @@ class _Mesh:
                 for role, lab in self._workers() if role.stage]
         return out
 
+    def keda_prometheus(self) -> list[dict[str, Any]]:
+        work = self.p.work_stages()
+        return [scalers.prometheus_scaled_object(self.p, role.stage, work[role.stage], lab["app.kubernetes.io/name"],
+                                                 lab) for role, lab in self._workers() if role.stage]
+
     def hpa(self) -> list[dict[str, Any]]:
         work = self.p.work_stages()
         return [scalers.hpa(self.p, role.stage, work[role.stage], lab["app.kubernetes.io/name"], lab)
@@ -238,6 +246,11 @@ def pipeline_files(pipeline: Pipeline, spec_rel: str, spec_path: Path) -> dict[s
     files[f"overlays/{n}/kustomization.yaml"] = dump(KUSTOMIZATION | {
         "namespace": obj.NAMESPACE, "resources": [f"../../pipelines/{n}", "keda.yaml"]})
     files[f"overlays/{n}/keda.yaml"] = dump(mesh.keda())
+    prom_docs = mesh.keda_prometheus()
+    files[f"overlays/{n}-keda-prometheus/kustomization.yaml"] = dump(KUSTOMIZATION | {
+        "namespace": obj.NAMESPACE, "resources": [f"../../pipelines/{n}", *(["keda.yaml"] if prom_docs else [])]})
+    if prom_docs:
+        files[f"overlays/{n}-keda-prometheus/keda.yaml"] = dump(prom_docs)
     adapter_cm = {"name": f"{n}-prometheus-adapter-rules",
                   "files": ["config.yaml=prometheus-adapter.yaml"],
                   "options": {"disableNameSuffixHash": True, "labels": obj.labels(f"{n}-prometheus-adapter-rules",

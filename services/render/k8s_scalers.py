@@ -19,6 +19,7 @@ POLLING_S = 10
 COOLDOWN_S = 300  # KEDA: quiet this long before an idle stage goes to 0 (min: 0)
 SCALE_DOWN_WINDOW_S = 120  # HPA: stabilisation window before scaling down
 DESIRED_METRIC = "batchmesh_stage_replicas_desired"
+PROMETHEUS_URL = "http://prometheus.monitoring.svc:9090"  # the cluster's Prometheus: patch it in your overlay
 
 
 def lag_count(work: WorkSpec) -> int:
@@ -60,6 +61,26 @@ def scaled_object(pipeline: Pipeline, stage: str, work: WorkSpec, deployment: st
             "pollingInterval": POLLING_S, "cooldownPeriod": COOLDOWN_S,
             "triggers": [{"type": "redis-streams", "name": "lag", "metadata": metadata,
                           "authenticationRef": {"name": TRIGGER_AUTH}}],
+        },
+    }
+
+
+def prometheus_scaled_object(pipeline: Pipeline, stage: str, work: WorkSpec, deployment: str,
+                             lab: dict[str, str]) -> dict[str, Any]:
+    """KEDA on the manager's decision instead of the raw lag: a Prometheus trigger on
+    batchmesh_stage_replicas_desired{pipeline, stage} (AverageValue, threshold 1: replicas = the decision), active
+    while the decision is above 0 (so `min: 0` still scales to zero). Needs no Redis access from KEDA."""
+    query = f'max({DESIRED_METRIC}{{pipeline="{pipeline.name}",stage="{stage}"}})'
+    metadata = {"serverAddress": PROMETHEUS_URL, "query": query, "threshold": "1", "activationThreshold": "0",
+                "ignoreNullValues": "true"}
+    return {
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": meta(deployment, lab),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment},
+            "minReplicaCount": work.replicas.min, "maxReplicaCount": work.replicas.max,
+            "pollingInterval": POLLING_S, "cooldownPeriod": COOLDOWN_S,
+            "triggers": [{"type": "prometheus", "name": "decision", "metricType": "AverageValue",
+                          "metadata": metadata}],
         },
     }
 

@@ -103,6 +103,14 @@ def test_keda_scales_each_work_stage_on_its_streams_lag() -> None:
     assert auth == [{"parameter": "password", "name": "batchmesh-redis", "key": "password"}]
 
 
+def test_keda_prometheus_follows_the_managers_decision() -> None:
+    scaled = by_name("overlays/wordcount-keda-prometheus/keda.yaml")[("ScaledObject", "wordcount-worker-map-0")]
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
+    assert trigger["metadata"]["query"] == 'max(batchmesh_stage_replicas_desired{pipeline="wordcount",stage="map-0"})'
+    assert trigger["metadata"]["threshold"] == "1" and trigger["metadata"]["activationThreshold"] == "0"
+
+
 def test_min_zero_scales_to_zero_with_keda_and_to_one_with_the_hpa() -> None:
     data = yaml.safe_load((ROOT / "examples/wordcount/pipeline.yaml").read_text())
     data["stages"]["map-0"]["work"]["replicas"] = {"min": 0, "max": 5}
