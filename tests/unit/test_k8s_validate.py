@@ -201,3 +201,19 @@ def test_checkov_catches_a_faulty_manifest(checkov_report: dict[str, list[dict[s
     found = {check["check_id"] for check in checkov_report.get("faulty.yaml", [])}
     # privileged, no resource limits, no probes, root allowed, no read-only root filesystem
     assert {"CKV_K8S_16", "CKV_K8S_11", "CKV_K8S_8", "CKV_K8S_22"} <= found, found
+
+
+def test_strict_follows_kubeconforms_rules() -> None:
+    from k8s_checks import strict
+
+    schema = strict({"type": "object", "properties": {
+        "port": {"x-kubernetes-int-or-string": True},
+        "name": {"type": "string", "nullable": True},
+        "free": {"type": "object", "properties": {"a": {"type": "string"}},
+                 "x-kubernetes-preserve-unknown-fields": True},
+        "map": {"type": "object", "additionalProperties": {"type": "string"}}}})
+    assert schema["additionalProperties"] is False
+    assert schema["properties"]["port"] == {"type": ["integer", "string"]}
+    assert schema["properties"]["name"]["type"] == ["string", "null"]
+    assert "additionalProperties" not in schema["properties"]["free"]
+    assert schema["properties"]["map"]["additionalProperties"] == {"type": "string"}
