@@ -11,7 +11,8 @@ Services, all on the project's default network, ports published on 127.0.0.1 onl
   network, not published unless they say so; every role waits for them to be healthy;
 - the roles of services/render/roles.py (the same argv and environment as `batchmesh run`): `source`, `manager`,
   `router-<stage>` per router/barrier, `worker-<stage>` per stream stage (`deploy.replicas` = replicas.min),
-  `rq-<stage>` per rq stage; `process` stages run inside the manager. Besides the mesh's environment they get the
+  `rq-<stage>` per rq stage; `process` stages run inside the manager; `autoscaler` (the docker socket mounted)
+  only if a stream stage's replicas may vary (min < max). Besides the mesh's environment they get the
   spec's `containers.env`, values left to compose's interpolation (`${SECRET:?...}`: from the user's environment);
 - `prometheus` (the scrape config of services/render/prometheus.py) and `grafana` (dashboards provisioned by
   services/render/grafana.py).
@@ -162,6 +163,8 @@ def compose(pipeline: Pipeline, spec_path: str, *, input_dir: str | None = None,
                        input_path=input_path)
     for role in mesh_roles:
         services[role.name] = _role(role, images, env, volumes, one_shots, sidecars)
+    if autoscaled(pipeline):
+        services["autoscaler"] = _autoscaler(str(spec), images, env, volumes)
     services["prometheus"] = _prometheus(name)
     if grafana:
         services["grafana"] = _grafana()
@@ -213,6 +216,24 @@ def _role(role: Role, images: _Images, env: dict[str, str], volumes: list[str], 
         service["deploy"] = {"replicas": role.replicas}
     service["depends_on"] = depends
     return service
+
+
+def autoscaled(pipeline: Pipeline) -> list[str]:
+    """The stream work stages whose replicas may vary (min < max): the `autoscaler` service scales them."""
+    return [n for n, w in pipeline.work_stages().items() if w.executor == "stream" and w.replicas.max > w.replicas.min]
+
+
+def _autoscaler(spec: str, images: _Images, env: dict[str, str], volumes: list[str]) -> dict[str, Any]:
+    """The compose actuator (services.autoscaler): scales each autoscaled stage's `worker-<stage>` containers to
+    the manager's decision through the Docker API. The socket is mounted read-only, which keeps the socket file
+    from being replaced but not the API from being used: this service can start and stop containers, hence it is
+    only rendered when a stage asks for autoscaling. It joins the socket's group (`BATCHMESH_DOCKER_GID`, e.g.
+    `$(stat -c %g /var/run/docker.sock)`; default 0)."""
+    return {**images.mesh(), **_hardened(), "restart": RESTART, "stop_grace_period": "10s",
+            "command": ["autoscaler", "--pipeline", spec], "environment": dict(env),
+            "volumes": [*volumes, "/var/run/docker.sock:/var/run/docker.sock:ro"],
+            "group_add": ["${BATCHMESH_DOCKER_GID:-0}"], "healthcheck": {"disable": True},
+            "depends_on": _healthy("manager")}
 
 
 def _redis() -> dict[str, Any]:
