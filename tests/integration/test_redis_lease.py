@@ -257,7 +257,7 @@ def test_a_wrong_password_is_one_line(tmp_path: Path) -> None:
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
         assert "refused the credentials" in done.stderr and "wrong" not in done.stderr.replace("WRONGPASS", "")
     finally:
-        redis.Redis.from_url(url, password="right").config_set("requirepass", "")  # so stop() can SHUTDOWN
+        redis.Redis.from_url(url, password="right").config_set("requirepass", "")  # noqa: S106 (test server)
         server.stop()
 
 
