@@ -17,13 +17,25 @@ TRIGGER_AUTH = "batchmesh-redis"
 LAG_PER_REPLICA = 4  # entries of lag per item slot: the local runner's ceil(backlog / (concurrency × 4))
 POLLING_S = 10
 COOLDOWN_S = 300  # KEDA: quiet this long before an idle stage goes to 0 (min: 0)
-SCALE_DOWN_WINDOW_S = 120  # HPA: stabilisation window before scaling down
+SCALE_DOWN_WINDOW_S = 120  # KEDA's HPA and ours: stabilisation window before scaling down (no flapping)
 DESIRED_METRIC = "batchmesh_stage_replicas_desired"
 PROMETHEUS_URL = "http://prometheus.monitoring.svc:9090"  # the cluster's Prometheus: patch it in your overlay
 
 
 def lag_count(work: WorkSpec) -> int:
     return work.concurrency * LAG_PER_REPLICA
+
+
+def _behavior() -> dict[str, Any]:
+    """Scale up at once (4 pods per 15 s), down one pod a minute after SCALE_DOWN_WINDOW_S of lower wishes."""
+    return {"scaleDown": {"stabilizationWindowSeconds": SCALE_DOWN_WINDOW_S,
+                          "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]},
+            "scaleUp": {"stabilizationWindowSeconds": 0,
+                        "policies": [{"type": "Pods", "value": 4, "periodSeconds": 15}]}}
+
+
+def _no_flapping() -> dict[str, Any]:
+    return {"horizontalPodAutoscalerConfig": {"behavior": _behavior()}}
 
 
 def trigger_authentication() -> dict[str, Any]:
@@ -58,7 +70,7 @@ def scaled_object(pipeline: Pipeline, stage: str, work: WorkSpec, deployment: st
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment},
             "minReplicaCount": work.replicas.min, "maxReplicaCount": work.replicas.max,
-            "pollingInterval": POLLING_S, "cooldownPeriod": COOLDOWN_S,
+            "pollingInterval": POLLING_S, "cooldownPeriod": COOLDOWN_S, "advanced": _no_flapping(),
             "triggers": [{"type": "redis-streams", "name": "lag", "metadata": metadata,
                           "authenticationRef": {"name": TRIGGER_AUTH}}],
         },
@@ -78,7 +90,7 @@ def prometheus_scaled_object(pipeline: Pipeline, stage: str, work: WorkSpec, dep
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment},
             "minReplicaCount": work.replicas.min, "maxReplicaCount": work.replicas.max,
-            "pollingInterval": POLLING_S, "cooldownPeriod": COOLDOWN_S,
+            "pollingInterval": POLLING_S, "cooldownPeriod": COOLDOWN_S, "advanced": _no_flapping(),
             "triggers": [{"type": "prometheus", "name": "decision", "metricType": "AverageValue",
                           "metadata": metadata}],
         },
@@ -97,10 +109,7 @@ def hpa(pipeline: Pipeline, stage: str, work: WorkSpec, deployment: str, lab: di
                 "metric": {"name": DESIRED_METRIC,
                            "selector": {"matchLabels": {"pipeline": pipeline.name, "stage": stage}}},
                 "target": {"type": "AverageValue", "averageValue": "1"}}}],
-            "behavior": {"scaleDown": {"stabilizationWindowSeconds": SCALE_DOWN_WINDOW_S,
-                                       "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]},
-                         "scaleUp": {"stabilizationWindowSeconds": 0,
-                                     "policies": [{"type": "Pods", "value": 4, "periodSeconds": 15}]}},
+            "behavior": _behavior(),
         },
     }
 
