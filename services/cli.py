@@ -212,8 +212,12 @@ def cmd_router(args: argparse.Namespace) -> int:
     if args.stage in pipeline.barrier_stages():
         run_barrier(pipeline, args.stage, settings, _stop_on_signals())
         return 0
-    # An item a filter drops is finished: it counts as done, so the batch can complete.
-    run_router(pipeline.name, args.stage, routers[args.stage], settings, _stop_on_signals(), drop_state=DONE)
+    # An item a filter drops is finished: it counts as done, so the batch can complete; a barrier after it counts
+    # it as skipped (core.spec_skips), like an item sent down a branch that does not lead to that barrier.
+    from services.core.spec_skips import skip_plan
+
+    run_router(pipeline.name, args.stage, routers[args.stage], settings, _stop_on_signals(), drop_state=DONE,
+               skips=skip_plan(pipeline, args.stage))
     return 0
 
 

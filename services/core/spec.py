@@ -472,27 +472,29 @@ class Pipeline(Strict):
         return sorted(found - {name})
 
     def _check_barrier(self, name: str) -> None:
-        """A barrier counts the batch's items: every item must reach it (or a sibling) or be dead-lettered."""
+        """A barrier counts the batch's items: every item must reach it (or a sibling), be dead-lettered, or be sent
+        away by a router that records it as skipped for the barrier (core.spec_skips) — exact only if no copy of
+        the item reaches the barrier another way. A reduce of partial aggregates waits for one item per upstream
+        barrier and batch: nothing between them may hold one back."""
+        from .spec_skips import skip_problem
+
         kind = self.stages[name].kind
         where = f"stages.{name}.{kind}.input"
-        upstream = self.upstream(self.stages[name].body.input)
         sources = self.barrier_sources(name)
-        if sources:  # it waits for one item per upstream barrier and batch: only the stages between them matter
-            upstream -= set().union(*(self.upstream(self.stages[b].body.input) | {b} for b in sources))
+        if not sources:
+            problem = skip_problem(self, name)
+            if problem:
+                raise SpecError(where, problem)
+            return
+        upstream = self.upstream(self.stages[name].body.input)
+        upstream -= set().union(*(self.upstream(self.stages[b].body.input) | {b} for b in sources))
         for stage in sorted(upstream):
             spec = self.stages[stage]
             if spec.kind in ("filter", "split"):
-                raise SpecError(where, f"{spec.kind} stage {stage!r} upstream sends items elsewhere, so the "
-                                       f"{kind} would wait for them forever; put it after the {kind}")
-            reached = set().union(*(self._streams_up_to(b) for b in [name, *self.barrier_siblings(name)]))
-            missing = [out for out in spec.outputs(stage) if out not in reached]
-            if spec.kind == "shard" and missing and not sources:
-                raise SpecError(where, f"shard outputs {missing} of {stage!r} do not reach the {kind}: merge every "
-                                       "shard before it, or give each shard a reducer and merge their partials")
-
-    def _streams_up_to(self, name: str) -> set[str]:
-        return {s for stage in self.upstream(self.stages[name].body.input) | {name}
-                for s in self.stages[stage].body.inputs}
+                raise SpecError(where, f"{spec.kind} stage {stage!r} is between {', '.join(map(repr, sources))} and "
+                                       f"the {kind}, which waits for exactly one partial from each of them per "
+                                       f"batch: put it before {'them' if len(sources) > 1 else 'it'} (it may filter "
+                                       f"the items) or after the {kind}")
 
 
 def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> Pipeline:

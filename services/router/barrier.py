@@ -3,8 +3,11 @@
 Items are read with the stage's consumer group like any stage; each batch's arrivals are folded into Redis
 (a set of ids already in, a reduce's aggregate hash, a join's held items) and acknowledged in one script, so
 folding is exactly once under retries, reclaims and restarts of the barrier itself. The barrier fires when the
-manager's manifest of the batch is complete and every item in it has arrived or was dead-lettered upstream
-(those are reported, the barrier does not hang); it never fires early and emits exactly once: an output on its
+manager's manifest of the batch is complete and every item in it has arrived, was dead-lettered upstream
+(those are reported, the barrier does not hang) or was skipped — dropped by a filter before it, or routed by a
+splitter or sharder down a branch that does not lead to it, recorded by that router in the barrier's `skipped`
+set of the batch in the same atomic step as the routing (core.spec_skips; counted as `skipped` in the summary);
+it never fires early and emits exactly once: an output on its
 own stream, and a batch-complete event on the pipeline's events stream that dependent pipelines wait for.
 
 Besides arrivals, the barrier re-checks the recent batches a few times a second: a batch can become complete
@@ -210,7 +213,8 @@ class Barrier:
                 k.barrier(self.stage, batch, "state"), k.manifest(batch), k.batch_items(batch),
                 k.barrier(self.stage, batch, "scratch"), self._output_key(), k.arrivals(),
                 *(k.batch_dead(batch, s) for s in self.plan.dead_stages),
-                *(k.barrier(sibling, batch, "in") for sibling in self.plan.siblings)]
+                *(k.barrier(sibling, batch, "in") for sibling in self.plan.siblings),
+                *([k.barrier(self.stage, batch, "skipped")] if self.plan.expected is None else [])]  # spec_skips
         pipe = self.client.pipeline(transaction=True)
         self._step(keys=keys, args=args, client=pipe)
         if arrivals and not self.emits_held:  # the items end here (a join releasing them passes them on)
@@ -254,8 +258,9 @@ class Barrier:
         if dead:
             arrived = self.client.smismember(k.barrier(self.stage, batch, "in"), dead)
             dead = [d for d, seen in zip(dead, arrived, strict=True) if not seen]
+        skipped = self.client.scard(k.barrier(self.stage, batch, "skipped")) if self.plan.expected is None else 0
         return {"batch": batch, "items": int(state.get("expected", 0)), "done": int(state.get("arrived", 0)),
-                "failed": dead[:1000], "failed_count": len(dead)}
+                "failed": dead[:1000], "failed_count": len(dead), "skipped": int(skipped)}  # skipped: spec_skips
 
 
 def _chunks(arrivals: list[tuple[Delivery, Arrival]]) -> list[list[tuple[Delivery, Arrival]]]:

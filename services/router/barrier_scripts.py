@@ -6,7 +6,8 @@ from __future__ import annotations
 # KEYS: 1 input stream, 2 stage stats, 3 `in` set, 4 `agg` hash, 5 `held` hash, 6 `state` hash, 7 manifest,
 #       8 batch items set, 9 scratch key, 10 output stream (for late items to hold: passed straight on),
 #       11 the pipeline's arrivals hash, 12.. sets of ids that will not come: dead-lettered upstream (or at the
-#       barrier itself), or folded by a sibling (a sharded reducer's sibling sees the other shards' items)
+#       barrier itself), folded by a sibling (a sharded reducer's sibling sees the other shards' items), or
+#       skipped: sent away from this barrier by a router before it (a filter's drop; core.spec_skips)
 # ARGV: 1 group, 2 expected ('' = the manifest's item set), 3 now, 4 n = number of entry ids to acknowledge,
 #       5..4+n entry ids, then per item: id, raw item to hold ('' = none), m, then m (op, field, increment),
 #       op 'i' = an integer amount (HINCRBY, or HINCRBYFLOAT once the field holds a fraction), 'f' = a fraction.

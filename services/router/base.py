@@ -27,8 +27,10 @@ from services.core import metrics as core_metrics
 from services.core.expressions import Expression
 from services.core.health import RoleHealth
 from services.core.item import FIELD
+from services.core.keys import BATCH_TTL_S
 from services.core.reconnect import Reconnect
 from services.core.spec_routers import RouterSpec
+from services.core.spec_skips import Skip
 
 from .document import Document, document, entry_id_key
 from .scripts import RouteScript
@@ -59,6 +61,7 @@ class Router:
     def __init__(
         self, client: Redis, settings: Settings, stage: str, spec: RouterSpec, *, server_side: bool | None = None,
         consumer: str | None = None, drop_state: str | None = None, on_drop: DropHook | None = None,
+        skips: Sequence[Skip] = (),
     ) -> None:
         if drop_state is not None and drop_state not in STATES:
             raise ValueError(f"unknown drop state {drop_state!r} (one of {', '.join(STATES)})")
@@ -71,6 +74,15 @@ class Router:
         self.consumers = [StreamConsumer(client, settings, stage=stage, input_stream=name,
                                          consumer=self.consumer_name) for name in spec.inputs]
         self.drop_state, self.on_drop = drop_state, on_drop
+        # The barriers this router tells about items it sends away from them (core.spec_skips.skip_plan): per
+        # barrier, the outputs leading away; the record goes into the barrier's `skipped` set of the item's batch.
+        self.skips = [(s.barrier, s.away) for s in skips]
+        self._skip_conf: dict[str, Any] = {}
+        if self.skips:
+            head, tail = zip(*(self.keys.barrier(b, "\0", "skipped").split("\0") for b, _ in self.skips), strict=True)
+            self._skip_conf = {"skips": [[h, t, "".join("1" if i in away else "0" for i in range(len(self.outputs)))]
+                                         for h, t, (_, away) in zip(head, tail, self.skips, strict=True)],
+                               "ttl": BATCH_TTL_S}
         expr = self.expression()
         possible = (expr is None or expr.simple) and on_drop is None  # a Python callback needs the Python path
         if server_side and not possible:
@@ -163,7 +175,7 @@ class Router:
         try:
             r = self._script(inputs=[c.stream_key for c in order], outputs=self.output_keys, tail=self._tail,
                              group=self.stage, count=self.count, mode=self.mode, program=self._program,
-                             drop_state=self.drop_state or "", conf=self.lua_conf())
+                             drop_state=self.drop_state or "", conf={**self.lua_conf(), **self._skip_conf})
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -203,6 +215,7 @@ class Router:
         commit = Commit()
         published: list[tuple[str, bytes]] = []
         dropped: list[str] = []
+        away: dict[str, list[str]] = {}  # a barrier's skipped set of a batch -> ids sent away from that barrier
         self._spilled = [0] * len(self.outputs)
         for d in batch:
             doc, why = document(d)
@@ -210,6 +223,11 @@ class Router:
                 commit.dead_letter(d, f"malformed item: {why}")
                 continue
             targets = self.decide(doc)
+            batch = doc.get("batch")
+            if self.skips and isinstance(batch, str) and batch:
+                for barrier, outputs in self.skips:
+                    if all(t in outputs for t in targets):  # a drop (no target) is away from every barrier
+                        away.setdefault(self.keys.barrier(barrier, batch, "skipped"), []).append(doc["id"])
             if targets:
                 commit.complete(d)
                 published.extend((self.output_keys[t], d.raw) for t in targets)
@@ -234,6 +252,9 @@ class Router:
                     self.on_drop(pipe, dropped)
             if sum(spilled):
                 pipe.hincrby(stats, "spilled", sum(spilled))
+            for key, ids in away.items():  # with the acks: routed and recorded together, or neither (SADD: once)
+                pipe.sadd(key, *ids)
+                pipe.expire(key, BATCH_TTL_S)
 
         commit.also(publish)
         consumer.commit(commit)

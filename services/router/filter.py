@@ -2,7 +2,9 @@
 
 Dropped items are acknowledged, counted (`batchmesh_items_filtered_total`, stats field `filtered`) and, if the
 wiring asks, moved to a progress state (`drop_state`, in the same transaction/script) or handed to a Python
-callback (`on_drop`, Python path only). The predicate compiler is core's (`compile_predicate`), so the source
+callback (`on_drop`, Python path only). A barrier after the filter (a join, a reduce) stops waiting for a dropped
+item: the drop is recorded in the barrier's `skipped` set of the item's batch in the same step (core.spec_skips).
+The predicate compiler is core's (`compile_predicate`), so the source
 ambassador filters with the same expressions."""
 
 from __future__ import annotations

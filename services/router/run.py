@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -13,6 +14,7 @@ from services.core.health import RoleHealth
 from services.core.reconnect import Reconnect
 from services.core.spec import Pipeline
 from services.core.spec_routers import RouterSpec
+from services.core.spec_skips import Skip
 
 from . import copier, filter, merger, sharder, splitter  # noqa: F401 - importing registers the kinds
 from .barrier import Barrier, BarrierPlan
@@ -25,19 +27,21 @@ BARRIERS: dict[str, type[Barrier]] = {Join.kind: Join, Reduce.kind: Reduce}
 
 def build_router(client: redis.Redis, settings: Settings, stage: str, spec: RouterSpec, *,
                  server_side: bool | None = None, drop_state: str | None = None,
-                 on_drop: DropHook | None = None, consumer: str | None = None, **options: Any) -> Router:
-    """A router of the spec's kind; `options` go to that kind (e.g. the sharder's consumer_timeout_ms)."""
+                 on_drop: DropHook | None = None, consumer: str | None = None, skips: Sequence[Skip] = (),
+                 **options: Any) -> Router:
+    """A router of the spec's kind; `options` go to that kind (e.g. the sharder's consumer_timeout_ms). `skips`:
+    the barriers it records items sent away from them for (core.spec_skips.skip_plan of the pipeline)."""
     try:
         cls = ROUTERS[spec.kind]
     except (KeyError, AttributeError):
         raise ValueError(f"no router kind for {type(spec).__name__} (kinds: {', '.join(sorted(ROUTERS))})") from None
     return cls(client, settings, stage, spec, server_side=server_side, drop_state=drop_state, on_drop=on_drop,
-               consumer=consumer, **options)
+               consumer=consumer, skips=skips, **options)
 
 
 def run_router(pipeline_name: str, stage: str, spec_model: RouterSpec, settings: Settings, stop: threading.Event,
                *, server_side: bool | None = None, drop_state: str | None = None,
-               on_drop: DropHook | None = None) -> None:
+               on_drop: DropHook | None = None, skips: Sequence[Skip] = ()) -> None:
     """Route the stage's items until `stop` is set. `server_side`: None = in Lua when the expression is simple,
     True = in Lua or raise ValueError, False = in Python."""
     settings = settings.model_copy(update={"pipeline": pipeline_name})
@@ -47,7 +51,7 @@ def run_router(pipeline_name: str, stage: str, spec_model: RouterSpec, settings:
         try:  # a Redis not up yet (or restarting) is waited for: starting creates the groups, safe to repeat
             router = Reconnect(client, health, stop).call(lambda: build_router(
                 client, settings, stage, spec_model, server_side=server_side, drop_state=drop_state,
-                on_drop=on_drop))
+                on_drop=on_drop, skips=skips))
             if router is not None:
                 router.run(stop, health)
         finally:

@@ -22,7 +22,11 @@ from redis import Redis
 
 # KEYS: inputs (nin), outputs, dead-letter stream, stage stats, progress states, progress counts, arrivals hash.
 # ARGV: group, count per input, nin, mode (all|filter|split|shard), program (JSON or ''),
-#       drop state ('' = leave), conf JSON ({"routes": {value: output}, "default": output} | {"health": "1011"}).
+#       drop state ('' = leave), conf JSON ({"routes": {value: output}, "default": output} | {"health": "1011"},
+#       and "skips": [[key head, key tail, mask]], "ttl": seconds when the router tells barriers what it sends away
+#       from them: an item of batch B whose outputs are all '1' in a mask is added to the set head..B..tail, a
+#       barrier's `skipped` set. Those keys are named by the items' batches, so they are not in KEYS: every key of
+#       a pipeline carries its hash tag, so they are in the same Cluster slot as KEYS).
 # Returns {read, completed, filtered, dead, skipped, {spilled per shard}, {the group's last-delivered id per input}}.
 ROUTE_LUA = r"""
 local group, count, nin = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -158,10 +162,13 @@ local seen = {}
 for i = 1, nin do seen[i] = #batches[i] > 0 and batches[i][#batches[i]][1] or from[i] end
 
 local read, completed, filtered, dead, skipped = 0, 0, 0, 0, 0
-local at = nil
+-- First every decision, writing nothing: a skipped set an item is recorded in is named by the item's batch, so
+-- its type is checked here, before the first write (see the module's docstring).
+local skips, away, away_keys = conf.skips or {}, {}, {}
+local acts = {}
 for i = 1, nin do
   for _, entry in ipairs(batches[i]) do
-    local id, f, raw, to = entry[1], entry[2], nil, nil
+    local f, raw, to = entry[2], nil, nil
     for j = 1, #f, 2 do
       if f[j] == 'item' then raw = f[j + 1] elseif f[j] == 'to' then to = f[j + 1] end
     end
@@ -170,39 +177,76 @@ for i = 1, nin do
     else
       read = read + 1
       local doc, why = document(raw)
-      if doc == nil then
-        if at == nil then
-          local t = redis.call('TIME')
-          at = t[1] .. '.' .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
-        end
-        redis.call('XADD', dlq, '*', 'item', raw or '', 'reason', 'malformed item: ' .. why,
-                   'stream', KEYS[i], 'deliveries', '1', 'at', at)
-        dead = dead + 1
-      else
-        local targets = decide(doc)
-        for _, t in ipairs(targets) do
-          redis.call('XADD', KEYS[nin + t], '*', 'item', raw)
-          added[t] = (added[t] or 0) + 1
-        end
-        if #targets > 0 then
-          completed = completed + 1
-        else
-          filtered = filtered + 1
-          if drop_state ~= '' then  -- the same rule as core.progress: done/dead stay so
-            local old = redis.call('HGET', states, doc.id)
-            if old ~= drop_state and old ~= 'done' and old ~= 'dead' then
-              redis.call('HSET', states, doc.id, drop_state)
-              if old then redis.call('HINCRBY', counts, old, -1) end
-              redis.call('HINCRBY', counts, drop_state, 1)
+      local targets = doc and decide(doc)
+      acts[#acts + 1] = {i, raw, doc, targets or why}
+      local batch = doc and doc.batch
+      if #skips > 0 and type(batch) == 'string' and batch ~= '' then
+        for _, s in ipairs(skips) do  -- {key head, key tail, '1' per output leading away from that barrier}
+          local gone = true
+          for _, t in ipairs(targets) do
+            if string.sub(s[3], t, t) ~= '1' then gone = false; break end
+          end
+          if gone then
+            local key = s[1] .. batch .. s[2]
+            local ids = away[key]
+            if ids == nil then
+              local t = redis.call('TYPE', key)['ok']
+              if t ~= 'set' and t ~= 'none' then
+                return redis.error_reply('WRONGTYPE key ' .. key .. ' holds a ' .. t .. ', not a set: nothing ' ..
+                                         'was routed')
+              end
+              ids = {}
+              away[key] = ids
+              away_keys[#away_keys + 1] = key
             end
+            ids[#ids + 1] = doc.id
           end
         end
       end
     end
   end
+end
+local at = nil
+for _, act in ipairs(acts) do
+  local i, raw, doc = act[1], act[2], act[3]
+  if doc == nil then
+    if at == nil then
+      local t = redis.call('TIME')
+      at = t[1] .. '.' .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+    end
+    redis.call('XADD', dlq, '*', 'item', raw or '', 'reason', 'malformed item: ' .. act[4],
+               'stream', KEYS[i], 'deliveries', '1', 'at', at)
+    dead = dead + 1
+  else
+    local targets = act[4]
+    for _, t in ipairs(targets) do
+      redis.call('XADD', KEYS[nin + t], '*', 'item', raw)
+      added[t] = (added[t] or 0) + 1
+    end
+    if #targets > 0 then
+      completed = completed + 1
+    else
+      filtered = filtered + 1
+      if drop_state ~= '' then  -- the same rule as core.progress: done/dead stay so
+        local old = redis.call('HGET', states, doc.id)
+        if old ~= drop_state and old ~= 'done' and old ~= 'dead' then
+          redis.call('HSET', states, doc.id, drop_state)
+          if old then redis.call('HINCRBY', counts, old, -1) end
+          redis.call('HINCRBY', counts, drop_state, 1)
+        end
+      end
+    end
+  end
+end
+for i = 1, nin do
   if #batches[i] > 0 then  -- the group has now seen them: delivered and acknowledged in one
     redis.call('XGROUP', 'SETID', KEYS[i], group, batches[i][#batches[i]][1])
   end
+end
+for _, key in ipairs(away_keys) do  -- in the call that routes them: a barrier counts them as accounted for
+  local ids = away[key]
+  for j = 1, #ids, 1000 do redis.call('SADD', key, unpack(ids, j, math.min(j + 999, #ids))) end
+  redis.call('EXPIRE', key, conf.ttl)
 end
 local nspilled = 0
 for i = 1, nshards do nspilled = nspilled + spilled[i] end

@@ -1,6 +1,7 @@
 """The splitter: each item to exactly one route by kind (`split: {input, by, routes: {value: route}, default}`),
 to <stage>.<route>. No drops: a value no route names, or no key at all, goes to the default route, which is
-required."""
+required. An item routed down a branch that does not lead to a barrier after the splitter is recorded as skipped
+for that barrier, in the same step (core.spec_skips); a route that leads to it (also through a merge) is not."""
 
 from __future__ import annotations
 

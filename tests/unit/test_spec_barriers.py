@@ -1,6 +1,7 @@
-"""Barrier stages in the pipeline spec: a bad fold, and a graph where some item would never reach a join or
-reduce (a filter or splitter upstream, a shard output going elsewhere), is a SpecError naming the bad field; a
-barrier's own output may go unread."""
+"""Barrier stages in the pipeline spec: a bad fold is a SpecError naming the bad field; a filter, splitter or
+sharder before a join or reduce records what it sends away from it (core.spec_skips), refused only where that
+record could not be exact (a copy of the item reaching the barrier another way, a partial held back before a
+reduce of partials); a barrier's own output may go unread."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import yaml
 
 from services.core.spec import Pipeline, SpecError, load_pipeline
 from services.core.spec_barriers import FoldSpec
+from services.core.spec_skips import Skip, skip_plan
 
 BASE: dict[str, Any] = {"apiVersion": "batchmesh/v1", "name": "p", "source": {"path": "."}}
 WORK = {"work": {"input": "source", "worker": "noop"}}
@@ -100,30 +102,42 @@ def test_a_reduce_spec_loads(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["join", "reduce"])
-def test_a_filter_upstream_of_a_barrier_is_refused(tmp_path: Path, kind: str) -> None:
+def test_a_filter_upstream_of_a_barrier_records_its_drops_for_it(tmp_path: Path, kind: str) -> None:
     barrier = {"input": "map"} if kind == "join" else {"input": "map", "fold": {"n": {"count": True}}}
-    err = spec_error(tmp_path, {"keep": {"filter": {"input": "source", "where": "data.n > `1`"}},
-                                "map": {"work": {"input": "keep", "worker": "noop"}},
-                                "gate": {kind: barrier}})
-    assert err.path == f"stages.gate.{kind}.input"
-    assert "filter stage 'keep'" in err.reason
+    p = pipeline(tmp_path, {"keep": {"filter": {"input": "source", "where": "data.n > `1`"}},
+                            "map": {"work": {"input": "keep", "worker": "noop"}},
+                            "gate": {kind: barrier}})
+    assert skip_plan(p, "keep") == [Skip("gate", frozenset())]  # only a drop is away from the barrier
+    assert skip_plan(p, "map") == [] and skip_plan(p, "gate") == []
 
 
-def test_a_filter_directly_before_a_barrier_is_refused(tmp_path: Path) -> None:
-    err = spec_error(tmp_path, {"map": WORK, "keep": {"filter": {"input": "map", "where": "data.ok"}},
-                                "gate": {"join": {"input": "keep"}}})
-    assert err.path == "stages.gate.join.input" and "'keep'" in err.reason
+def test_a_filter_directly_before_a_barrier_is_fine(tmp_path: Path) -> None:
+    p = pipeline(tmp_path, {"map": WORK, "keep": {"filter": {"input": "map", "where": "data.ok"}},
+                            "gate": {"join": {"input": "keep"}}})
+    assert skip_plan(p, "keep") == [Skip("gate", frozenset())]
 
 
-def test_a_split_upstream_of_a_barrier_is_refused_even_when_every_route_reaches_it(tmp_path: Path) -> None:
-    """A splitter never drops, but the barrier would still need both routes: refused all the same (the spec's
-    rule is simple: put it after the barrier)."""
-    err = spec_error(tmp_path, {
+def test_a_split_records_the_routes_that_do_not_lead_to_the_barrier(tmp_path: Path) -> None:
+    p = pipeline(tmp_path, {
+        "route": {"split": {"input": "source", "by": "data.kind", "routes": {"a": "one", "b": "two"},
+                            "default": "other"}},
+        "one": {"work": {"input": "route.one", "worker": "noop"}},
+        "two": {"work": {"input": "route.two", "worker": "noop"}},
+        "other": {"work": {"input": "route.other", "worker": "noop"}},
+        "both": {"merge": {"inputs": ["one", "two"]}},
+        "gate": {"join": {"input": "both"}}})
+    outputs = p.stages["route"].outputs("route")
+    assert skip_plan(p, "route") == [Skip("gate", frozenset({outputs.index("route.other")}))]
+
+
+def test_a_split_whose_every_route_reaches_the_barrier_records_nothing(tmp_path: Path) -> None:
+    p = pipeline(tmp_path, {
         "route": {"split": {"input": "source", "by": "data.kind", "routes": {"a": "one"}, "default": "other"}},
         "one": {"work": {"input": "route.one", "worker": "noop"}},
         "other": {"work": {"input": "route.other", "worker": "noop"}},
-        "gate": {"join": {"input": "one"}}})
-    assert err.path == "stages.gate.join.input" and "split stage 'route'" in err.reason
+        "both": {"merge": {"inputs": ["one", "other"]}},
+        "gate": {"join": {"input": "both"}}})
+    assert skip_plan(p, "route") == []
 
 
 def test_a_filter_or_split_after_a_barrier_is_fine(tmp_path: Path) -> None:
@@ -133,21 +147,68 @@ def test_a_filter_or_split_after_a_barrier_is_fine(tmp_path: Path) -> None:
                         "last": {"work": {"input": "route.rest", "worker": "noop"}}})
 
 
-def test_a_shard_output_not_reaching_the_barrier_is_refused(tmp_path: Path) -> None:
-    err = spec_error(tmp_path, {"split": {"shard": {"input": "source", "key": "name", "shards": 2}},
-                                "map-0": {"work": {"input": "split.0", "worker": "noop"}},
-                                "map-1": {"work": {"input": "split.1", "worker": "noop"}},
-                                "gate": {"join": {"input": "map-0"}}})
-    assert err.path == "stages.gate.join.input"
-    assert "split.1" in err.reason and "'split'" in err.reason
+def test_a_shard_output_not_reaching_the_barrier_is_recorded(tmp_path: Path) -> None:
+    p = pipeline(tmp_path, {"split": {"shard": {"input": "source", "key": "name", "shards": 2}},
+                            "map-0": {"work": {"input": "split.0", "worker": "noop"}},
+                            "map-1": {"work": {"input": "split.1", "worker": "noop"}},
+                            "gate": {"join": {"input": "map-0"}}})
+    assert skip_plan(p, "split") == [Skip("gate", frozenset({1}))]
 
 
-def test_a_reducer_per_shard_without_merging_the_partials_is_refused(tmp_path: Path) -> None:
+def test_a_reducer_per_shard_without_merging_the_partials_reduces_its_shard(tmp_path: Path) -> None:
     fold = {"n": {"count": True}}
-    err = spec_error(tmp_path, {"split": {"shard": {"input": "source", "key": "name", "shards": 2}},
-                                "part-0": {"reduce": {"input": "split.0", "fold": fold}},
-                                "part-1": {"reduce": {"input": "split.1", "fold": fold}}})
-    assert err.path == "stages.part-0.reduce.input" and "split.1" in err.reason
+    p = pipeline(tmp_path, {"split": {"shard": {"input": "source", "key": "name", "shards": 2}},
+                            "part-0": {"reduce": {"input": "split.0", "fold": fold}},
+                            "part-1": {"reduce": {"input": "split.1", "fold": fold}}})
+    assert skip_plan(p, "split") == [Skip("part-0", frozenset({1})), Skip("part-1", frozenset({0}))]
+
+
+def test_sharded_reducers_merged_after_record_nothing_for_their_siblings_shards(tmp_path: Path) -> None:
+    """part-0 stops waiting for what part-1 folded (siblings): the sharder records nothing; a filter before the
+    sharder records its drops for both; a filter inside one shard's branch for both too (the other reducer would
+    wait for the dropped item otherwise)."""
+    fold = {"n": {"count": True}}
+    p = pipeline(tmp_path, {"keep": {"filter": {"input": "source", "where": "data.ok"}},
+                            "split": {"shard": {"input": "keep", "key": "name", "shards": 2}},
+                            "odd": {"filter": {"input": "split.1", "where": "data.odd"}},
+                            "part-0": {"reduce": {"input": "split.0", "fold": fold}},
+                            "part-1": {"reduce": {"input": "odd", "fold": fold}},
+                            "parts": {"merge": {"inputs": ["part-0", "part-1"]}},
+                            "total": {"reduce": {"input": "parts", "fold": {"n": {"sum": "data.aggregate.n"}}}}})
+    assert skip_plan(p, "split") == []
+    both = [Skip("part-0", frozenset()), Skip("part-1", frozenset())]
+    assert skip_plan(p, "keep") == both and skip_plan(p, "odd") == both
+
+
+def test_a_filter_on_one_copy_when_another_copy_reaches_the_barrier_is_refused(tmp_path: Path) -> None:
+    """The other copy may arrive after the dropped one was recorded: the barrier could fire without it."""
+    err = spec_error(tmp_path, {"fan": {"copy": {"input": "source", "to": ["a", "b"]}},
+                                "keep": {"filter": {"input": "fan.a", "where": "data.ok"}},
+                                "both": {"merge": {"inputs": ["keep", "fan.b"]}},
+                                "gate": {"join": {"input": "both"}}})
+    assert err.path == "stages.gate.join.input"
+    assert "filter stage 'keep'" in err.reason and "copy stage 'fan'" in err.reason
+
+
+def test_a_split_on_a_stream_another_stage_reads_on_its_way_to_the_barrier_is_refused(tmp_path: Path) -> None:
+    err = spec_error(tmp_path, {
+        "map": WORK,
+        "route": {"split": {"input": "map", "by": "data.kind", "routes": {"a": "one"}, "default": "rest"}},
+        "one": {"work": {"input": "route.one", "worker": "noop"}},
+        "rest": {"work": {"input": "route.rest", "worker": "noop"}},
+        "also": {"work": {"input": "map", "worker": "noop"}},
+        "both": {"merge": {"inputs": ["one", "also"]}},
+        "gate": {"reduce": {"input": "both", "fold": {"n": {"count": True}}}}})
+    assert err.path == "stages.gate.reduce.input"
+    assert "split stage 'route'" in err.reason and "'map' is read by both" in err.reason
+
+
+def test_a_copy_whose_other_branch_goes_elsewhere_is_fine_before_a_filter(tmp_path: Path) -> None:
+    p = pipeline(tmp_path, {"fan": {"copy": {"input": "source", "to": ["a", "b"]}},
+                            "keep": {"filter": {"input": "fan.a", "where": "data.ok"}},
+                            "gate": {"join": {"input": "keep"}},
+                            "archive": {"work": {"input": "fan.b", "worker": "noop"}}})
+    assert skip_plan(p, "keep") == [Skip("gate", frozenset())] and skip_plan(p, "fan") == []
 
 
 def test_shards_merged_before_the_barrier_or_a_reducer_per_shard_merged_after_are_fine(tmp_path: Path) -> None:
