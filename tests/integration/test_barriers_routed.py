@@ -19,7 +19,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.core import Keys, Progress, Settings, WorkItem
+from services.core import CommitError, Keys, Progress, Settings, WorkItem
 from services.core.barriers import barrier_state
 from services.core.progress import DONE
 from services.core.spec import Pipeline
@@ -256,3 +256,31 @@ def test_a_join_after_a_filter_fires_once_every_item_is_joined_or_filtered(
         assert sorted(i.id for i in out) == kept
     else:
         assert len(out) == 1 and out[0].data["done"] == len(kept)
+
+
+@pytest.mark.parametrize("server_side", [True, False], ids=["lua", "python"])
+def test_a_record_that_cannot_be_written_routes_nothing(client: redis.Redis, settings: Settings,
+                                                        server_side: bool) -> None:
+    """The record and the routing are one step: a skipped set holding another type (checked before anything is
+    written) fails the whole step — nothing published, acknowledged, counted or marked — and once it is fixed the
+    same entries are routed (the Python path's reclaimed) and recorded once."""
+    m = Mesh(client, settings, pipeline_of(SHAPES["filter"][0]), ["keep"], server_side)
+    records = [{"name": f"doc-{i}", "version": "1", "keep": i % 2 == 0, "kind": "a", "n": i, "words": {}}
+               for i in range(6)]
+    m.dispatch(records)
+    m.close(len(records))
+    skipped = m.keys.barrier("gate", m.batch, "skipped")
+    client.set(skipped, "not a set")
+    with pytest.raises((redis.ResponseError, CommitError), match="not a set"):
+        m.routers[0].step(0)
+    assert client.xlen(m.keys.stream("keep")) == 0 and client.hgetall(m.keys.stage_stats("keep")) == {}
+    assert set(client.hvals(m.keys.states())) == {b"queued"}
+    client.delete(skipped)
+    deadline = time.monotonic() + 5
+    while not m.outputs() and time.monotonic() < deadline:
+        m.settle()
+        time.sleep(0.005)
+    [final] = m.outputs()
+    kept = [r for r in records if r["keep"]]
+    assert final.data["aggregate"] == fold(kept) and final.data["skipped"] == len(records) - len(kept)
+    assert client.scard(skipped) == len(records) - len(kept) and client.ttl(skipped) > 0
