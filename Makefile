@@ -15,13 +15,20 @@ $(BIN)/batchmesh: pyproject.toml
 
 venv: $(BIN)/batchmesh
 
+# checkov (the Kubernetes policy scan in the tests) pins networkx and packaging below what scikit-image needs:
+# it gets a venv of its own, linked into ours, where the tests look for it.
+$(BIN)/checkov: | $(BIN)/batchmesh
+	$(PYTHON) -m venv $(VENV)-checkov
+	$(VENV)-checkov/bin/pip install --quiet "checkov>=3.3,<4"
+	ln -sf $(abspath $(VENV)-checkov/bin/checkov) $@
+
 demo: venv
 	$(BIN)/python examples/thumbnailer/generate.py examples/thumbnailer/data --count 6 --corrupt 1
 	$(BIN)/batchmesh run examples/thumbnailer/pipeline.yaml --input examples/thumbnailer/data --out $(OUT)/thumbnailer; \
 	  status=$$?; echo "thumbnails: $(OUT)/thumbnailer/thumbnails/   manifest: $(OUT)/thumbnailer/manifest.json"; \
 	  [ $$status -le 1 ]  # 1 = some items dead-lettered (the demo's corrupt video, on purpose)
 
-test: venv lint
+test: venv $(BIN)/checkov lint
 	$(BIN)/pytest -q
 
 bench: venv
@@ -43,4 +50,4 @@ compose-down:
 	docker compose -f compose/docker-compose.yml down -v
 
 clean:
-	rm -rf $(VENV) .batchmesh $(OUT) examples/*/data .pytest_cache
+	rm -rf $(VENV) $(VENV)-checkov .batchmesh $(OUT) examples/*/data .pytest_cache
