@@ -118,13 +118,17 @@ def status(client: Redis, pipeline: Pipeline) -> dict[str, Any]:
         if name in rq_waiting:
             entry["rq_queued"] = int(rq_waiting[name])
         out[name] = entry
-    return {
+    snapshot = {
         "pipeline": pipeline.name,
         "batch": batch,
         "counts": {"listed": batch["listed"], **counts},
         "skipped": max(batch["listed"] - batch["new"], 0),
         "stages": out,
     }
+    # `done` counts items at their first sink; `batch_done` waits for every branch and barrier too: what a user
+    # polling the status API for "finished" wants.
+    snapshot["batch_done"] = done_in(snapshot)
+    return snapshot
 
 
 def batch_done(client: Redis, pipeline: Pipeline) -> bool:
