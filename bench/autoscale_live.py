@@ -129,7 +129,7 @@ def live(argv: list[str] | None = None) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bm-autoscale-"))
     (work / "data").mkdir()
     spec = work / "pipeline.yaml"
-    spec.write_text(SPEC.format(python=sys.executable, item=ROOT / "bench" / "autoscale_item.py", max=a.max,
+    spec.write_text(SPEC.format(python=sys.executable, item=ROOT / "examples" / "autoscale" / "item.py", max=a.max,
                                 item_s=a.item_s))
     pipeline = load_pipeline(spec)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

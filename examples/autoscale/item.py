@@ -1,6 +1,6 @@
-"""One item of the autoscaling live run (bench/autoscale_live.py): a real subprocess per item that takes
-ITEM_SECONDS of wall time (default 0.5: waiting, as on a remote call; the machine has two cores, so a CPU-bound
-cost would cap the useful replicas at two) plus a little hashing, then writes its result."""
+"""One item of the autoscaling example (bench/autoscale_live.py, bench/autoscale_compose.py): a real subprocess
+per item that takes ITEM_SECONDS of wall time (default 0.5: waiting, as on a remote call; our machines have two
+cores, so a CPU-bound cost would cap the useful replicas at two) plus a little hashing, then writes its result."""
 
 import hashlib
 import json
