@@ -231,18 +231,37 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def cmd_render_compose(args: argparse.Namespace) -> int:
     from services.render import __main__ as render_all
-    from services.render.compose import render
+    from services.render.compose import SHARED_MOUNTS, mounted_files, render
 
     if args.all:
         return render_all.main()
     if not args.pipeline:
         print("batchmesh render compose: give a PIPELINE or --all", file=sys.stderr)
         return EXIT_USAGE
-    text = render(args.pipeline)
-    if args.output:
-        Path(args.output).write_text(text)
-    else:
+    try:
+        text = render(args.pipeline, args.output)
+    except ValueError as exc:  # a spec the containers cannot run as written: one line, not a traceback
+        print(f"batchmesh render compose: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    pipeline = _load(args.pipeline)
+    mounted = mounted_files(pipeline)
+    if not args.output:
         sys.stdout.write(text)
+        print(f"batchmesh render compose: the file mounts {', '.join(f'./{rel}' for rel in mounted)} (relative to "
+              "this directory); render with -o FILE to write them beside it", file=sys.stderr)
+        return 0
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    for rel, body in mounted.items():
+        path = out.parent / rel
+        if path.exists() and rel.startswith(SHARED_MOUNTS):  # shared by every pipeline: never overwritten
+            if path.read_text() != body:
+                print(f"batchmesh render compose: kept {path} (shared; differs from this rendering)", file=sys.stderr)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(body)
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -337,8 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="render a pipeline for a deployment target")
     render = p.add_subparsers(dest="target", required=True)
     p = render.add_parser("compose", help="a Compose file (services, Prometheus, Grafana) for a pipeline spec")
-    p.add_argument("pipeline", nargs="?", help="pipeline.yaml under examples/ (paths relative to the repository)")
-    p.add_argument("-o", "--output", help="write here (default: stdout)")
+    p.add_argument("pipeline", nargs="?", help="pipeline.yaml, anywhere (its directory is mounted read-only "
+                   "into the roles)")
+    p.add_argument("-o", "--output", help="write here, with the Prometheus and Grafana files it mounts beside it "
+                   "(default: stdout)")
     p.add_argument("--all", action="store_true", help="regenerate every committed file under compose/")
     p.set_defaults(func=cmd_render_compose)
     p = render.add_parser("k8s", help="kustomize dirs (base, KEDA and HPA overlays) for a pipeline spec")

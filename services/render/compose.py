@@ -23,13 +23,14 @@ source reads the input dir; a jsonl source the file of its path's name in it (`/
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
-from services.core.spec import Pipeline, SidecarSpec, load_pipeline
+from services.core.spec import Pipeline, SidecarSpec, load_pipeline, spec_relative
 
 from .prometheus import scrape_config
 from .roles import MANAGER_PORT, MESH_IMAGE, METRICS_PORT, SOURCE_PORT, Role, role_env, roles, worker_image
@@ -77,8 +78,9 @@ class _Images:
     pulled). Every service listing the build section instead makes Compose v2+ build the image once per service,
     in parallel, before the layer cache holds it."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, context: str = "..") -> None:
         self.extras = pipeline.containers.extras
+        self.context = context  # the repository (its Dockerfiles) from the compose file's directory
         self.built: set[str] = set()
 
     def _image(self, tag: str, build: dict[str, Any]) -> dict[str, Any]:
@@ -88,12 +90,12 @@ class _Images:
         return {"image": tag, "build": build}
 
     def mesh(self) -> dict[str, Any]:
-        return self._image(MESH_IMAGE, {"context": "..", "dockerfile": DOCKERFILES["mesh"]})
+        return self._image(MESH_IMAGE, {"context": self.context, "dockerfile": DOCKERFILES["mesh"]})
 
     def heavy(self) -> dict[str, Any]:
         if not self.extras:
             return self.mesh()
-        return self._image(worker_image(self.extras), {"context": "..", "dockerfile": DOCKERFILES["worker"],
+        return self._image(worker_image(self.extras), {"context": self.context, "dockerfile": DOCKERFILES["worker"],
                                                        "args": {"EXTRAS": ",".join(self.extras)}})
 
 
@@ -113,19 +115,53 @@ def _dollars(text: str) -> str:
     return text.replace("$", "$$")  # a literal $ for the shell, not compose interpolation
 
 
-def compose(pipeline: Pipeline, spec_path: str, *, input_dir: str | None = None, output_dir: str | None = None,
-            grafana: bool = True) -> dict[str, Any]:
-    """The Compose file for `pipeline`, whose spec lives at `spec_path` relative to the repository root (under
-    examples/, which every role mounts read-only at /app/examples). `input_dir`/`output_dir`: the host dirs'
-    defaults, relative to compose/ (default ../data/<pipeline>, ../out/<pipeline>)."""
-    spec = PurePosixPath(spec_path)
-    if spec.is_absolute() or spec.parts[0] != "examples":
-        raise ValueError(f"{spec_path}: the spec must live under examples/ (mounted at {APP}/examples)")
+def _host(path: Path, compose_dir: Path) -> str:
+    """A host path as the compose file names it: relative to the file's own directory (`./x` for one inside it)."""
+    rel = Path(os.path.relpath(path, compose_dir)).as_posix()
+    return rel if rel.startswith("..") else f"./{rel}"
+
+
+def placement(spec: Path, base: Path) -> tuple[PurePosixPath, str]:
+    """Where the spec's directory is mounted in the containers, and the roles' `--pipeline`: at its path relative
+    to `base` under /app (examples/images -> /app/examples/images, `--pipeline examples/images/pipeline.yaml`, so
+    the examples' repository-relative plugin paths resolve as they do locally); a spec directly in `base` or
+    outside it at /app/pipeline (`--pipeline pipeline/<file>`). The roles' working directory is /app."""
+    if spec.is_relative_to(base) and spec.parent != base:
+        rel = PurePosixPath(spec.parent.relative_to(base).as_posix())
+        return PurePosixPath(APP) / rel, (rel / spec.name).as_posix()
+    return PurePosixPath(APP) / "pipeline", f"pipeline/{spec.name}"
+
+
+def _in_container(argv: list[str], spec_dir: Path, app_dir: PurePosixPath) -> list[str]:
+    """`argv` with every entry naming a file by the spec-relative rule (core.spec.spec_relative) rewritten to that
+    file's path in the containers; a file outside the spec's directory is refused (the containers do not see it)."""
+    out = []
+    for arg in argv:
+        found = spec_relative(arg, spec_dir)
+        if found != arg:
+            path, spec_dir = Path(found).resolve(), spec_dir.resolve()
+            if not path.is_relative_to(spec_dir):
+                raise ValueError(f"{arg}: resolves to {path}, outside the spec's directory {spec_dir}, which is all "
+                                 f"the containers see (move it beside the spec)")
+            found = str(app_dir / path.relative_to(spec_dir).as_posix())
+        out.append(found)
+    return out
+
+
+def compose(pipeline: Pipeline, spec_path: str | Path, *, base: Path = ROOT, compose_dir: Path | None = None,
+            input_dir: str | None = None, output_dir: str | None = None, grafana: bool = True) -> dict[str, Any]:
+    """The Compose file for `pipeline`, whose spec lives at `spec_path` (relative to `base`, or absolute) and whose
+    file will live in `compose_dir` (default base/compose): every host path in it is relative to `compose_dir`.
+    The spec's directory is mounted read-only where `placement` says; `input_dir`/`output_dir`: the host dirs'
+    defaults (default base/data/<pipeline>, base/out/<pipeline>, relative to `compose_dir`)."""
+    compose_dir = compose_dir or base / "compose"
+    spec_file = (base / spec_path).resolve()
+    app_dir, spec = placement(spec_file, base.resolve())
     name = pipeline.name
-    images = _Images(pipeline)
-    host_in = f"${{BATCHMESH_INPUT:-{input_dir or f'../data/{name}'}}}"
-    host_out = f"${{BATCHMESH_OUTPUT:-{output_dir or f'../out/{name}'}}}"
-    volumes = ["../examples:/app/examples:ro", f"{host_in}:{IN_DIR}", f"{host_out}:{OUT_DIR}"]
+    images = _Images(pipeline, _host(ROOT, compose_dir))
+    host_in = f"${{BATCHMESH_INPUT:-{input_dir or _host(base / 'data' / name, compose_dir)}}}"
+    host_out = f"${{BATCHMESH_OUTPUT:-{output_dir or _host(base / 'out' / name, compose_dir)}}}"
+    volumes = [f"{_host(spec_file.parent, compose_dir)}:{app_dir}:ro", f"{host_in}:{IN_DIR}", f"{host_out}:{OUT_DIR}"]
     env = role_env(pipeline, REDIS_URL, OUT_DIR) | {"BATCHMESH_METRICS_PORT": str(METRICS_PORT)}
     env |= pipeline.containers.env  # validated: never one of the mesh's own names
     src = pipeline.source
@@ -140,22 +176,12 @@ def compose(pipeline: Pipeline, spec_path: str, *, input_dir: str | None = None,
     }
     one_shots = ["prepare"]
     if pipeline.containers.generate:
-        argv = [arg.replace("{input}", IN_DIR) for arg in pipeline.containers.generate]
-        # skipped while the input dir holds a file the source lists (by the glob's file-name part): a rerun keeps
-        # the data, and a pipeline that consumes its input (the images' join deletes the originals) gets new data
-        name_glob = shlex.quote(src.glob.rsplit("/", 1)[-1] if src.type == "directory" else PurePosixPath(
-            input_path).name)
-        script = (f'if [ -n "$(find {IN_DIR} -type f -name {name_glob} -print -quit)" ]; '
-                  f'then echo "{IN_DIR} holds input: nothing generated"; else "$@"; fi')
-        services["generate"] = {
-            **images.heavy(), **_hardened(), "network_mode": "none", "restart": "no",
-            "working_dir": APP, "entrypoint": ["/bin/sh", "-c"], "command": [_dollars(script), "generate", *argv],
-            "volumes": volumes[:2], "depends_on": _completed("prepare"), "healthcheck": {"disable": True},
-        }
+        services["generate"] = _generate(pipeline, src.glob if src.type == "directory" else PurePosixPath(
+            input_path).name, images, volumes, spec_file.parent, app_dir)
         one_shots.append("generate")
     sidecars: dict[str, dict[str, str]] = {}
     for sidecar, side in pipeline.containers.services.items():
-        services[sidecar] = _sidecar(sidecar, side, images, volumes)
+        services[sidecar] = _sidecar(sidecar, side, images, volumes, spec_file.parent, app_dir)
         sidecars |= (_healthy if side.healthcheck is not None else _started)(sidecar)
 
     mesh_roles = roles(pipeline, str(spec), source_url=f"http://source:{SOURCE_PORT}", redis_url=REDIS_URL,
@@ -171,10 +197,39 @@ def compose(pipeline: Pipeline, spec_path: str, *, input_dir: str | None = None,
     return {"services": services, "volumes": {"redis-data": {}, "prometheus-data": {}}}
 
 
-def _sidecar(name: str, side: SidecarSpec, images: _Images, volumes: list[str]) -> dict[str, Any]:
+GENERATED = f"{OUT_DIR}/.batchmesh-generated"  # generate ran for this output dir: never again
+STAGING = f"{IN_DIR}/.generating"  # generate writes here; its files move into the input dir when it is done
+
+
+def _generate(pipeline: Pipeline, name_glob: str, images: _Images, volumes: list[str], spec_dir: Path,
+              app_dir: PurePosixPath) -> dict[str, Any]:
+    """The one-shot sample-data generator (`containers.generate`), run once per output dir: it skips when the
+    output dir holds the marker GENERATED (a rerun of `up` never adds a second batch: the images' join deletes
+    its originals, so "the input holds no *.jpg" would regenerate) or when the input dir already holds a file the
+    source lists (the glob's file-name part: your own data). Otherwise it generates into STAGING (`{input}` in the
+    argv names it), moves each entry into the input dir (one rename each: the source, which starts only after
+    generate completed, never lists a half-written file) and writes the marker."""
+    argv = [arg.replace("{input}", STAGING) for arg in _in_container(pipeline.containers.generate, spec_dir, app_dir)]
+    glob = shlex.quote(name_glob.rsplit("/", 1)[-1])
+    script = "; ".join([
+        "set -e",
+        f'if [ -e {GENERATED} ]; then echo "{GENERATED} exists: generated once already, nothing generated"; exit 0; fi',
+        f'if [ -n "$(find {IN_DIR} -path {STAGING} -prune -o -type f -name {glob} -print -quit)" ]; then '
+        f'echo "{IN_DIR} holds input: nothing generated"; touch {GENERATED}; exit 0; fi',
+        f"rm -rf {STAGING}", f"mkdir {STAGING}", '"$@"',
+        f"find {STAGING} -mindepth 1 -maxdepth 1 -exec mv -f -t {IN_DIR} {{}} +",
+        f"rmdir {STAGING}", f"touch {GENERATED}"])
+    return {**images.heavy(), **_hardened(), "network_mode": "none", "restart": "no",
+            "working_dir": APP, "entrypoint": ["/bin/sh", "-c"], "command": [_dollars(script), "generate", *argv],
+            "volumes": list(volumes), "depends_on": _completed("prepare"), "healthcheck": {"disable": True}}
+
+
+def _sidecar(name: str, side: SidecarSpec, images: _Images, volumes: list[str], spec_dir: Path,
+             app_dir: PurePosixPath) -> dict[str, Any]:
     """A `containers.services` entry: its argv as the entrypoint (the image's `batchmesh` entrypoint and CMD do not
     apply), the image's `batchmesh probe` healthcheck replaced by the spec's (or none)."""
-    argv = [arg.replace("{input}", IN_DIR).replace("{output}", OUT_DIR) for arg in side.command]
+    argv = [arg.replace("{input}", IN_DIR).replace("{output}", OUT_DIR)
+            for arg in _in_container(side.command, spec_dir, app_dir)]
     image = images.heavy() if side.image == "worker" else images.mesh()
     service: dict[str, Any] = {**image, **_hardened(), "restart": RESTART, "stop_grace_period": "10s",
                                "working_dir": APP, "entrypoint": argv}
@@ -284,16 +339,40 @@ def dump(data: dict[str, Any]) -> str:
     return HEADER + yaml.dump(data, Dumper=_NoAliases, sort_keys=False, default_flow_style=False, width=120)
 
 
-def render(spec_path: str | Path) -> str:
-    """The YAML text for the spec at `spec_path` (absolute, or relative to the working directory)."""
+FILE_NOTE = "# host paths are relative to this file's directory\n"
+STDOUT_NOTE = ("# rendered to stdout: host paths are relative to the directory it was rendered in; the files it\n"
+               "# mounts (./prometheus/..., ./grafana/...) are written by: batchmesh render compose SPEC -o FILE\n")
+
+
+def render(spec_path: str | Path, output: str | Path | None = None) -> str:
+    """The YAML text for the spec at `spec_path` (absolute, or relative to the working directory), for a file at
+    `output` (its host paths relative to its directory) or, without one, for stdout (relative to the working
+    directory). The spec's paths are taken relative to the repository when it lies inside it, else to the working
+    directory (see `placement`)."""
     path = Path(spec_path).resolve()
-    for base in (ROOT, Path.cwd()):
-        if path.is_relative_to(base):
-            rel = path.relative_to(base).as_posix()
-            break
+    cwd = Path.cwd().resolve()
+    base = ROOT if path.is_relative_to(ROOT) else cwd
+    compose_dir = Path(output).resolve().parent if output is not None else cwd
+    text = dump(compose(load_pipeline(path), path, base=base, compose_dir=compose_dir))
+    return text.replace(HEADER, HEADER + (FILE_NOTE if output is not None else STDOUT_NOTE), 1)
+
+
+def mounted_files(pipeline: Pipeline) -> dict[str, str]:
+    """What a compose file of `pipeline` mounts, beside it: relative path -> text. The scrape config is the
+    pipeline's own; alerts.yml and the Grafana files are shared by every pipeline (the dashboards pick the pipeline
+    from Prometheus' labels), and left as they are where they exist."""
+    files = {f"prometheus/{pipeline.name}.yml": dump(scrape_config(pipeline))}
+    try:
+        from . import grafana
+    except ImportError:  # the SDK missing: alerts at least (grafana's mounts then missing: said by the caller)
+        from . import alerts
+        files["prometheus/alerts.yml"] = yaml.safe_dump(alerts.rules(), sort_keys=False, width=1000)
     else:
-        rel = path.as_posix()
-    return dump(compose(load_pipeline(path), rel))
+        files |= grafana.rendered_files([pipeline])
+    return files
+
+
+SHARED_MOUNTS = ("prometheus/alerts.yml", "grafana/")
 
 
 # The committed files (compose/ in the repository): file name -> spec, relative to the repository root.
@@ -310,7 +389,7 @@ def rendered_files(root: Path = ROOT) -> dict[str, str]:
     files: dict[str, str] = {}
     for name, spec in COMMITTED.items():
         pipeline = load_pipeline(root / spec)
-        files[name] = dump(compose(pipeline, spec))
+        files[name] = dump(compose(pipeline, spec)).replace(HEADER, HEADER + FILE_NOTE, 1)
         files[f"prometheus/{pipeline.name}.yml"] = dump(scrape_config(pipeline))
     return files
 

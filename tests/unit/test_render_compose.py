@@ -4,6 +4,7 @@ to services the way DESIGN.md's "one spec, three renderings" says (the local run
 from __future__ import annotations
 
 import copy
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ def test_every_role_is_hardened_and_shares_the_local_runs_environment() -> None:
         assert svc["security_opt"] == ["no-new-privileges:true"], name
         assert svc["restart"] == "unless-stopped" and svc["stop_grace_period"], name
         assert svc["environment"] == expected_env, name
-        assert "../examples:/app/examples:ro" in svc["volumes"], name
+        assert "../examples/images:/app/examples/images:ro" in svc["volumes"], name
         assert svc["healthcheck"]["test"][:2] == ["CMD", "python"], name
     prepare = doc["services"]["prepare"]
     assert prepare["user"] == "0:0" and prepare["cap_add"] == ["CHOWN"] and prepare["cap_drop"] == ["ALL"]
@@ -167,19 +168,126 @@ def test_process_stages_run_in_the_manager_and_rq_stages_get_rq_workers() -> Non
     assert rq["entrypoint"][-1] == "batchmesh-thumbnailer-queued" and rq["healthcheck"] == {"disable": True}
 
 
-def test_generate_runs_the_specs_generator_into_the_input_dir() -> None:
+def test_generate_runs_once_per_output_dir_into_a_staging_dir() -> None:
     svc = render.compose(load_pipeline(ROOT / IMAGES), IMAGES)["services"]["generate"]
     assert svc["entrypoint"] == ["/bin/sh", "-c"]
     script, zero, *argv = svc["command"]
-    # $$: the shell's, not compose's; skipped while the dir holds what the source lists (*.jpg here)
-    assert "$$(find /data/input -type f -name '*.jpg' -print -quit)" in script and '"$$@"' in script
-    assert argv == ["python", "examples/images/generate.py", "/data/input", "--count",
+    # $$: the shell's, not compose's. Skipped when the output dir holds the marker (a second `up`: the images'
+    # join deleted the originals, so "no *.jpg in the input" must not regenerate) or the input holds *.jpg
+    marker = "/data/out/.batchmesh-generated"
+    assert script.index(f"if [ -e {marker} ]") < script.index('"$$@"') < script.rindex(f"touch {marker}")
+    assert "-prune -o -type f -name '*.jpg' -print -quit)" in script
+    # generated into a staging dir inside the input dir, moved into place (a rename per entry) after
+    assert "mv -f -t /data/input" in script and script.index('"$$@"') < script.index("mv -f")
+    assert argv == ["python", "/app/examples/images/generate.py", "/data/input/.generating", "--count",
                     "${BATCHMESH_GENERATE_COUNT:-24}"]
+    assert "${BATCHMESH_OUTPUT:-../out/images}:/data/out" in svc["volumes"]  # where the marker goes
 
 
-def test_spec_outside_examples_is_refused() -> None:
-    with pytest.raises(ValueError, match="under examples/"):
-        render.compose(load_pipeline(ROOT / WORDCOUNT), "/tmp/pipeline.yaml")  # noqa: S108
+def test_generate_script_skips_the_second_time(tmp_path: Path) -> None:
+    """The generate command itself, in a shell, with the container paths mapped onto temp dirs."""
+    import subprocess
+
+    svc = render.compose(load_pipeline(ROOT / WORDCOUNT), WORDCOUNT)["services"]["generate"]
+    script = svc["command"][0].replace("$$", "$")
+    inp, out = tmp_path / "input", tmp_path / "out"
+    inp.mkdir(), out.mkdir()
+    script = script.replace("/data/input", str(inp)).replace("/data/out", str(out))
+    gen = ["sh", "-c", 'test -d "$1" && printf x > "$1/a.txt" && printf y > "$1/b.txt"', "gen",
+           str(inp / ".generating")]
+
+    def run() -> str:
+        done = subprocess.run(["sh", "-c", script, "generate", *gen], capture_output=True, text=True, check=True)
+        return done.stdout
+
+    run()
+    assert sorted(p.name for p in inp.iterdir()) == ["a.txt", "b.txt"]  # moved in, staging dir gone
+    assert (out / ".batchmesh-generated").exists()
+    for name in ("a.txt", "b.txt"):
+        (inp / name).unlink()  # consumed, like the images' join
+    assert "generated once already" in run()
+    assert list(inp.iterdir()) == []
+
+
+def _user_spec(directory: Path) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "stage.py").write_text("import sys\nsys.stdout.write(sys.stdin.read())\n")
+    (directory / "gen.py").write_text("import pathlib, sys\npathlib.Path(sys.argv[1], 'a.txt').write_text('a')\n")
+    data = {"apiVersion": "batchmesh/v1", "name": "mine", "source": {"path": "./in", "glob": "*.txt"},
+            "stages": {"big": {"filter": {"input": "source", "where": "data.size > `1`"}},
+                       "copy": {"work": {"input": "big", "command": ["python", "stage.py"]}}},
+            "containers": {"generate": ["python", "gen.py", "{input}"]}}
+    spec_file = directory / "pipeline.yaml"
+    spec_file.write_text(yaml.safe_dump(data))
+    return spec_file
+
+
+def test_a_spec_anywhere_is_mounted_from_its_directory(tmp_path: Path, monkeypatch) -> None:
+    # inside the working directory: mirrored under /app, host paths relative to the compose file's directory
+    monkeypatch.chdir(tmp_path)
+    spec_file = _user_spec(tmp_path / "my")
+    doc = yaml.safe_load(render.render("my/pipeline.yaml", tmp_path / "compose" / "mine.yml"))
+    source = doc["services"]["source"]
+    assert source["command"][:3] == ["source", "--pipeline", "my/pipeline.yaml"]
+    assert "../my:/app/my:ro" in source["volumes"]
+    assert "${BATCHMESH_INPUT:-../data/mine}:/data/input" in source["volumes"]
+    assert doc["services"]["generate"]["command"][2:4] == ["python", "/app/my/gen.py"]
+    assert doc["services"]["prepare"]["build"]["context"] == os.path.relpath(ROOT, tmp_path / "compose")
+    # elsewhere: at /app/pipeline; stdout: relative to the working directory, and said so
+    elsewhere = tmp_path / "elsewhere"
+    other = _user_spec(tmp_path / "far" / "away")
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    text = render.render(other)
+    assert "rendered to stdout: host paths are relative to the directory it was rendered in" in text
+    source = yaml.safe_load(text)["services"]["source"]
+    assert source["command"][:3] == ["source", "--pipeline", "pipeline/pipeline.yaml"]
+    assert "../far/away:/app/pipeline:ro" in source["volumes"]
+    assert spec_file.exists()
+
+
+def test_a_file_outside_the_specs_directory_is_one_line_and_exit_2(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec_file = _user_spec(tmp_path / "my")
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "gen.py").write_text("")
+    data = yaml.safe_load(spec_file.read_text())
+    data["containers"]["generate"] = ["python", "../shared/gen.py", "{input}"]
+    spec_file.write_text(yaml.safe_dump(data))
+    data["containers"]["generate"][1] = "shared/gen.py"  # found under a parent of the spec's dir
+    (tmp_path / "my" / "p2.yaml").write_text(yaml.safe_dump(data))
+    for spec_path in ("my/pipeline.yaml", "my/p2.yaml"):
+        assert main(["render", "compose", spec_path, "-o", "c.yml"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "outside the spec's directory" in err and "Traceback" not in err
+    assert not (tmp_path / "c.yml").exists()
+
+
+def test_render_writes_what_the_file_mounts_beside_it(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    _user_spec(tmp_path / "my")
+    out = tmp_path / "deploy" / "mine.yml"
+    assert main(["render", "compose", "my/pipeline.yaml", "-o", str(out)]) == 0
+    doc = yaml.safe_load(out.read_text())
+    for svc in doc["services"].values():
+        for volume in svc.get("volumes", []):
+            host = volume.split(":")[0]
+            if host.startswith("."):  # a bind mount (named volumes have no path; ${...} ones are the data dirs)
+                assert (out.parent / host).exists(), host
+    assert (out.parent / "prometheus" / "mine.yml").read_text() == render.dump(
+        scrape_config(load_pipeline(tmp_path / "my" / "pipeline.yaml")))
+    assert (out.parent / "grafana" / "dashboards" / "batchmesh-overview.json").exists()
+    # the shared files are never overwritten with different content (compose/'s serve every example)
+    shared = out.parent / "prometheus" / "alerts.yml"
+    shared.write_text("# mine\n")
+    capsys.readouterr()
+    assert main(["render", "compose", "my/pipeline.yaml", "-o", str(out)]) == 0
+    assert shared.read_text() == "# mine\n" and "kept" in capsys.readouterr().err
+    # stdout: nothing written, stderr names what the file needs and how to get it
+    assert main(["render", "compose", "my/pipeline.yaml"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("# generated by batchmesh render compose")
+    assert "./prometheus/mine.yml" in captured.err and "-o FILE" in captured.err
 
 
 def test_containers_section_is_validated(tmp_path: Path) -> None:
@@ -203,10 +311,10 @@ def test_containers_section_is_validated(tmp_path: Path) -> None:
 def test_cli_prints_and_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
     monkeypatch.chdir(ROOT)
     assert main(["render", "compose", WORDCOUNT]) == 0
-    assert capsys.readouterr().out == (ROOT / "compose" / "wordcount.yml").read_text()
-    out = tmp_path / "c.yml"
-    assert main(["render", "compose", IMAGES, "-o", str(out)]) == 0
-    assert out.read_text() == (ROOT / "compose" / "docker-compose.yml").read_text()
+    printed = capsys.readouterr().out  # for stdout: host paths relative to the working directory
+    assert "./examples/wordcount:/app/examples/wordcount:ro" in printed
+    # for a file in compose/: the committed text (rendered without writing into the repository)
+    assert render.render(WORDCOUNT, ROOT / "compose" / "wordcount.yml") == (ROOT / "compose/wordcount.yml").read_text()
     assert main(["render", "compose"]) == 2
 
 
@@ -216,7 +324,7 @@ def test_a_jsonl_source_reads_its_file_in_the_input_dir() -> None:
     assert command[command.index("--input") + 1] == "/data/input/signups.jsonl"  # the spec's file name
     script, _, *argv = services["generate"]["command"]
     assert "-name signups.jsonl" in script  # skipped while that file is there
-    assert argv[:3] == ["python", "examples/signup/generate.py", "/data/input/signups.jsonl"]
+    assert argv[:3] == ["python", "/app/examples/signup/generate.py", "/data/input/.generating/signups.jsonl"]
 
 
 def test_containers_env_reaches_every_role_and_the_secret_stays_in_the_users_environment(monkeypatch) -> None:
@@ -243,8 +351,8 @@ def test_containers_env_reaches_every_role_and_the_secret_stays_in_the_users_env
 def test_sidecar_runs_beside_the_roles_unpublished_and_healthy_first() -> None:
     doc = render.compose(load_pipeline(ROOT / SIGNUP), SIGNUP)
     sinks = doc["services"]["sinks"]
-    assert sinks["entrypoint"] == ["python", "examples/signup/sinks.py", "--host", "0.0.0.0", "--smtp-port", "8025",
-                                   "--webhook-port", "8026", "--record", "/data/out/sinks"]
+    assert sinks["entrypoint"] == ["python", "/app/examples/signup/sinks.py", "--host", "0.0.0.0", "--smtp-port",
+                                   "8025", "--webhook-port", "8026", "--record", "/data/out/sinks"]
     assert "command" not in sinks and "ports" not in sinks and "environment" not in sinks
     assert sinks["image"] == worker_image(["signup"]) and sinks["pull_policy"] == "never"  # generate builds it
     assert sinks["user"] == "${BATCHMESH_UID:-1000}:${BATCHMESH_GID:-1000}" and sinks["read_only"] is True
