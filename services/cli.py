@@ -113,8 +113,12 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         raise SpecError("--stage", f"no stage {args.stage!r} in {args.pipeline} (stages: {', '.join(pipeline.stages)})")
     settings = Settings(pipeline=pipeline.name)
     if args.action == "list":
-        for letter in dlq_list(pipeline, settings, args.stage):
+        letters = dlq_list(pipeline, settings, args.stage)
+        for letter in letters:
             print(json.dumps(letter))
+        if not letters:  # said on stderr: stdout stays JSON lines only (empty), for scripts
+            where = f" at stage {args.stage}" if args.stage else ""
+            print(f"no dead letters in pipeline {pipeline.name}{where}", file=sys.stderr)
         return 0
     moved, lines = dlq_replay(pipeline, settings, args.stage, args.id or None)
     for line in lines:

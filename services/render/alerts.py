@@ -34,9 +34,10 @@ def rules() -> dict[str, Any]:
         _alert("BatchmeshDeadLetters",
                f"sum by {BY_STAGE} (increase(batchmesh_items_dead_lettered_total[5m])) > 0", "0m", "warning",
                "Stage {{ $labels.stage }} is dead-lettering items",
-               "{{ $value | humanize }} items of pipeline {{ $labels.pipeline }} went to the dead-letter stream of "
-               "stage {{ $labels.stage }} in the last 5 minutes. See `batchmesh dlq list --stage "
-               "{{ $labels.stage }}`."),
+               # increase() extrapolates (1.136 for one item): a whole number; dlq list needs the spec's path
+               '{{ $value | printf "%.0f" }} items of pipeline {{ $labels.pipeline }} went to the dead-letter stream '
+               "of stage {{ $labels.stage }} in the last 5 minutes. See `batchmesh dlq list PIPELINE.yaml --stage "
+               "{{ $labels.stage }}` (PIPELINE.yaml: the spec of pipeline {{ $labels.pipeline }})."),
         _alert("BatchmeshBacklogNotDraining",
                f"max by {BY_STAGE} (batchmesh_backlog_items) > 0 "
                f"and max by {BY_STAGE} (deriv(batchmesh_backlog_items[10m])) >= 0", "10m", "warning",

@@ -120,3 +120,19 @@ def test_dlq_list_for_an_unknown_stage_is_an_error(tmp_path: Path) -> None:
     assert done.returncode == 2
     no_traceback(done)
     assert "no stage 'nope'" in done.stderr and "(stages: a, b)" in done.stderr
+
+
+def test_dlq_list_with_no_dead_letters_says_so_on_stderr(tmp_path: Path) -> None:
+    path = spec(tmp_path, """\
+        name: dlq-empty
+        source: {path: ./in}
+        stages: {a: {work: {input: source, worker: echo}}}
+    """)
+    env = {"BATCHMESH_DATA_DIR": str(tmp_path / "st")}
+    for args, line in (((), "no dead letters in pipeline dlq-empty"),
+                      (("--stage", "a"), "no dead letters in pipeline dlq-empty at stage a")):
+        done = batchmesh("dlq", "list", str(path), *args, env=env)
+        assert done.returncode == 0, done.stderr
+        no_traceback(done)
+        assert done.stdout == ""  # scripts parse JSON lines from stdout
+        assert done.stderr.strip().splitlines()[-1] == line, done.stderr
