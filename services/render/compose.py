@@ -5,8 +5,11 @@ Services, all on the project's default network, ports published on 127.0.0.1 onl
 - one-shot `prepare` (root with CAP_CHOWN alone, no network): Docker creates missing bind-mount sources
   root-owned, so it hands the input and output dirs to `${BATCHMESH_UID:-1000}:${BATCHMESH_GID:-1000}`, the user
   every other service runs as;
-- one-shot `generate` when the spec's `containers.generate` names a sample-data generator: runs it into the input
-  dir unless that dir already holds something;
+- one-shot `generate` when the spec's `containers.generate` names a sample-data generator, run once per output
+  dir: skipped when /data/out/.batchmesh-generated exists (a second `up` never adds a batch, even after the
+  pipeline consumed its input) or the input dir already holds what the source lists; else the generator writes
+  into /data/input/.generating (its `{input}`), each entry is moved into the input dir (one rename) and the marker
+  written, all before the source starts (it waits for generate to complete): no batch in fragments;
 - the spec's sidecars (`containers.services`: a mail sink, a fake gateway), hardened like the roles, on the
   network, not published unless they say so; every role waits for them to be healthy;
 - the roles of services/render/roles.py (the same argv and environment as `batchmesh run`): `source`, `manager`,
@@ -17,9 +20,14 @@ Services, all on the project's default network, ports published on 127.0.0.1 onl
 - `prometheus` (the scrape config of services/render/prometheus.py) and `grafana` (dashboards provisioned by
   services/render/grafana.py).
 
-Host paths are relative to the compose file's directory (compose/) and overridable: `BATCHMESH_INPUT`,
-`BATCHMESH_OUTPUT`, `BATCHMESH_REDIS_URL` (an external Redis), `BATCHMESH_*_PORT` for the published ports. A directory
-source reads the input dir; a jsonl source the file of its path's name in it (`/data/input/signups.jsonl`)."""
+The spec's directory is mounted read-only into every role (`placement`: /app/<its path from the repository or the
+working directory>, e.g. /app/examples/images, or /app/pipeline for a spec elsewhere) and `--pipeline` names it
+there; files the spec's argv names (the generator, sidecars) resolve by the spec-relative rule to that mount.
+Host paths are relative to the compose file's directory (`-o`'s; stdout: the working directory, said in the
+file's header; `render -o` writes the Prometheus and Grafana files it mounts beside it) and overridable:
+`BATCHMESH_INPUT`, `BATCHMESH_OUTPUT`, `BATCHMESH_REDIS_URL` (an external Redis), `BATCHMESH_*_PORT` for the
+published ports. A directory source reads the input dir; a jsonl source the file of its path's name in it
+(`/data/input/signups.jsonl`)."""
 
 from __future__ import annotations
 
