@@ -1,4 +1,4 @@
-"""The autoscaler live on compose: examples/autoscale/pipeline.yaml rendered by `batchmesh render compose` (which
+"""The autoscaler live on compose: examples/autoscale/bursty.yaml rendered by `batchmesh render compose` (which
 adds the `autoscaler` role: its stage has replicas 1..8), brought up with `docker compose`, bursts of files
 dropped into its input dir; the `autoscaler` container scales `worker-work`'s containers through the docker SDK.
 
@@ -32,7 +32,7 @@ from services.render import compose as render
 from .autoscale_live import plot, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = "examples/autoscale/pipeline.yaml"
+SPEC = "examples/autoscale/bursty.yaml"
 IMAGE = "batchmesh:autoscale-live"
 PROJECT = "bmautoscale"
 SERVICES = ["redis", "prepare", "source", "manager", "worker-work", "autoscaler"]
