@@ -39,9 +39,15 @@ lint: venv
 	$(BIN)/hadolint services/Dockerfile services/workers/Dockerfile
 
 # Containers: the images, then the book's image pipeline under Docker Compose (see README, "Containers").
+# The mesh image and one worker image per extras set the committed compose files use
+# (services/render/roles.py worker_image: batchmesh-worker:0.1.0-<extras>).
+WORKER_EXTRAS ?= images video signup
+
 images:
 	docker build -f services/Dockerfile -t batchmesh:0.1.0 .
-	docker build -f services/workers/Dockerfile -t batchmesh-worker:0.1.0 .
+	for extras in $(WORKER_EXTRAS); do \
+	  docker build -f services/workers/Dockerfile --build-arg EXTRAS=$$extras -t batchmesh-worker:0.1.0-$$extras . || exit 1; \
+	done
 
 compose-up:
 	docker compose -f compose/docker-compose.yml up --build
