@@ -29,7 +29,7 @@ import httpx
 
 from services.render import compose as render
 
-from .autoscale_live import plot, summarise
+from .autoscale_live import feed, plot, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = "examples/autoscale/bursty.yaml"
@@ -98,15 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         recorder = threading.Thread(target=record, args=(started,), daemon=True)
         recorder.start()
         time.sleep(8)
-        n = 0
-        for size in sizes:
-            began = time.monotonic() - started
-            for _ in range(size):
-                (work / "in" / f"f{n:05d}.txt").write_text(f"item {n}\n")
-                n += 1
-                time.sleep(a.burst_s / size)
-            bursts.append((began, time.monotonic() - started))
-            time.sleep(a.quiet)
+        bursts += feed(work / "in", sizes, a.burst_s, a.quiet, started)
         stop.set()
         recorder.join(10)
         scaled = subprocess.run([*cli, "logs", "--no-color", "autoscaler"], env=env, capture_output=True, text=True)

@@ -64,6 +64,21 @@ def sample(client: redis.Redis, pipeline: Any, started: float) -> dict[str, Any]
             "running": int(live), "done": snap["counts"]["done"]}
 
 
+def feed(inbox: Path, sizes: list[int], burst_s: float, quiet_s: float, started: float) -> list[tuple[float, float]]:
+    """Write each burst of `sizes[i]` files into `inbox`, spread over `burst_s` seconds, then wait `quiet_s`;
+    returns each burst's (start, end) in seconds since `started` (time.monotonic)."""
+    bursts, n = [], 0
+    for size in sizes:
+        began = time.monotonic() - started
+        for _ in range(size):
+            (inbox / f"f{n:05d}.txt").write_text(f"item {n}\n")
+            n += 1
+            time.sleep(burst_s / size)
+        bursts.append((began, time.monotonic() - started))
+        time.sleep(quiet_s)
+    return bursts
+
+
 def plot(rows: list[dict[str, Any]], bursts: list[tuple[float, float]], png: Path, title: str) -> None:
     import matplotlib
 
@@ -161,15 +176,7 @@ def live(argv: list[str] | None = None) -> dict[str, Any]:
                 time.sleep(0.2)
             recorder.start()
             time.sleep(5)
-            n = 0
-            for size in sizes:
-                began = time.monotonic() - started
-                for _ in range(size):
-                    (work / "data" / f"f{n:05d}.txt").write_text(f"item {n}\n")
-                    n += 1
-                    time.sleep(a.burst_s / size)
-                bursts.append((began, time.monotonic() - started))
-                time.sleep(a.quiet)
+            bursts += feed(work / "data", sizes, a.burst_s, a.quiet, started)
         finally:
             stop.set()
             if recorder.is_alive():
