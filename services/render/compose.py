@@ -38,7 +38,8 @@ from typing import Any
 
 import yaml
 
-from services.core.spec import Pipeline, SidecarSpec, load_pipeline, spec_relative
+from services.core.spec import Pipeline, load_pipeline, spec_relative
+from services.core.spec_containers import SidecarSpec
 
 from .prometheus import scrape_config
 from .roles import MANAGER_PORT, MESH_IMAGE, METRICS_PORT, SOURCE_PORT, Role, role_env, roles, worker_image

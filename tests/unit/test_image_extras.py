@@ -7,7 +7,7 @@ import tomllib
 import typing
 from pathlib import Path
 
-from services.core.spec import ContainersSpec
+from services.core.spec_containers import ContainersSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 
