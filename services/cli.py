@@ -1,6 +1,6 @@
-"""`batchmesh …`: parses arguments and calls the library. Exit codes: 0 done, 1 items dead-lettered or skipped by
-the source, or a role failed, 2 bad usage or a bad pipeline spec (every error, one line each), 3 `run --timeout`
-passed before the batch was done."""
+"""`batchmesh …`: parses arguments and calls the library. Exit codes: 0 done, 1 items dead-lettered in this run or
+skipped by the source, a role failed, or Redis unreachable, 2 bad usage, a bad pipeline spec (every error, one
+line each) or bad Redis settings, 3 `run --timeout` passed before the batch was done, 130 Ctrl-C, 143 SIGTERM."""
 
 from __future__ import annotations
 
