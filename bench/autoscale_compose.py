@@ -14,7 +14,6 @@ role's `autoscaler.scaled` log lines. `docker compose down -v` at the end."""
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -29,7 +28,7 @@ import httpx
 
 from services.render import compose as render
 
-from .autoscale_live import feed, plot, summarise
+from .autoscale_live import feed, report
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = "examples/autoscale/bursty.yaml"
@@ -107,27 +106,16 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
         subprocess.run([*cli, "down", "-v", "--remove-orphans", "--timeout", "10"], env=env, capture_output=True)
         file.unlink(missing_ok=True)
-    out = Path(a.csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    result = summarise(rows, bursts, sizes)
     title = (f"docker compose: worker-work containers scaled by the autoscaler role (docker SDK); item 0.5s, "
              f"concurrency 2, replicas 1..8\nbursts of {a.bursts} files over {a.burst_s:g}s (grey), then "
              f"{a.quiet:g}s quiet; autoscaler defaults: ρ 0.8, T 30s, W 30s")
-    plot(rows, bursts, Path(a.png), title)
-    print(f"bursts {sizes}: drain {result['drain_s']} s; replica-seconds {result['replica_s']}; peak desired "
-          f"{result['peak_desired']}, running {result['peak_running']}; scale-ups {result['scale_ups']}, "
-          f"scale-downs {result['scale_downs']} at {result['scale_down_times']}")
+    report(rows, bursts, sizes, Path(a.csv), Path(a.png), title)
     for line in events:
         try:
             e = json.loads(line.split("|", 1)[-1].strip())
             print(f"  {e['ts']} {e['service']}: {e['from']} -> {e['to']} (desired {e['desired']})")
         except (ValueError, KeyError):
             print("  " + line[-200:])
-    print(f"series: {out}; plot: {a.png}")
     return 0
 
 

@@ -124,6 +124,23 @@ def summarise(rows: list[dict[str, Any]], bursts: list[tuple[float, float]], siz
             "peak_running": max(r["running"] for r in rows)}
 
 
+def report(rows: list[dict[str, Any]], bursts: list[tuple[float, float]], sizes: list[int], out: Path, png: Path,
+           title: str) -> dict[str, Any]:
+    """Write the series as CSV, plot them, print the summary line; returns the summary."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    result = summarise(rows, bursts, sizes)
+    plot(rows, bursts, png, title)
+    print(f"bursts {sizes}: drain {result['drain_s']} s; replica-seconds {result['replica_s']}; peak desired "
+          f"{result['peak_desired']}, running {result['peak_running']}; scale-ups {result['scale_ups']}, "
+          f"scale-downs {result['scale_downs']} at {result['scale_down_times']}")
+    print(f"series: {out}; plot: {png}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     live(argv)
     return 0
@@ -187,21 +204,11 @@ def live(argv: list[str] | None = None) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 os.killpg(run.pid, signal.SIGKILL)
                 run.wait()
-    out = Path(a.csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    result = summarise(rows, bursts, sizes)
     title = (f"batchmesh run: one work stage (a subprocess per item, {a.item_s:g}s; concurrency 2; replicas "
              f"1..{a.max})\nbursts of {a.bursts} files over {a.burst_s:g}s (grey), then {a.quiet:g}s quiet; "
              "autoscaler defaults: ρ 0.8, T 30s, W 30s")
-    plot(rows, bursts, Path(a.png), title)
-    print(f"bursts {sizes}: drain {result['drain_s']} s; replica-seconds {result['replica_s']}; peak desired "
-          f"{result['peak_desired']}, running {result['peak_running']}; scale-ups {result['scale_ups']}, "
-          f"scale-downs {result['scale_downs']} at {result['scale_down_times']}")
-    print(f"series: {out}; plot: {a.png}; run log: {work / 'run.log'}")
+    result = report(rows, bursts, sizes, Path(a.csv), Path(a.png), title)
+    print(f"run log: {work / 'run.log'}")
     return {**result, "rows": rows}
 
 
