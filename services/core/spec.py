@@ -135,7 +135,7 @@ class WorkSpec(Strict):
     command: list[str] | None = None
     worker: str | None = None
     chain: list[WorkerRef] | None = Field(default=None, description="Multi-worker: adapters applied in order.")
-    executor: Literal["stream", "process", "rq", "docker"] = "stream"
+    executor: Literal["stream", "process", "rq", "docker", "kubernetes"] = "stream"
     replicas: Replicas = Field(default_factory=Replicas)
     concurrency: int = Field(default=2, ge=1, le=256, description="Items in flight per replica (or process slots).")
     timeout: float = Field(default=300.0, gt=0)
