@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 import yaml
@@ -125,15 +126,13 @@ def wait(check: Callable[[], bool], run: subprocess.Popen[bytes], timeout: float
         time.sleep(0.02)  # a cheap check: polling often takes (almost) nothing from the two cores
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.images", description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=60)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--out", default=str(ROOT / "out" / "bench.json"), help="'' = do not save")
-    args = parser.parse_args(argv)
+def bench_images(n: int, repeat: int, say: Callable[[str], None] | None = None) -> tuple[Row, dict[str, Any]]:
+    """Part (e) of `python -m bench`: the row (images/min, pipeline vs sequential) and the per-run details.
+    Pins this process (and so everything it starts) to CORES CPUs. Raises RuntimeError with fewer CPUs."""
+    say = say or (lambda m: print(m, file=sys.stderr, flush=True))
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < CORES:
-        parser.error(f"needs {CORES} CPUs, this process may use {len(cpus)}")
+        raise RuntimeError(f"needs {CORES} CPUs, this process may use {len(cpus)}")
     os.sched_setaffinity(0, cpus[:CORES])  # inherited by the pipeline's every process
     os.environ.setdefault("IMAGING_CV_THREADS", "1")
     load_before = os.getloadavg()[0]
@@ -141,22 +140,38 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as root:
         tmp = Path(root)
         generate(tmp / "warm", WARM, seed=101)
-        generate(tmp / "images", args.n, seed=7)
-        for rep in range(args.repeat):
+        generate(tmp / "images", n, seed=7)
+        for rep in range(repeat):
             for label, fn in (("pipeline", pipeline), ("sequential", sequential)):
                 work = tmp / f"{label}-{rep}"
                 work.mkdir()
                 seconds, cpu = fn(tmp / "warm", tmp / "images", work)
                 runs[label].append((seconds, cpu))
-                print(f"run {rep + 1}/{args.repeat} {label:10} {args.n} images in {seconds:6.2f} s "
-                      f"(cpu {cpu / args.n * 1000:5.1f} ms/image)", file=sys.stderr, flush=True)
+                say(f"(e) run {rep + 1}/{repeat} {label:10} {n} images in {seconds:6.2f} s "
+                    f"(cpu {cpu / n * 1000:5.1f} ms/image)")
     wall = {k: [s for s, _ in v] for k, v in runs.items()}
-    cpu = {k: median([c / args.n * 1000 for _, c in v]) for k, v in runs.items()}
-    rate = {k: [args.n * 60 / s for s in v] for k, v in wall.items()}
-    row = Row(f"{LABEL} on {CORES} cores, {args.n} images, both warm", median(rate["pipeline"]), "images/min",
+    cpu = {k: median([c / n * 1000 for _, c in v]) for k, v in runs.items()}
+    rate = {k: [n * 60 / s for s in v] for k, v in wall.items()}
+    row = Row(f"{LABEL} on {CORES} cores, {n} images, both warm", median(rate["pipeline"]), "images/min",
               median(rate["sequential"]), "sequential script, same functions", "ratio>=", TARGET,
               rate["pipeline"], rate["sequential"])
-    speedup = row.ratio or 0.0
+    if load_before > 0.5:
+        say(f"(e) warning: load average {load_before:.1f} before the run: something else was busy")
+    return row, {"runs": runs, "wall_s": wall, "cpu_ms_per_image": cpu, "speedup": row.ratio or 0.0,
+                 "loadavg": [load_before, os.getloadavg()[0]]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.images", description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=60)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", default=str(ROOT / "out" / "bench.json"), help="'' = do not save")
+    args = parser.parse_args(argv)
+    try:
+        row, details = bench_images(args.n, args.repeat)
+    except RuntimeError as exc:
+        parser.error(str(exc))
+    wall, cpu, speedup = details["wall_s"], details["cpu_ms_per_image"], details["speedup"]
     print(table([row]))
     print(f"{args.n} images on {CORES} of {os.cpu_count()} CPUs, medians of {args.repeat}:")
     for label in ("pipeline", "sequential"):
@@ -164,14 +179,10 @@ def main(argv: list[str] | None = None) -> int:
               f"cpu {cpu[label]:.1f} ms/image")
     print(f"  speed-up {speedup:.2f}x; target >= {TARGET}x: {'met' if speedup >= TARGET else 'MISSED'}; the mesh's "
           f"CPU overhead: {cpu['pipeline'] / cpu['sequential'] - 1:+.0%}")
-    load_after = os.getloadavg()[0]
-    if load_before > 0.5:
-        print(f"  warning: load average {load_before:.1f} before the run: something else was busy", file=sys.stderr)
     if args.out:
         config = {"command": " ".join(["python -m bench.images", *(sys.argv[1:] if argv is None else argv)]),
-                  "n": args.n, "repeat": args.repeat, "cores": CORES, "loadavg": [load_before, load_after]}
-        merge_save(Path(args.out), row, config, {"runs": runs, "cpu_ms_per_image": cpu, "speedup": speedup},
-                   key="e", label=LABEL)
+                  "n": args.n, "repeat": args.repeat, "cores": CORES}
+        merge_save(Path(args.out), row, config, details, key="e", label=LABEL)
         print(f"saved to {args.out}")
     return 0
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Goal = Literal["ratio>=", "ratio<=", "value<=", "info"]
+Goal = Literal["ratio>=", "ratio<=", "value<=", "value>=", "info"]
 HEADERS = ("benchmark", "ours", "baseline", "ratio", "target", "met?")
 
 
@@ -36,6 +36,8 @@ class Row:
             return None
         if self.goal == "value<=":
             return self.ours <= self.target
+        if self.goal == "value>=":
+            return self.ours >= self.target
         assert self.ratio is not None
         return self.ratio >= self.target if self.goal == "ratio>=" else self.ratio <= self.target
 
@@ -44,8 +46,8 @@ class Row:
         ratio = f"{self.ratio:,.2f}×" if self.ratio is not None else "—"
         if self.goal == "info" or self.target is None:
             target = "(info)"
-        elif self.goal == "value<=":
-            target = f"≤ {fmt(self.target, self.unit)}"
+        elif self.goal in ("value<=", "value>="):
+            target = f"{'≤' if self.goal == 'value<=' else '≥'} {fmt(self.target, self.unit)}"
         else:
             target = f"{'≥' if self.goal == 'ratio>=' else '≤'} {self.target:g}×"
         met = {None: "—", True: "yes", False: "NO"}[self.met]

@@ -15,6 +15,7 @@ import gc
 import json
 import multiprocessing as mp
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -26,6 +27,8 @@ import redis
 from services.core import EmbeddedRedis, Keys, Settings, WorkItem
 from services.core.spec_routers import CopySpec, FilterSpec, MergeSpec, RouterSpec, ShardSpec, SplitSpec
 from services.router import build_router
+
+from .report import Row
 
 CHANNELS = ("sms", "email", "push")
 SPLIT = SplitSpec(input="in", by="data.channel", routes={"sms": "sms", "email": "email"}, default="other")
@@ -182,6 +185,39 @@ def median_rows(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Row by row (the runs have the same rows), the median of every number."""
     return [{k: statistics.median(r[k] for r in rows) if isinstance(v, float | int) else v
              for k, v in rows[0].items()} for rows in zip(*runs, strict=True)]
+
+
+RATIO_TARGET = 1.2  # issue 12: every router kind >= 1.2x the client's own pipelined XADD loop
+P99_TARGET_MS, P99_RATIO_TARGET = 2.0, 1.3  # issue 12: hop p99 <= 2 ms, and <= 1.3x the raw hop's p99
+
+
+def bench_routers(url: str, n: int, runs: int, say: Any = None,
+                  seconds: float = 5.0) -> tuple[list[Row], dict[str, Any]]:
+    """Part (r) of `python -m bench`: each router kind on the path it takes by default (Lua where the spec is
+    simple enough, Python for the JMESPath filter) against the raw XADD loop re-measured next to it, and the hop
+    latency through a splitter at a paced rate against the raw hop (no router) of the same run."""
+    say = say or (lambda m: print(m, file=sys.stderr, flush=True))
+    results = []
+    for rep in range(runs):
+        results.append(run(url, n, seconds=seconds))
+        say(f"(r) run {rep + 1}/{runs}: " + ", ".join(f"{r['router']}/{r['path']} {r['ratio']:.2f}x"
+                                                      for r in results[-1] if "ratio" in r))
+    rows: list[Row] = []
+    for i, first in enumerate(results[0]):
+        if "msg_s" not in first or first["path"] != ("python" if first["router"].endswith("(jmespath)") else "lua"):
+            continue
+        ours, raw = [r[i]["msg_s"] for r in results], [r[i]["raw_xadd_msg_s"] for r in results]
+        rows.append(Row(f"(r) router {first['router']} ({first['path']}), n={n:,}", statistics.median(ours),
+                        "items/s", statistics.median(raw), "pipelined XADD loop", "ratio>=", RATIO_TARGET, ours, raw))
+    hop = {r["path"]: i for i, r in enumerate(results[0]) if "p99_ms" in r}
+    p99 = {path: [r[i]["p99_ms"] for r in results] for path, i in hop.items()}
+    rate = results[0][hop["lua"]]["rate"]
+    rows += [Row(f"(r) hop latency p99 through a splitter (lua) at {rate:,}/s", statistics.median(p99["lua"]), "ms",
+                 goal="value<=", target=P99_TARGET_MS, runs=p99["lua"]),
+             Row(f"(r) hop latency p99, splitter vs raw hop at {rate:,}/s", statistics.median(p99["lua"]), "ms",
+                 statistics.median(p99["-"]), "raw hop (no router)", "ratio<=", P99_RATIO_TARGET, p99["lua"],
+                 p99["-"])]
+    return rows, {"runs": results}
 
 
 def main() -> None:

@@ -51,7 +51,8 @@ def test_report_ratios_and_targets() -> None:
     faster = Row("x", 1000.0, "items/s", 10.0, "peer", "ratio>=", 50)
     slower = Row("y", 3.0, "ms", 1.0, "bare", "ratio<=", 1.5)
     small = Row("z", 4.0, "s", goal="value<=", target=5.0)
-    assert (faster.ratio, faster.met, slower.met, small.met) == (100.0, True, False, True)
+    short = Row("w", 8.0, "items/s", goal="value>=", target=30.0)
+    assert (faster.ratio, faster.met, slower.met, small.met, short.met) == (100.0, True, False, True, False)
     text = table([faster, slower, small, Row("info", 1.0, "MB")])
     assert "met?" in text.splitlines()[0] and "NO" in text and "(info)" in text
 
@@ -63,7 +64,9 @@ def test_main_quick_writes_the_table(tmp_path: Path, capsys: pytest.CaptureFixtu
     out = tmp_path / "bench.json"
     assert main(["--quick", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
-    assert [r["benchmark"][:3] for r in doc["rows"]] == ["(a)", "(a)", "(b)", "(b)", "(c)", "(c)", "(c)", *["(d)"] * 5]
-    assert all(r["baseline"] > 0 and r["ratio"] > 0 for r in doc["rows"][:4])
+    assert [r["benchmark"][:3] for r in doc["rows"]] == [*["(a)"] * 3, "(b)", "(b)", *["(c)"] * 3, *["(d)"] * 5,
+                                                         "(e)", *["(r)"] * 8]
+    assert all(r["baseline"] > 0 and r["ratio"] > 0 for r in doc["rows"][:5])
+    assert all(r["met"] is not None for r in doc["rows"] if r["goal"] != "info")
     assert all(r["ours"] > 0 for r in doc["rows"])
     assert "benchmark" in capsys.readouterr().out
