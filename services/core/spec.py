@@ -10,12 +10,13 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .retry import RetrySpec
 from .spec_barriers import BARRIER_SPECS, JoinSpec, ReduceSpec
 from .spec_container import StageContainer
 from .spec_containers import ContainersSpec
+from .spec_kubernetes import StageKubernetes, check_stage
 from .spec_routers import ROUTER_SPECS, CopySpec, FilterSpec, MergeSpec, ShardSpec, SplitSpec
 
 SOURCE = "source"
@@ -64,13 +65,9 @@ class SourceSpec(Strict):
     @classmethod
     def _compiles(cls, expression: str | None) -> str | None:
         if expression is not None:
-            import jmespath
-            from jmespath.exceptions import JMESPathError
+            from .expressions import compile_expression
 
-            try:
-                jmespath.compile(expression)
-            except JMESPathError as exc:
-                raise ValueError(f"bad JMESPath expression: {exc}") from None
+            compile_expression(expression)  # ValueError on one line: the expression, why and where
         return expression
 
 
@@ -141,8 +138,12 @@ class WorkSpec(Strict):
     timeout: float = Field(default=300.0, gt=0)
     env: dict[str, str] = Field(default_factory=dict)
     max_deliveries: int | None = Field(default=None, ge=1)
+    retry: RetrySpec | None = Field(default=None, description="Backoff between deliveries (core.retry); fields "
+                                                              "left out are the defaults' retry.")
     container: StageContainer | None = Field(default=None, description="executor docker: the sandbox each item "
                                                                        "runs in (see spec_container).")
+    kubernetes: StageKubernetes | None = Field(default=None, description="executor kubernetes: the Job each item "
+                                                                         "runs as (see spec_kubernetes).")
 
     _duration = field_validator("timeout", mode="before")(parse_duration)
 
@@ -160,6 +161,7 @@ class WorkSpec(Strict):
             raise ValueError("executor docker needs a container section naming the image: container: {image: ...}")
         if self.executor != "docker" and self.container is not None:
             raise ValueError(f"container is used by executor docker only (this stage's executor: {self.executor})")
+        check_stage(self)
         return self
 
     @property
@@ -217,6 +219,7 @@ class StageSpec(Strict):
 class Defaults(Strict):
     max_deliveries: int = Field(default=3, ge=1)
     visibility_timeout: float = Field(default=30.0, gt=0)
+    retry: RetrySpec = Field(default_factory=RetrySpec, description="Backoff between deliveries (core.retry).")
 
     _duration = field_validator("visibility_timeout", mode="before")(parse_duration)
 
@@ -242,11 +245,10 @@ class Pipeline(Strict):
     containers: ContainersSpec = Field(default_factory=ContainersSpec,
                                        description="Packaging for the container renderings (see ContainersSpec).")
 
-    @model_validator(mode="after")
-    def _not_after_itself(self) -> Pipeline:
+    def _check_not_after_itself(self) -> None:
         if self.schedule.after is not None and self.schedule.after.pipeline == self.name:
-            raise ValueError("schedule.after names this pipeline itself: each batch would start the next")
-        return self
+            raise SpecError("schedule.after.pipeline",
+                            "names this pipeline itself: each batch would start the next")
 
     def readers(self, stream: str) -> list[str]:
         return [name for name, st in self.stages.items() if stream in st.body.inputs]
@@ -299,10 +301,11 @@ class Pipeline(Strict):
         """Every input is a stream someone writes, every router output is read, the graph has no cycle. Raises
         one SpecError carrying every error found."""
         errors: list[tuple[str, str]] = []
-        try:
-            self._check_streams()
-        except SpecError as exc:
-            errors += exc.errors
+        for check in (self._check_not_after_itself, self._check_streams):
+            try:
+                check()
+            except SpecError as exc:
+                errors += exc.errors
         if errors:  # a cycle or barrier check over unknown streams would only repeat them
             raise SpecError.of(errors)
         try:
@@ -388,12 +391,15 @@ class Pipeline(Strict):
 
 def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> Pipeline:
     """Read and validate a pipeline file. Raises SpecError (path of the bad field + reason)."""
+    from .spec_yaml import YamlProblem, read_yaml
+
     try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise SpecError(str(path), f"cannot read: {exc}") from None
+        raw = read_yaml(Path(path))
+    except YamlProblem as exc:  # one line: the field path (a duplicate key) or the file, and why
+        raise SpecError(exc.where or str(path), exc.reason) from None
     if not isinstance(raw, dict):
-        raise SpecError(str(path), "not a mapping")
+        what = "empty" if raw is None else f"a {type(raw).__name__}, not a mapping"
+        raise SpecError(str(path), f"{what} (a pipeline spec is a mapping: apiVersion, name, source, stages)")
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, last = dotted.split(".")
@@ -433,10 +439,10 @@ def spec_relative(entry: str, spec_dir: Path) -> str:
 
 def resolve_paths(pipeline: Pipeline, spec_dir: Path) -> None:
     """Apply `spec_relative` to the plugin files (`.py` entries; module names stay) and every command's argv
-    (not a docker stage's: its command runs in its image, from the image's working directory)."""
+    (not a docker or kubernetes stage's: its command runs in its image, from the image's working directory)."""
     pipeline.plugins = [spec_relative(p, spec_dir) if p.endswith(".py") else p for p in pipeline.plugins]
     for work in pipeline.work_stages().values():
-        if work.executor == "docker":
+        if work.executor in ("docker", "kubernetes"):
             continue
         if work.command:
             work.command = [spec_relative(arg, spec_dir) for arg in work.command]

@@ -20,13 +20,18 @@ from redis.exceptions import RedisError, ResponseError
 from . import metrics
 from .deadletter import add_dead_letter
 from .guard import CommitError, check_key_types, require_no_retry
+from .held import Held
 from .item import FIELD, TO, MalformedItem, WorkItem
 from .keys import Keys
 from .progress import DEAD, DONE, FAILED, Progress
+from .retry import RetryQueue, RetrySpec
+from .rewind import create_group
 from .settings import Settings
 from .trim import SafeTrim
 
 log = logging.getLogger(__name__)
+
+RETRY_POLL_S = 0.25  # how often a consumer looks for due retries when it knows of none due sooner
 
 
 @dataclass(slots=True)
@@ -90,7 +95,13 @@ class StreamConsumer:
         stage: str,
         input_stream: str,
         consumer: str | None = None,
+        retry: RetrySpec | None = None,
+        isolate_reclaimed: bool = False,
     ) -> None:
+        """`retry`: the backoff between deliveries of a failed item (core.retry; None = retry at once, as a bare
+        consumer in a test does; the roles pass the spec's). `isolate_reclaimed`: reclaim one entry at a time, so
+        an item that kills its process (a poison item in an in-process worker) takes only its own delivery count
+        up, never that of good items read in the same batch."""
         require_no_retry(client)  # a re-sent commit would publish its outputs twice
         self.client = client
         self.settings = settings
@@ -100,6 +111,10 @@ class StreamConsumer:
         self.group = stage
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.progress = Progress(client, self.keys)
+        self.retry, self.isolate_reclaimed = retry, isolate_reclaimed
+        self.retries = RetryQueue(client, self.keys, stage, self.stream_key)
+        self.held = Held(client, self.keys, stage)
+        self._next_move, self._due_at = 0.0, None  # next look at the retry set; when a retry is known due
         self._trim = SafeTrim(client)
         self._reclaim_cursor: bytes | str = b"0-0"
         self._next_reclaim = 0.0
@@ -114,11 +129,10 @@ class StreamConsumer:
         self.ensure_group()
 
     def ensure_group(self) -> None:
-        try:
-            self.client.xgroup_create(self.stream_key, self.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        """Create the group unless it exists; a group re-created over entries skips the finished items' entries
+        and hands the rest to the next reclaim (core.rewind)."""
+        if create_group(self.client, self.keys, self.stream_key, self.group) is not None:
+            self._next_reclaim = 0.0
 
     def heartbeat(self) -> None:
         """Tell the manager this consumer is alive (batchmesh_stage_consumers): at most every third of the
@@ -136,7 +150,7 @@ class StreamConsumer:
             pass
 
     def _nogroup(self, exc: ResponseError) -> None:
-        """The group vanished (a Redis restarted from an older AOF, or without one): make it again, from 0."""
+        """The group vanished (a Redis restarted from an older AOF, or without one): make it again (core.rewind)."""
         if "NOGROUP" not in str(exc):
             raise exc
         log.warning("consumer group vanished; re-creating it", extra={
@@ -154,8 +168,9 @@ class StreamConsumer:
         new entries, so a stream of reclaimable entries (slow batches) can never starve new ones."""
         self.heartbeat()
         now = time.monotonic()
+        due_in = self._move_due(now)
         if now >= self._next_reclaim and not self._reclaimed_last:
-            reclaimed = self.reclaim(count)
+            reclaimed = self.reclaim(1 if self.isolate_reclaimed else count)
             scan_done = self._reclaim_cursor in (b"0-0", "0-0")
             self._next_reclaim = now + max(self.settings.visibility_timeout_ms / 2000, 0.05) if scan_done else now
             if reclaimed:
@@ -163,6 +178,10 @@ class StreamConsumer:
                 return reclaimed
         self._reclaimed_last = False
         block = self.settings.block_ms if block_ms is None else block_ms
+        if self._reclaim_cursor not in (b"0-0", "0-0"):
+            block = 0  # a reclaim scan is under way: look for new entries without waiting, then go on with it
+        elif block and due_in is not None:
+            block = max(1, min(block, int(due_in * 1000) + 1))  # wake up when the next retry is due
         try:
             reply = self.client.xreadgroup(
                 self.group, self.consumer, {self.stream_key: ">"}, count=count or self.settings.batch_size,
@@ -176,6 +195,15 @@ class StreamConsumer:
         batch = [self._delivery(entry_id, fields, 1) for entry_id, fields in self._ours(reply[0][1])]
         self.m_in.inc(len(batch))
         return batch
+
+    def _move_due(self, now: float) -> float | None:
+        """Put the stage's due retries back on the stream (core.retry), at most every RETRY_POLL_S unless one is
+        due sooner. Returns seconds until the next retry is known to be due (None: none is known to wait)."""
+        if now >= self._next_move:
+            _, wait = self.retries.move_due()
+            self._due_at = None if wait is None else now + wait
+            self._next_move = now + (RETRY_POLL_S if wait is None else min(wait, RETRY_POLL_S))
+        return None if self._due_at is None else max(self._due_at - now, 0.0)
 
     def _ours(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """Drop (and acknowledge) entries addressed to another stage: retries and replays of a stream's other
@@ -208,7 +236,7 @@ class StreamConsumer:
         cursor, claimed = reply[0], reply[1]
         self._reclaim_cursor = cursor
         if len(reply) > 2 and reply[2]:  # Redis >= 7 drops deleted entries from the pending list itself
-            self._count_lost(len(reply[2]))
+            self._count_lost(reply[2])
         if not claimed:
             return []
         # Delivery counts per claimed id (exact ranges: this consumer may hold other entries still in flight).
@@ -220,16 +248,19 @@ class StreamConsumer:
         lost = self._lost(start, cursor, {e for e, _ in live}) if len(live) < len(claimed) else []
         if lost:
             self.client.xack(self.stream_key, self.group, *lost)
-            self._count_lost(len(lost))
+            self._count_lost(lost)
         batch = [self._delivery(entry_id, fields, times.get(entry_id, 2)) for entry_id, fields in self._ours(live)]
         self.m_reclaimed.inc(len(batch))
         self.m_in.inc(len(batch))
         return self._cap_deliveries(batch)
 
-    def _count_lost(self, n: int) -> None:
-        self.m_lost.inc(n)
+    def _count_lost(self, entry_ids: list[bytes]) -> None:
+        """Entries deleted (XDEL, an outside MAXLEN) while pending: their items, known from the held index
+        (core.held), are put back or dead-lettered with the reason, so neither the item nor a barrier waits."""
+        self.m_lost.inc(len(entry_ids))
         log.warning("pending entries were deleted before processing", extra={
-            "event": "stage.lost", "stage": self.stage, "count": n})
+            "event": "stage.lost", "stage": self.stage, "count": len(entry_ids)})
+        self.held.recover(self, entry_ids)
 
     def _lost(self, start: bytes | str, cursor: bytes | str, live: set[bytes]) -> list[bytes]:
         """Ids of entries the claim returned as nil: ours now, in the scanned range, gone from the stream."""
@@ -276,6 +307,7 @@ class StreamConsumer:
         acks = list(commit.acks)
         dead = list(commit.dead)
         retried_ids = []
+        now = time.monotonic()
         for delivery, reason in commit.retries:
             if delivery.item is None or delivery.deliveries >= self.settings.max_deliveries:
                 dead.append((delivery, reason))
@@ -283,8 +315,14 @@ class StreamConsumer:
             # A retry is a new entry carrying the attempt count, so the cap holds across re-deliveries.
             # It is addressed to this stage: the other stages reading the same stream already had the item.
             retry = delivery.item.model_copy(update={"attempts": delivery.deliveries, "error": reason[-2000:]})
-            pipe.xadd(self.stream_key, {**retry.encode(), TO: self.group.encode()})
-            added[self.stream_key] = added.get(self.stream_key, 0) + 1
+            delay = self.retry.delay(delivery.deliveries) if self.retry is not None else 0.0
+            if delay > 0:  # waits in the retry set until due (core.retry), acknowledged in this same commit
+                self.retries.schedule(pipe, retry.encode()[FIELD], delay)
+                self._next_move = min(self._next_move, now + delay)
+                self._due_at = min(self._due_at or now + delay, now + delay)
+            else:
+                pipe.xadd(self.stream_key, {**retry.encode(), TO: self.group.encode()})
+                added[self.stream_key] = added.get(self.stream_key, 0) + 1
             acks.append(delivery.entry_id)
             retried_ids.append(delivery.item.id)
         for delivery, reason in dead:
@@ -293,6 +331,7 @@ class StreamConsumer:
                             reason=reason, deliveries=delivery.deliveries)
         if acks:
             pipe.xack(self.stream_key, self.group, *acks)
+            self.held.release(pipe, acks)
         for key, n in added.items():
             pipe.hincrby(self.keys.arrivals(), key, n)
         stats = self.keys.stage_stats(self.stage)
@@ -319,7 +358,7 @@ class StreamConsumer:
         """EXEC, all or nothing. MULTI has no rollback: a command failing at EXEC time (WRONGTYPE) fails alone
         while the rest is applied, so the keys' types are checked first (see core.guard). A queueing error
         aborts the whole transaction, so nothing was written then either."""
-        check_key_types(self.client, pipe.command_stack)
+        check_key_types(self.client, pipe.command_stack, self.consumer)  # and the acked entries still ours
         try:
             results = pipe.execute(raise_on_error=False)
         except ResponseError as exc:

@@ -13,18 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
 from redis import Redis
-from redis.exceptions import ResponseError
 
 from services.core import Keys, Progress, Settings, redis_url
 from services.core.health import RoleHealth
+from services.core.masking import bearer_headers, source_token
 from services.core.metrics import serve_metrics
 from services.core.reconnect import TRANSIENT, Reconnect
+from services.core.redis_connect import connect
+from services.core.retry import RetryQueue
+from services.core.rewind import create_group
 from services.core.spec import Pipeline
 
 from . import batches, gauges
-from .autoscale import Autoscaler, Rule
+from .autoscale import Autoscaler, rule_from_settings
 from .diff import DiffStats, Dispatcher
 from .executors import Executor, StageContext, executor_class, stage_settings
 from .lister import TIMEOUT as LIST_TIMEOUT
@@ -45,32 +47,32 @@ class Manager:
         self.keys = Keys(pipeline.name)
         self.dispatcher = Dispatcher(client, self.keys, Progress(client, self.keys), batch="")
         self.complete = False  # the first listing pass is done
-        self.http = httpx.Client(timeout=LIST_TIMEOUT)  # one for every poll: a new client costs a TLS context
+        self.http = httpx.Client(timeout=LIST_TIMEOUT, headers=bearer_headers(source_token(settings)))  # one for
+        # every poll: a new client costs a TLS context; the source's token, if it wants one (source.auth)
         self.gauges = gauges.ClusterGauges(client, pipeline, settings.visibility_timeout_ms / 1000)
-        self.autoscaler = Autoscaler(client, pipeline, Rule(
-            utilisation=settings.autoscale_utilisation, drain_s=settings.autoscale_drain_s,
-            window_s=settings.autoscale_window_s, rate_window_s=settings.autoscale_rate_window_s))
+        self.autoscaler = Autoscaler(client, pipeline, rule_from_settings(settings))  # book's rule, or lag
         self._repoll: str | None = None  # a poll a Redis outage interrupted: run again once Redis is back
 
     def ensure_groups(self) -> None:
         """Every stage's group exists before anything is dispatched: safe trimming counts only existing groups,
         and a group made later would start after entries already trimmed away."""
         for name, stage in self.pipeline.stages.items():
-            for stream in stage.body.inputs:
-                try:
-                    self.client.xgroup_create(self.keys.stream(stream), name, id="0", mkstream=True)
-                except ResponseError as exc:
-                    if "BUSYGROUP" not in str(exc):
-                        raise
+            for stream in stage.body.inputs:  # re-created over entries: finished items skipped (core.rewind)
+                create_group(self.client, self.keys, self.keys.stream(stream), name)
 
     def poll(self, *, scheduled: bool = False) -> DiffStats:
         """List every page and dispatch it as a new batch. The first pass and a `scheduled` one are always a
         batch (maybe empty: its barriers fire at once); a re-poll is one only if it finds new work."""
         total = DiffStats()
         began = time.perf_counter()
-        batch = self.dispatcher.batch = batches.new_batch_id()
-        announced = scheduled or not self.complete
-        if announced:
+        # A restarted manager (a current batch exists: `batchmesh run` and a new deployment start without one)
+        # finishes the batch its predecessor was listing, and opens none for a listing that had finished: a
+        # restart never splits a batch nor fires its barriers a second time (found by bench/chaos.py).
+        current = batches.current(self.client, self.keys) if not self.complete else None
+        resumed = current is not None and not current[1]
+        batch = self.dispatcher.batch = current[0] if current and resumed else batches.new_batch_id()
+        announced = resumed if current else scheduled or not self.complete
+        if announced and not resumed:
             batches.announce(self.client, self.keys, batch)
         skipped: list[dict[str, Any]] = []  # records the source could not serve: reported, the rest flows
         for page in list_source(self.source_url, self.page_size, client=self.http, skipped=skipped):
@@ -87,7 +89,7 @@ class Manager:
                 pipe.execute()
         if announced:
             batches.record_skipped(self.client, self.keys, batch, skipped)
-            batches.close(self.client, self.keys, batch, total.listed)
+            batches.close(self.client, self.keys, batch, total.listed, recount=resumed)
         level = logging.INFO if total.new or not self.complete else logging.DEBUG
         log.log(level, "listing dispatched", extra={
             "event": "manager.dispatch", "batch": batch if announced else None, "listed": total.listed,
@@ -111,11 +113,19 @@ class Manager:
         for name, executor in executors.items():
             if not executor.alive:
                 raise RuntimeError(f"the {executor.name} executor of stage {name!r} crashed: {executor.error!r}")
+        self.move_retries()
         snapshot = status(self.client, self.pipeline)
         self.autoscaler.observe(snapshot)  # sets each stream stage's desired_replicas before the gauges read it
         self.gauges.observe(snapshot)
         for name, executor in executors.items():
             executor.observe(snapshot["stages"][name])
+
+    def move_retries(self) -> None:
+        """Put every work stage's due retries back on its stream (core.retry): the stage's own consumers do it
+        too, but a stage scaled to zero replicas has none, and a retry must show up as lag to scale it up."""
+        for name, work in self.pipeline.work_stages().items():
+            if work.executor != "rq":  # rq retries in rq itself
+                RetryQueue(self.client, self.keys, name, self.keys.stream(work.input)).move_due()
 
     def run(self, stop: threading.Event, *, once: bool = False) -> None:
         """Poll, dispatch and tick until `stop` is set. A Redis outage is ridden out (see core.reconnect): the
@@ -180,7 +190,7 @@ def run_manager(pipeline: Pipeline, settings: Settings, source_url: str, stop: t
     if settings.pipeline != pipeline.name:
         settings = settings.model_copy(update={"pipeline": pipeline.name})
     with redis_url(settings.redis_url, settings.data_dir / "redis") as url:
-        client = redis.Redis.from_url(url)
+        client = connect(url, settings)
         server = StatusServer(client, pipeline, host, port) if port else None
         if server is not None:
             server.start()

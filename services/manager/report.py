@@ -10,6 +10,7 @@ from redis import Redis
 
 from services.core import FAILED, QUEUED, RUNNING, STATES, Keys
 from services.core.barriers import barrier_state
+from services.core.retry import retry_key
 from services.core.spec import Pipeline
 
 from .autoscale import fallback, stored_decisions
@@ -81,7 +82,10 @@ def status(client: Redis, pipeline: Pipeline) -> dict[str, Any]:
     for name in rq_stages:
         pipe.llen(f"rq:queue:{rq_queue_name(pipeline.name, name)}")
     pipe.hgetall(keys.autoscale())
+    for name in work:
+        pipe.zcard(retry_key(keys, name))
     replies = pipe.execute()
+    retrying = dict(zip(reversed(list(work)), [int(replies.pop()) for _ in work], strict=True))
     decisions = stored_decisions(replies.pop())
     reads = [(name, stream) for name, st in stages for stream in st.body.inputs]  # one (group, stream) per input
     backlog = client.register_script(_BACKLOG)(
@@ -104,6 +108,7 @@ def status(client: Redis, pipeline: Pipeline) -> dict[str, Any]:
         }
         if stage.kind == "work":
             entry["executor"] = stage.body.executor
+            entry["retrying"] = retrying.get(name, 0)  # failed, waiting for their backoff (core.retry)
             if stage.body.executor == "stream":
                 decided = decisions.get(name)  # the manager's autoscaler (services.manager.autoscale)
                 entry["desired_replicas"] = (int(decided["desired"]) if decided
@@ -142,6 +147,6 @@ def done_in(snapshot: dict[str, Any]) -> bool:
     """`batch_done` judged from a `status()` snapshot already taken."""
     counts = snapshot["counts"]
     return (snapshot["batch"]["complete"] and not any(counts[s] for s in (QUEUED, RUNNING, FAILED))
-            and not any(stage["backlog"] for stage in snapshot["stages"].values())
+            and not any(stage["backlog"] or stage.get("retrying") for stage in snapshot["stages"].values())
             and all((stage.get("barrier") or {}).get("emitted") for stage in snapshot["stages"].values()
                     if "barrier" in stage))

@@ -24,9 +24,10 @@ from services.core.command import Outcome
 from services.core.embedded import redis_url
 from services.core.health import RoleHealth
 from services.core.item import encode_json
-from services.core.progress import RUNNING
 from services.core.reconnect import Reconnect
+from services.core.redis_connect import connect
 from services.core.results import finish
+from services.core.retry import retry_policy
 from services.core.settings import Settings
 from services.core.spec import Pipeline, SpecError
 from services.core.stage import Commit, Delivery, StreamConsumer
@@ -41,8 +42,13 @@ BATCH_SECONDS = 0.05  # a read takes about this much work: slow items are read (
 # the next stage starts on them at once and other replicas get the rest; fast items still go 256 to a commit
 
 
-def run_worker(pipeline: Pipeline, stage: str, settings: Settings, stop: threading.Event) -> None:
-    """Process the stage's items until `stop` is set; the batch in hand is finished and committed first."""
+def run_worker(pipeline: Pipeline, stage: str, settings: Settings, stop: threading.Event, *,
+               max_items: int | None = None, idle_exit_s: float = 0.0) -> None:
+    """Process the stage's items until `stop` is set; the batch in hand is finished and committed first.
+
+    Bounded (a Job's pod, e.g. a KEDA ScaledJob's): with `max_items` N it reads at most N entries in all, commits
+    them as ever (done, retried or dead-lettered: one entry each) and returns; with `idle_exit_s` > 0 it also
+    returns after that many seconds without an entry to read (another pod took it)."""
     if stage not in pipeline.stages:
         raise SpecError("stage", f"no stage {stage!r} (stages: {', '.join(pipeline.stages)})")
     work = pipeline.stages[stage].body
@@ -50,11 +56,12 @@ def run_worker(pipeline: Pipeline, stage: str, settings: Settings, stop: threadi
         settings = settings.model_copy(update={"max_deliveries": work.max_deliveries})
     chain = build_chain(work, stage, pipeline.plugins)  # unknown workers fail here, before anything is read
     with redis_url(settings.redis_url, settings.data_dir / "redis") as url:
-        client = redis.Redis.from_url(url)
+        client = connect(url, settings)
         health = RoleHealth(settings.pipeline, "worker", stage)
         try:  # a Redis not up yet (or restarting) is waited for: starting creates the group, safe to repeat
             worker = Reconnect(client, health, stop).call(lambda: _Worker(pipeline, stage, settings, chain, client))
             if worker is not None:
+                worker.max_items, worker.idle_exit_s = max_items, idle_exit_s
                 worker.loop(stop, health)
         finally:
             client.close()
@@ -80,12 +87,18 @@ class _Worker:
         self.item_s: float | None = None  # moving average of an item's time: None until the first batch
         # One consumer name per run: two workers in one process must not share a pending list.
         name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.consumer = StreamConsumer(client, settings, stage=stage, input_stream=work.input, consumer=name)
+        # Reclaimed entries one at a time: an in-process worker that dies on a poison item (os._exit, SIGKILL)
+        # then takes only that item's delivery count up, and it reaches max_deliveries and is dead-lettered.
+        self.consumer = StreamConsumer(client, settings, stage=stage, input_stream=work.input, consumer=name,
+                                       retry=retry_policy(pipeline, stage), isolate_reclaimed=True)
         labels = {"pipeline": settings.pipeline, "stage": stage}
         self.m_time = metrics.PROCESSING.labels(**labels)
         self.m_workers = metrics.WORKERS.labels(**labels)
         self.done = self.failed = 0
         self._spent: list[float] = []
+        self.max_items: int | None = None  # bounded: stop after this many entries (see run_worker)
+        self.idle_exit_s = 0.0
+        self.handled = 0  # entries committed (any outcome)
 
     def loop(self, stop: threading.Event, health: RoleHealth | None = None) -> None:
         c = self.consumer
@@ -97,12 +110,20 @@ class _Worker:
         health = (health or RoleHealth(self.settings.pipeline, "worker", self.stage)).started()
         try:
             with self._pool() as pool:
+                idle = [time.monotonic()]  # when an entry was last read
+
                 def step() -> None:
                     batch = c.read(self.read_count())
                     if batch:
                         self.process(batch, pool, lease)
+                        self.handled += len(batch)
+                        idle[0] = time.monotonic()
+                        if self.max_items is not None and self.handled >= self.max_items:
+                            self._bounded(stop, "max_items")
                     else:
                         c.maybe_trim()  # idle: trim what the last batches acknowledged (rate-limited in core)
+                        if self.idle_exit_s and time.monotonic() - idle[0] >= self.idle_exit_s:
+                            self._bounded(stop, "idle")
 
                 # A Redis outage is waited out (the batch in hand, if its commit did not get through, stays
                 # pending and is reclaimed after the visibility timeout: never committed twice).
@@ -125,8 +146,16 @@ class _Worker:
         """How many entries to read: about BATCH_SECONDS of work (at least one per slot), at most the batch size."""
         least = self.concurrency if self.chain.has_commands else 1
         if self.item_s is None:
-            return least  # the first items tell how slow they are
-        return max(least, min(self.count, int(BATCH_SECONDS / max(self.item_s, 1e-6))))
+            return self._cap(least)  # the first items tell how slow they are
+        return self._cap(max(least, min(self.count, int(BATCH_SECONDS / max(self.item_s, 1e-6)))))
+
+    def _cap(self, count: int) -> int:
+        return count if self.max_items is None else max(1, min(count, self.max_items - self.handled))
+
+    def _bounded(self, stop: threading.Event, why: str) -> None:
+        log.info("bounded worker done", extra={"event": "worker.bounded", "stage": self.stage, "why": why,
+                                               "handled": self.handled, "max_items": self.max_items})
+        stop.set()
 
     @contextmanager
     def _pool(self) -> Iterator[ThreadPoolExecutor | None]:
@@ -146,7 +175,7 @@ class _Worker:
             else:
                 items.append(d)
         c = self.consumer
-        c.progress.mark([d.item.id for d in items if d.item is not None], RUNNING)
+        c.held.hold(c, items)  # running, and indexed in case the entries are deleted while pending (core.held)
         lease.hold([d.entry_id for d in items])
         began = time.perf_counter()
         self._spent = []  # each item's time, for the autoscaler's service time (stage stats)

@@ -15,10 +15,11 @@ import queue
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from services.core import RUNNING, Commit, Delivery, StreamConsumer
+from services.core import Commit, Delivery, StreamConsumer
 from services.core import metrics as core_metrics
 from services.core.command import Outcome, run_command
 from services.core.results import finish
+from services.core.retry import retry_policy
 
 from .base import Executor, StageContext
 
@@ -51,7 +52,8 @@ class ProcessExecutor(Executor):
 
     def run(self) -> None:
         ctx = self.ctx
-        self.consumer = c = StreamConsumer(ctx.client, ctx.settings, stage=ctx.stage, input_stream=ctx.work.input)
+        self.consumer = c = StreamConsumer(ctx.client, ctx.settings, stage=ctx.stage, input_stream=ctx.work.input,
+                                           retry=retry_policy(ctx.pipeline, ctx.stage))
         self.processing = core_metrics.PROCESSING.labels(**self.labels)
         self.done: queue.SimpleQueue[Done] = queue.SimpleQueue()
         held: dict[bytes, Delivery] = {}  # read and not yet finished: submitted to the pool, or running
@@ -111,10 +113,11 @@ class ProcessExecutor(Executor):
             if delivery.item is None:
                 commit.dead_letter(delivery, delivery.malformed or "malformed item")
                 continue
+            started.append(delivery)
+        self.consumer.held.hold(self.consumer, started)  # running, and indexed should an entry be deleted
+        for delivery in started:  # submitted after: a fast item's commit must not come before its hold
             held[delivery.entry_id] = delivery
             pool.submit(self._run_one, delivery)
-            started.append(delivery.item.id)
-        self.consumer.progress.mark(started, RUNNING)
 
     def _run_one(self, delivery: Delivery) -> None:
         item = delivery.item
