@@ -41,6 +41,8 @@ def check(pipeline: Pipeline, *, input_given: bool, require_source: bool | None 
     backend = _source(pipeline, found, required, "--input" if input_given else "source.path")
     _plugins(pipeline, found)
     _commands(pipeline, found)
+    if not found.errors:
+        _workers(pipeline, found)
     if backend is not None:
         try:
             _predicates(pipeline, backend, found, sample)
@@ -65,6 +67,30 @@ def _plugins(pipeline: Pipeline, found: Findings) -> None:
         if plugin.endswith(".py") and not Path(plugin).is_file():
             found.errors.append((f"plugins[{i}]", f"no such Python file {plugin!r} (relative paths: to the spec "
                                                   f"file's directory, else to the working directory {os.getcwd()})"))
+
+
+def _workers(pipeline: Pipeline, found: Findings) -> None:
+    """Every in-process worker a stage names is registered (built-ins, or by a plugin) or importable as
+    'module:function'. Plugins are imported only when a name is not a built-in (their import errors are one line)."""
+    from services.workers import builtin  # noqa: F401 - registers the built-in workers
+    from services.workers.registry import load_plugins, registered, resolve
+
+    refs = [(f"stages.{name}.work.worker", work.worker) for name, work in pipeline.work_stages().items()
+            if work.worker] + [(f"stages.{name}.work.chain[{i}].worker", ref.worker)
+                               for name, work in pipeline.work_stages().items()
+                               for i, ref in enumerate(work.chain or ()) if ref.worker]
+    if all(worker in registered() for _, worker in refs):
+        return
+    try:
+        load_plugins(pipeline.plugins)
+    except Exception as exc:  # noqa: BLE001 - any error importing user code is reported, not a traceback
+        found.errors.append(("plugins", f"cannot load the plugins: {type(exc).__name__}: {exc}"))
+        return
+    for where, worker in refs:
+        try:
+            resolve(worker)
+        except LookupError as exc:
+            found.errors.append((where, str(exc)))
 
 
 def _search_path() -> str:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
 
+from .api_models import GET_RESPONSES, LIST_RESPONSES, METRICS_RESPONSES, Health, Item
 from .backends.base import InvalidCursor, SourceBackend
 from .filter import FilteredBackend
 from .names import InvalidName, printable, validate_name
@@ -71,7 +72,8 @@ def create_app(backend: SourceBackend, pipeline: str = "default") -> FastAPI:
                     seen.add(key)
                 SKIPPED.labels(pipeline, key[1]).inc()
 
-    @app.get("/api/v1/items", summary="List items, one page at a time")
+    @app.get("/api/v1/items", summary="List items, one page at a time",
+             response_class=Response, responses=LIST_RESPONSES)
     def list_items(
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size")] = DEFAULT_LIMIT,
         cursor: Annotated[str | None, Query(max_length=8192, description="`next` of the previous page")] = None,
@@ -88,7 +90,8 @@ def create_app(backend: SourceBackend, pipeline: str = "default") -> FastAPI:
         count_skipped(skipped)
         return Response(body, media_type="application/json")
 
-    @app.get("/api/v1/items/{name:path}", summary="One item by name")
+    @app.get("/api/v1/items/{name:path}", summary="One item by name", response_model=Item,
+             responses=GET_RESPONSES)
     def get_item(name: str, request: Request) -> dict[str, Any]:
         count("get")
         try:
@@ -103,12 +106,12 @@ def create_app(backend: SourceBackend, pipeline: str = "default") -> FastAPI:
             raise HTTPException(404, "no such item")  # the name is not echoed: it is attacker-controlled
         return item
 
-    @app.get("/healthz", summary="Liveness")
+    @app.get("/healthz", summary="Liveness", response_model=Health)
     def healthz() -> dict[str, str]:
         count("healthz")
         return {"status": "ok"}
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response, responses=METRICS_RESPONSES)
     def metrics() -> Response:
         count("metrics")
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

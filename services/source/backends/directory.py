@@ -80,6 +80,7 @@ class DirectoryBackend(SourceBackend):
         self._scanned_at = float("-inf")
         self._lock = threading.Lock()
         self._unservable: set[str] = set()
+        self._refused_links: set[str] = set()  # symlinks out of the root (or dangling), warned about once
 
     def list(self, limit: int, cursor: str | None = None) -> Page:
         items, next_cursor, _ = self.list_page(limit, cursor)
@@ -161,10 +162,20 @@ class DirectoryBackend(SourceBackend):
                         extra={"file": printable(name), "reason": reason})
         return reason is None
 
+    def _refused(self, name: str, path: Path) -> None:
+        """Warn once per name (up to a bound) about a symlink that leads out of the root, or nowhere."""
+        if name in self._refused_links or len(self._refused_links) >= 100_000 or not path.is_symlink():
+            return
+        self._refused_links.add(name)
+        log.warning("skipping a symlink that leads out of the source directory (or to nothing)",
+                    extra={"file": printable(name), "root": str(self.root),
+                           "reason": "symlink target is outside the source root or missing"})
+
     def _item(self, name: str) -> Item | None:
         path = self.root / name
         real = contained(self.root, path)  # follows symlinks: a link out of the root is not served
         if real is None:
+            self._refused(name, path)
             return None
         try:
             st = real.stat()
