@@ -16,6 +16,7 @@ import redis
 
 from services.core import lifeline
 from services.core.logs import setup_logging
+from services.core.masking import SecretFileError
 from services.core.settings import Settings
 from services.core.spec import Pipeline, SpecError, load_pipeline
 
@@ -381,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SpecError as exc:
         print(f"batchmesh: invalid pipeline: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SecretFileError as exc:  # a secret's file setting that cannot be read: bad configuration
+        print(f"batchmesh: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except redis.RedisError as exc:  # a Redis state is never a traceback: one line, what is wrong, what to do
         from services.core.redis_errors import explain

@@ -16,6 +16,7 @@ import socket
 import threading
 from typing import Any
 
+from services.core.redis_connect import connect
 from services.core.settings import Settings
 from services.core.spec import Pipeline
 
@@ -134,7 +135,7 @@ def run_autoscaler(pipeline: Pipeline, settings: Settings, stop: threading.Event
     last: dict[str, int] = {}
     log.info("autoscaler started", extra={"event": "autoscaler.start", "project": project, "stages": stages})
     with redis_url(settings.redis_url, settings.data_dir / "redis") as url:
-        r = redis.Redis.from_url(url)
+        r = connect(url, settings)
         while not stop.is_set():
             try:
                 snap = status(r, pipeline)

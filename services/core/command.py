@@ -21,6 +21,7 @@ from typing import Any
 
 from . import lifeline
 from .item import WorkItem, encode_json
+from .masking import command_env
 
 STDERR_TAIL = 2000
 STDERR_LINES = 20  # of a successful command's stderr, kept in the role log
@@ -61,7 +62,7 @@ def run_command(
     (output_dir / "result.json").unlink(missing_ok=True)  # a stale result of an earlier attempt must not count
     item_file = _write_item_file(item)
     try:
-        child_env = {**os.environ, **(env or {}), "WORK_ITEM_FILE": str(item_file),
+        child_env = {**command_env(), **(env or {}), "WORK_ITEM_FILE": str(item_file),
                      "WORK_OUTPUT_DIR": str(output_dir)}
         try:
             proc = subprocess.Popen(

@@ -10,6 +10,7 @@ from redis.client import Pipeline
 
 from .item import FIELD, TO, WorkItem
 from .keys import BATCH_TTL_S, Keys
+from .masking import scrub
 from .progress import QUEUED, Progress
 
 
@@ -49,7 +50,7 @@ def add_dead_letter(
         keys.dead_letters(stage),
         {
             FIELD: raw_item,
-            b"reason": reason.encode()[:4000],
+            b"reason": scrub(reason).encode()[:4000],  # no secret of ours in a reason (core.masking)
             b"stream": stream.encode(),
             b"deliveries": str(deliveries).encode(),
             b"at": f"{time.time():.3f}".encode(),

@@ -1,11 +1,19 @@
-"""Structured logs: one line per lifecycle event, JSON when stderr is not a TTY. Extra fields go in `extra=`."""
+"""Structured logs: one line per lifecycle event, JSON when stderr is not a TTY. Extra fields go in `extra=`.
+
+Every line, and whatever else the process writes to stdout/stderr (a print, an uncaught traceback), has the
+process's secrets replaced by `***` (core.masking)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
+import threading
 import time
+import traceback
+from typing import Any, TextIO
+
+from . import strict_json
+from .masking import scrub
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 _SECRET_WORDS = ("password", "secret", "token", "authorization")
@@ -31,7 +39,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return scrub(strict_json.dumps(line, default=str, ensure_ascii=True, separators=(", ", ": ")))
 
 
 class TextFormatter(logging.Formatter):
@@ -41,11 +49,40 @@ class TextFormatter(logging.Formatter):
         text = f"{base} {extra}" if extra else base
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
-        return text
+        return scrub(text)
+
+
+class ScrubbingStream:
+    """A text stream whose writes have the secrets masked (a secret split across two writes is not seen: print()
+    and traceback writes carry whole lines)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(scrub(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _mask_streams() -> None:
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, ScrubbingStream):
+            setattr(sys, name, ScrubbingStream(stream))
+
+    def excepthook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+        sys.stderr.write("".join(traceback.format_exception(kind, exc, tb)))
+
+    sys.excepthook = excepthook
+    threading.excepthook = lambda args: excepthook(args.exc_type, args.exc_value or Exception(), args.exc_traceback)
 
 
 def setup_logging(level: str = "INFO", json_lines: bool | None = None) -> None:
     use_json = (not sys.stderr.isatty()) if json_lines is None else json_lines
+    _mask_streams()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     root = logging.getLogger()

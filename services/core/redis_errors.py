@@ -8,6 +8,7 @@ from pathlib import Path
 import redis
 
 from .embedded import RedisConfigError, RedisStateError, redact
+from .redis_connect import explain_security
 
 EXIT_REDIS, EXIT_CONFIG = 1, 2
 
@@ -20,8 +21,11 @@ def explain(exc: redis.RedisError, configured: str | None, data_dir: Path) -> tu
         return str(exc), EXIT_CONFIG
     if isinstance(exc, RedisStateError):
         return str(exc), EXIT_REDIS
+    if (security := explain_security(exc, where)) is not None:  # TLS, ACL (core.redis_connect)
+        return security
     if isinstance(exc, redis.AuthenticationError | redis.AuthenticationWrongNumberOfArgsError):
-        return (f"Redis at {where} refused the credentials ({detail}); check the user and password in REDIS_URL",
+        return (f"Redis at {where} refused the credentials ({detail}); check the user and password in REDIS_URL (or "
+                "BATCHMESH_REDIS_USERNAME, BATCHMESH_REDIS_PASSWORD)",
                 EXIT_CONFIG)
     if isinstance(exc, redis.exceptions.InvalidResponse):
         return (f"the server at {where} does not speak the Redis protocol ({detail}); check the host and port in "

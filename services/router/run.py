@@ -12,6 +12,7 @@ from services.core import Settings
 from services.core.embedded import redis_url
 from services.core.health import RoleHealth
 from services.core.reconnect import Reconnect
+from services.core.redis_connect import connect
 from services.core.spec import Pipeline
 from services.core.spec_routers import RouterSpec
 from services.core.spec_skips import Skip
@@ -46,7 +47,7 @@ def run_router(pipeline_name: str, stage: str, spec_model: RouterSpec, settings:
     True = in Lua or raise ValueError, False = in Python."""
     settings = settings.model_copy(update={"pipeline": pipeline_name})
     with redis_url(settings.redis_url, settings.data_dir / "redis") as url:
-        client = redis.Redis.from_url(url)
+        client = connect(url, settings)
         health = RoleHealth(settings.pipeline, "router", stage)
         try:  # a Redis not up yet (or restarting) is waited for: starting creates the groups, safe to repeat
             router = Reconnect(client, health, stop).call(lambda: build_router(
@@ -69,7 +70,7 @@ def build_barrier(client: redis.Redis, settings: Settings, pipeline: Pipeline, s
 def run_barrier(pipeline: Pipeline, stage: str, settings: Settings, stop: threading.Event) -> None:
     settings = settings.model_copy(update={"pipeline": pipeline.name})
     with redis_url(settings.redis_url, settings.data_dir / "redis") as url:
-        client = redis.Redis.from_url(url)
+        client = connect(url, settings)
         health = RoleHealth(settings.pipeline, "barrier", stage)
         try:
             barrier = Reconnect(client, health, stop).call(lambda: build_barrier(client, settings, pipeline, stage))

@@ -19,6 +19,8 @@ from services.core import Keys, Settings, list_dead_letters, redis_url
 from services.core.embedded import redact, wait_loaded
 from services.core.health import RoleHealth
 from services.core.reconnect import TRANSIENT, Backoff
+from services.core.redis_connect import client_url
+from services.core.redis_connect import connect as connect_redis
 from services.core.results import results
 from services.core.spec import Pipeline
 from services.manager import status
@@ -36,7 +38,7 @@ EXIT_DEAD, EXIT_TIMEOUT = 1, 3
 @contextmanager
 def connect(settings: Settings) -> Iterator[redis.Redis]:
     with redis_url(settings.redis_url, settings.data_dir / "redis") as url:
-        client = redis.Redis.from_url(url)
+        client = connect_redis(url, settings)
         wait_loaded(client, redact(url))  # a Redis loading its AOF answers every command with BusyLoadingError
         yield client
 
@@ -124,7 +126,7 @@ def _start_rq_workers(supervisor: Supervisor, pipeline: Pipeline) -> None:
     for name, work in pipeline.work_stages().items():
         if work.executor == "rq":
             for i in range(max(work.replicas.min, 1)):
-                supervisor.start_argv(f"rq-{name}-{i}", rq_argv(pipeline, name, supervisor.env["REDIS_URL"],
+                supervisor.start_argv(f"rq-{name}-{i}", rq_argv(pipeline, name, client_url(supervisor.env["REDIS_URL"]),
                                                                sys.executable))
 
 
@@ -133,7 +135,7 @@ def run_pipeline(pipeline: Pipeline, path: Path, out_dir: Path, *, timeout: floa
     settings = Settings(pipeline=pipeline.name, out_dir=out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with redis_url(settings.redis_url, settings.data_dir / "redis") as url:
-        client = redis.Redis.from_url(url)
+        client = connect_redis(url, settings)
         wait_loaded(client, redact(url))
         bin_dir = str(Path(sys.executable).parent)  # commands like [python, x.py] find this environment first
         env = {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),

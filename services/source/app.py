@@ -10,6 +10,7 @@ from fastapi import FastAPI, HTTPException, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
 
 from .api_models import GET_RESPONSES, LIST_RESPONSES, METRICS_RESPONSES, Health, Item
+from .auth import require_token
 from .backends.base import InvalidCursor, SourceBackend
 from .filter import FilteredBackend
 from .names import InvalidName, printable, validate_name
@@ -48,9 +49,10 @@ def _encode_page(items: list[dict[str, Any]], skipped: list[dict[str, Any]], nex
         return json.dumps(body, ensure_ascii=True).encode()
 
 
-def create_app(backend: SourceBackend, pipeline: str = "default") -> FastAPI:
+def create_app(backend: SourceBackend, pipeline: str = "default", token: str | None = None) -> FastAPI:
     """A FastAPI app serving `backend`. Handlers are sync: FastAPI runs them in its thread pool, so a slow
-    directory scan does not block the event loop."""
+    directory scan does not block the event loop. `token`: /api/v1 wants it as a bearer token (source.auth)."""
+    api = require_token(token)  # [] without a token
     if isinstance(backend, FilteredBackend) and backend.pipeline is None:
         backend.pipeline = pipeline
     app = FastAPI(
@@ -72,7 +74,7 @@ def create_app(backend: SourceBackend, pipeline: str = "default") -> FastAPI:
                     seen.add(key)
                 SKIPPED.labels(pipeline, key[1]).inc()
 
-    @app.get("/api/v1/items", summary="List items, one page at a time",
+    @app.get("/api/v1/items", summary="List items, one page at a time", dependencies=api,
              response_class=Response, responses=LIST_RESPONSES)
     def list_items(
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size")] = DEFAULT_LIMIT,
@@ -90,7 +92,7 @@ def create_app(backend: SourceBackend, pipeline: str = "default") -> FastAPI:
         count_skipped(skipped)
         return Response(body, media_type="application/json")
 
-    @app.get("/api/v1/items/{name:path}", summary="One item by name", response_model=Item,
+    @app.get("/api/v1/items/{name:path}", summary="One item by name", dependencies=api, response_model=Item,
              responses=GET_RESPONSES)
     def get_item(name: str, request: Request) -> dict[str, Any]:
         count("get")

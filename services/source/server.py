@@ -10,6 +10,7 @@ import uvicorn
 from services.core.health import RoleHealth
 
 from .app import create_app
+from .auth import load_token
 from .backends import backend_class
 from .backends.base import SourceBackend
 from .filter import FilteredBackend
@@ -34,9 +35,10 @@ def serve(backend: SourceBackend, host: str = "0.0.0.0", port: int = 8080, pipel
     """Serve Source API v1 until interrupted (uvicorn handles SIGINT/SIGTERM)."""
     log.info("source ambassador starting", extra={"pipeline": pipeline, "backend": backend.type_name,
                                                    "host": host, "port": port})
+    token = load_token()  # BATCHMESH_SOURCE_TOKEN(_FILE); None: the API is open
     health = RoleHealth(pipeline, "source", uses_redis=False).started()  # batchmesh_role_up
     try:
-        uvicorn.run(create_app(backend, pipeline), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(backend, pipeline, token), host=host, port=port, log_level="warning")
     finally:
         health.stopped()
         backend.close()
