@@ -5,7 +5,6 @@ line each) or bad Redis settings, 3 `run --timeout` passed before the batch was 
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
@@ -14,7 +13,7 @@ from typing import Any
 
 import redis
 
-from services.core import lifeline
+from services.core import lifeline, strict_json
 from services.core.logs import setup_logging
 from services.core.masking import SecretFileError
 from services.core.settings import Settings
@@ -102,7 +101,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from services.runner import pipeline_status
 
     pipeline = _load(args.pipeline)
-    print(json.dumps(pipeline_status(pipeline, Settings(pipeline=pipeline.name)), indent=2))
+    print(strict_json.dumps(pipeline_status(pipeline, Settings(pipeline=pipeline.name)), indent=2, ensure_ascii=True))
     return 0
 
 
@@ -116,7 +115,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     if args.action == "list":
         letters = dlq_list(pipeline, settings, args.stage)
         for letter in letters:
-            print(json.dumps(letter))
+            print(strict_json.dumps(letter, ensure_ascii=True, separators=(", ", ": ")))
         if not letters:  # said on stderr: stdout stays JSON lines only (empty), for scripts
             where = f" at stage {args.stage}" if args.stage else ""
             print(f"no dead letters in pipeline {pipeline.name}{where}", file=sys.stderr)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import json
 import logging
 import os
 import selectors
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import lifeline
+from . import lifeline, strict_json
 from .item import WorkItem, encode_json
 from .masking import command_env
 
@@ -42,13 +41,14 @@ def item_document(item: WorkItem) -> bytes:
 
 
 def read_result(stdout: bytes, output_dir: Path) -> dict[str, Any]:
-    """result.json wins over stdout; non-JSON stdout is kept as text; nothing at all is an empty result."""
+    """result.json wins over stdout; non-JSON stdout is kept as text; nothing at all is an empty result.
+    NaN/Infinity in the result become the strings "NaN"/"Infinity"/"-Infinity" (core.strict_json's rule)."""
     result_file = output_dir / "result.json"
     text = result_file.read_bytes() if result_file.exists() else stdout.strip()
     if not text:
         return {}
     try:
-        value = json.loads(text)
+        value = strict_json.loads_foreign(text)
     except ValueError:
         return {"stdout": text.decode(errors="replace")[-STDERR_TAIL:]}
     return value if isinstance(value, dict) else {"result": value}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
+
+from . import strict_json
 
 FIELD = b"item"
 # Optional: the one consumer group (stage) an entry is for. A retry or a replayed dead letter goes back on a stream
@@ -46,8 +47,16 @@ class WorkItem(BaseModel):
     def decode(cls, fields: dict[bytes, bytes] | None) -> WorkItem:
         if not fields or FIELD not in fields:
             raise MalformedItem("entry has no 'item' field")
+        raw = fields[FIELD]
+        if strict_json.suspect(raw):  # what we write is strict JSON: a NaN token here came from a foreign writer
+            try:
+                strict_json.loads(raw)
+            except strict_json.StrictJSONError as exc:
+                raise MalformedItem(f"item is not strict JSON: {exc}") from None
+            except ValueError:
+                pass  # not JSON at all: pydantic says where
         try:
-            return cls.model_validate_json(fields[FIELD])
+            return cls.model_validate_json(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "item"
@@ -55,4 +64,5 @@ class WorkItem(BaseModel):
 
 
 def encode_json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact strict JSON (core.strict_json: a non-finite float becomes the string "NaN"/"Infinity"/...)."""
+    return strict_json.encode(value)

@@ -6,7 +6,6 @@ threaded wsgiref server in a daemon thread (prometheus_client's own app for /met
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -16,7 +15,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import REGISTRY, make_wsgi_app
 
-from . import health
+from . import health, strict_json
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,7 @@ def app(metrics_app: Callable[..., Iterable[bytes]] | None = None) -> Callable[.
     def wsgi(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO", "").rstrip("/") == "/healthz":
             code, body = healthz_body()
-            data = json.dumps(body).encode()
+            data = strict_json.dumps(body, separators=(", ", ": ")).encode()
             start_response(f"{code} {'OK' if code == 200 else 'Service Unavailable'}",
                            [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
             return [data]

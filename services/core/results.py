@@ -3,11 +3,11 @@ item done — inside the stage's commit, so the result, the ack and the progress
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from redis import Redis
 
+from . import strict_json
 from .item import encode_json
 from .keys import Keys
 from .stage import Commit, Delivery, StreamConsumer
@@ -27,4 +27,4 @@ def finish(
 
 def results(client: Redis, keys: Keys) -> dict[str, Any]:
     """Every recorded sink result, by item id."""
-    return {k.decode(): json.loads(v) for k, v in client.hscan_iter(keys.results(), count=1000)}
+    return {k.decode(): strict_json.loads_foreign(v) for k, v in client.hscan_iter(keys.results(), count=1000)}

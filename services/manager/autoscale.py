@@ -31,7 +31,7 @@ from typing import Any
 from prometheus_client import Gauge
 from redis import Redis
 
-from services.core import Keys
+from services.core import Keys, strict_json
 from services.core.metrics import LABELS
 from services.core.spec import Pipeline, WorkSpec
 
@@ -153,7 +153,7 @@ class Decision:
     concurrency: int
 
     def as_json(self) -> str:
-        return json.dumps({**asdict(self), "arrival_rate": round(self.arrival_rate, 4),
+        return strict_json.dumps({**asdict(self), "arrival_rate": round(self.arrival_rate, 4),
                            "service_s": None if self.service_s is None else round(self.service_s, 6)})
 
 

@@ -4,13 +4,13 @@ run) is its own batch. Its manifest — which items, how many, whether the listi
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from typing import Any
 
 from redis import Redis
 
+from services.core import strict_json
 from services.core.keys import BATCH_TTL_S, Keys
 
 
@@ -48,7 +48,8 @@ SKIPPED_KEPT = 100  # records kept per batch for the summary and manifest.json (
 def record_skipped(client: Redis, keys: Keys, batch: str, skipped: list[dict[str, Any]]) -> None:
     """What the source could not serve in this batch's listing: `source_skipped` (a count) and
     `source_skipped_records` (JSON, the first SKIPPED_KEPT) in the manifest and the current-batch hash."""
-    fields = {"source_skipped": len(skipped), "source_skipped_records": json.dumps(skipped[:SKIPPED_KEPT])}
+    fields = {"source_skipped": len(skipped),
+              "source_skipped_records": strict_json.dumps(skipped[:SKIPPED_KEPT], ensure_ascii=True)}
     pipe = client.pipeline(transaction=True)
     pipe.hset(keys.manifest(batch), mapping=fields)
     pipe.hset(keys.batch(), mapping=fields)

@@ -5,10 +5,9 @@ routers pass the item on byte for byte."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from services.core import Delivery
+from services.core import Delivery, strict_json
 
 Document = dict[str, Any]  # {"id", "name" (= id), "data", "version", "batch"}
 
@@ -24,7 +23,7 @@ def document(delivery: Delivery) -> tuple[Document | None, str]:
     if item is not None:
         return {"id": item.id, "name": item.id, "data": item.data, "version": item.version, "batch": item.batch}, ""
     try:  # core found it malformed as a work item; a router needs less (same rule as the Lua script)
-        raw = json.loads(delivery.raw) if delivery.raw else None
+        raw = strict_json.loads(delivery.raw) if delivery.raw else None  # we write strict JSON only
     except ValueError:
         raw = None
     if not isinstance(raw, dict):

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import redis
 
-from services.core import Keys, Settings, list_dead_letters, redis_url
+from services.core import Keys, Settings, list_dead_letters, redis_url, strict_json
 from services.core.embedded import redact, wait_loaded
 from services.core.health import RoleHealth
 from services.core.reconnect import TRANSIENT, Backoff
@@ -232,4 +232,4 @@ def _write_manifest(client: redis.Redis, pipeline: Pipeline, out_dir: Path) -> N
         "dead_letters": _dead_letters(client, pipeline, None),
         "source_skipped": _source_skipped(client, pipeline),
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    (out_dir / "manifest.json").write_text(strict_json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=True))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, generate_latest
+
+from services.core import strict_json
 
 from .api_models import GET_RESPONSES, LIST_RESPONSES, METRICS_RESPONSES, Health, Item
 from .auth import require_token
@@ -35,18 +36,18 @@ def _encode_page(items: list[dict[str, Any]], skipped: list[dict[str, Any]], nex
     through) is moved to `skipped` instead of failing the whole page with a 500 — for ever, at every listing."""
     body = {"kind": "ItemList", "apiVersion": API_VERSION, "items": items, "next": next_cursor, "skipped": skipped}
     try:
-        return json.dumps(body, ensure_ascii=False).encode()
+        return strict_json.dumps(body).encode()
     except UnicodeEncodeError:
         good = []
         for item in items:
             try:
-                json.dumps(item, ensure_ascii=False).encode()
+                strict_json.dumps(item).encode()
                 good.append(item)
             except UnicodeEncodeError:
                 skipped.append({"record": printable(str(item.get("name", "?"))), "reason": "bad-name",
                                 "detail": "the item holds text that is not valid UTF-8"})
         body["items"] = good
-        return json.dumps(body, ensure_ascii=True).encode()
+        return strict_json.dumps(body, ensure_ascii=True).encode()
 
 
 def create_app(backend: SourceBackend, pipeline: str = "default", token: str | None = None) -> FastAPI:

@@ -7,7 +7,6 @@ JSON goes to stdout (exit 0), or the reason to stderr (exit 1). A bad spec or it
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from services.core import strict_json
 from services.core.command import Outcome
 from services.core.item import WorkItem, encode_json
 from services.core.spec import Pipeline, SpecError, load_pipeline
@@ -26,7 +26,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 def read_item(item_file: Path) -> WorkItem:
     """The inverse of core.command.item_document."""
-    doc: dict[str, Any] = json.loads(item_file.read_bytes())
+    doc: dict[str, Any] = strict_json.loads(item_file.read_bytes())
     return WorkItem(id=doc["id"], data=doc.get("data") or {}, version=doc.get("version"), batch=doc.get("batch"),
                     attempts=max(int(doc.get("attempt", 1)) - 1, 0))
 

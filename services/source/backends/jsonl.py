@@ -11,6 +11,8 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO
 
+from services.core import strict_json
+
 from ..names import InvalidName, validate_name
 from .base import FullPage, InvalidCursor, Item, Page, Skipped, SourceBackend, register_backend, skipped_record
 
@@ -128,7 +130,7 @@ class JsonlBackend(SourceBackend):
         if not text:
             return None
         try:
-            obj = json.loads(text)
+            obj = strict_json.loads_foreign(text)  # NaN -> "NaN" (core.strict_json's rule), never null
         except ValueError:  # also UnicodeDecodeError
             if not raw.endswith(b"\n"):  # a last line still being written: not an error yet
                 return None
