@@ -2,6 +2,7 @@
 per-item cost; records arrival rate, backlog, desired and running replicas over time and plots them.
 
     python -m bench.autoscale_live [--bursts 300,500] [--burst-s 8] [--quiet 75] [--item-s 0.5] [--max 8]
+                                   [--policy book|lag] [--lag-window 120]
                                    [--png docs/autoscaling.png] [--csv out/autoscale_live.csv]
 
 A fresh directory holds the spec, the source directory and the embedded Redis. `batchmesh run --watch` runs the
@@ -11,7 +12,9 @@ seconds, then nothing happens for `--quiet` seconds. Every 0.5 s this script rea
 actuators read: `status()` (backlog; `desired_replicas` and the inputs λ and S of the manager's autoscaler) and the
 stage's live consumers (heartbeats of the last 2.5 s: the replicas serving). At the end: the time to drain each
 burst (first file written -> backlog 0 with every item done), replica-seconds, scale-ups and scale-downs; the
-series go to the CSV and the plot (matplotlib) to the PNG."""
+series go to the CSV and the plot (matplotlib) to the PNG. `--policy lag` runs the manager with
+BATCHMESH_AUTOSCALE_POLICY=lag (services.manager.autoscale.LagRule: KEDA's ceil(lag / lagCount) with the behaviour
+we render) instead of the book's rule; bench/autoscale_compare.py runs both and compares them."""
 
 from __future__ import annotations
 
@@ -60,7 +63,8 @@ def sample(client: redis.Redis, pipeline: Any, started: float) -> dict[str, Any]
     inputs = stage.get("autoscale") or {}
     live = client.zcount(Keys(pipeline.name).alive(STAGE), time.time() - 2.5, "+inf")
     return {"t": round(time.monotonic() - started, 2), "arrival_rate": inputs.get("arrival_rate") or 0.0,
-            "service_s": inputs.get("service_s"), "backlog": stage["backlog"], "desired": stage["desired_replicas"],
+            "service_s": inputs.get("service_s"), "backlog": stage["backlog"], "lag": stage.get("lag", 0),
+            "desired": stage["desired_replicas"],
             "running": int(live), "done": snap["counts"]["done"]}
 
 
@@ -110,7 +114,13 @@ def plot(rows: list[dict[str, Any]], bursts: list[tuple[float, float]], png: Pat
     fig.savefig(png, dpi=110)
 
 
-def summarise(rows: list[dict[str, Any]], bursts: list[tuple[float, float]], sizes: list[int]) -> dict[str, Any]:
+def downs_per_window(downs: list[float], window_s: float) -> int:
+    """The most scale-downs within any `window_s` (a window starting at a scale-down): 1 at most = no flapping."""
+    return max((sum(1 for t in downs if s <= t < s + window_s) for s in downs), default=0)
+
+
+def summarise(rows: list[dict[str, Any]], bursts: list[tuple[float, float]], sizes: list[int],
+              window_s: float = 30.0) -> dict[str, Any]:
     drains, total = [], 0
     for (a, _), n in zip(bursts, sizes, strict=True):
         total += n
@@ -119,24 +129,26 @@ def summarise(rows: list[dict[str, Any]], bursts: list[tuple[float, float]], siz
     replica_s = sum(r0["running"] * (r1["t"] - r0["t"]) for r0, r1 in zip(rows, rows[1:], strict=False))
     ups = sum(1 for r0, r1 in zip(rows, rows[1:], strict=False) if r1["desired"] > r0["desired"])
     downs = [r1["t"] for r0, r1 in zip(rows, rows[1:], strict=False) if r1["desired"] < r0["desired"]]
-    return {"drain_s": drains, "replica_s": round(replica_s), "scale_ups": ups, "scale_downs": len(downs),
+    return {"downs_per_window": downs_per_window(downs, window_s), "window_s": window_s,
+            "drain_s": drains, "replica_s": round(replica_s), "scale_ups": ups, "scale_downs": len(downs),
             "scale_down_times": downs, "peak_desired": max(r["desired"] for r in rows),
             "peak_running": max(r["running"] for r in rows)}
 
 
 def report(rows: list[dict[str, Any]], bursts: list[tuple[float, float]], sizes: list[int], out: Path, png: Path,
-           title: str) -> dict[str, Any]:
+           title: str, window_s: float = 30.0) -> dict[str, Any]:
     """Write the series as CSV, plot them, print the summary line; returns the summary."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    result = summarise(rows, bursts, sizes)
+    result = summarise(rows, bursts, sizes, window_s)
     plot(rows, bursts, png, title)
     print(f"bursts {sizes}: drain {result['drain_s']} s; replica-seconds {result['replica_s']}; peak desired "
           f"{result['peak_desired']}, running {result['peak_running']}; scale-ups {result['scale_ups']}, "
-          f"scale-downs {result['scale_downs']} at {result['scale_down_times']}")
+          f"scale-downs {result['scale_downs']} at {result['scale_down_times']} (at most "
+          f"{result['downs_per_window']} within {window_s:g}s)")
     print(f"series: {out}; plot: {png}")
     return result
 
@@ -154,6 +166,10 @@ def live(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--quiet", type=float, default=75.0, help="seconds of nothing after each burst")
     p.add_argument("--item-s", type=float, default=0.5)
     p.add_argument("--max", type=int, default=8)
+    p.add_argument("--policy", choices=["book", "lag"], default="book",
+                   help="the manager's autoscaling policy: the book's rule, or KEDA's ceil(lag / lagCount)")
+    p.add_argument("--lag-window", type=float, default=120.0,
+                   help="--policy lag: scale-down stabilisation window (s; 120 as rendered for KEDA)")
     p.add_argument("--png", default=str(ROOT / "docs" / "autoscaling.png"))
     p.add_argument("--csv", default=str(ROOT / "out" / "autoscale_live.csv"))
     a = p.parse_args(argv)
@@ -164,7 +180,8 @@ def live(argv: list[str] | None = None) -> dict[str, Any]:
     spec.write_text(SPEC.format(python=sys.executable, item=ROOT / "examples" / "autoscale" / "item.py", max=a.max,
                                 item_s=a.item_s))
     pipeline = load_pipeline(spec)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BATCHMESH_AUTOSCALE_POLICY": a.policy,
+           "BATCHMESH_AUTOSCALE_LAG_WINDOW_S": str(a.lag_window)}
     log = (work / "run.log").open("w")
     rows: list[dict[str, Any]] = []
     bursts: list[tuple[float, float]] = []
@@ -204,12 +221,14 @@ def live(argv: list[str] | None = None) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 os.killpg(run.pid, signal.SIGKILL)
                 run.wait()
+    rule = ("autoscaler defaults: ρ 0.8, T 30s, W 30s" if a.policy == "book" else
+            f"lag policy: ceil(lag / 8), poll 10s, down-window {a.lag_window:g}s, -1 pod/60s, +4 pods/15s")
     title = (f"batchmesh run: one work stage (a subprocess per item, {a.item_s:g}s; concurrency 2; replicas "
-             f"1..{a.max})\nbursts of {a.bursts} files over {a.burst_s:g}s (grey), then {a.quiet:g}s quiet; "
-             "autoscaler defaults: ρ 0.8, T 30s, W 30s")
-    result = report(rows, bursts, sizes, Path(a.csv), Path(a.png), title)
+             f"1..{a.max})\nbursts of {a.bursts} files over {a.burst_s:g}s (grey), then {a.quiet:g}s quiet; {rule}")
+    window = 30.0 if a.policy == "book" else a.lag_window  # W of settings' default; the lag rule's window
+    result = report(rows, bursts, sizes, Path(a.csv), Path(a.png), title, window)
     print(f"run log: {work / 'run.log'}")
-    return {**result, "rows": rows}
+    return {**result, "rows": rows, "bursts": bursts, "sizes": sizes, "policy": a.policy}
 
 
 if __name__ == "__main__":

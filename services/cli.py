@@ -27,6 +27,27 @@ def _load(path: str, input_path: str | None = None) -> Pipeline:
     return load_pipeline(path, overrides)
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a bad value exits 2 with argparse's message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def _stop_on_signals() -> threading.Event:
     """SIGTERM/SIGINT set an event: roles finish their current batch, commit and return."""
     stop = threading.Event()
@@ -190,7 +211,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise SpecError("--stage", f"no stage {args.stage!r} in {args.pipeline} (stages: {', '.join(pipeline.stages)})")
     settings = _settings(pipeline, **({"out_dir": Path(args.out)} if args.out else {}))
     serve_metrics(args.metrics_port or settings.metrics_port)
-    run_worker(pipeline, args.stage, settings, _stop_on_signals())
+    run_worker(pipeline, args.stage, settings, _stop_on_signals(), max_items=args.max_items,
+               idle_exit_s=args.idle_exit)
     return 0
 
 
@@ -344,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", required=True)
     p.add_argument("--out", help="root of the items' WORK_OUTPUT_DIRs")
     p.add_argument("--metrics-port", type=int, default=0)
+    p.add_argument("--max-items", type=_positive_int, default=None, metavar="N",
+                   help="exit 0 after N entries are committed (a Job's pod: KEDA ScaledJob); default: run on")
+    p.add_argument("--idle-exit", type=_non_negative, default=0.0, metavar="SECONDS",
+                   help="exit 0 after SECONDS with nothing to read (with --max-items: another pod took it)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("autoscaler", help="role: scale each work stage's worker-<stage> compose containers to the "

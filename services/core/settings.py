@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,3 +51,7 @@ class Settings(BaseSettings):
     autoscale_drain_s: float = Field(default=30.0, gt=0, description="T: drain the backlog within this (s).")
     autoscale_window_s: float = Field(default=30.0, ge=0, description="W: downscale stabilisation window (s).")
     autoscale_rate_window_s: float = Field(default=5.0, gt=0, description="λ is averaged over this (s).")
+    # `lag`: KEDA's plain policy instead (replicas = ceil(lag / lag_count), the HPA behaviour we render), to compare
+    autoscale_policy: Literal["book", "lag"] = Field(default="book", description="book (the rule above) or lag.")
+    autoscale_lag_count: int = Field(default=0, ge=0, description="lag: entries per replica (0: concurrency × 4).")
+    autoscale_lag_window_s: float = Field(default=120.0, ge=0, description="lag: scale-down stabilisation (s).")

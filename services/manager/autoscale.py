@@ -63,6 +63,36 @@ class Rule:
             raise ValueError(f"invalid autoscaling rule {self}")
 
 
+@dataclass(frozen=True)
+class LagRule:
+    """The plain lag-threshold policy KEDA users configure today, with the behaviour we render for it
+    (services/render/k8s_scalers.py: KEDA's `redis-streams` trigger, the HPA behaviour under `advanced`):
+
+        replicas = ceil(lag / lag_count)      lag: entries not yet delivered to the group (XINFO GROUPS' lag)
+
+    re-read every `polling_s` (KEDA's pollingInterval), inside the HPA's 10 % tolerance kept as is, clamped to
+    [max(min, 1), max] while active (lag > 0 within the last `cooldown_s`; else `min`, which may be 0); scale-up
+    at most `up_pods` per `up_period_s`, scale-down to the highest recommendation of the last `window_s`
+    (stabilizationWindowSeconds), at most `down_pods` per `down_period_s`. `lag_count` 0: concurrency × 4, as
+    rendered. Selected by BATCHMESH_AUTOSCALE_POLICY=lag (the book's `Rule` is the default)."""
+
+    lag_count: int = 0
+    polling_s: float = 10.0
+    window_s: float = 120.0
+    down_pods: int = 1
+    down_period_s: float = 60.0
+    up_pods: int = 4
+    up_period_s: float = 15.0
+    cooldown_s: float = 300.0
+    tolerance: float = 0.1
+    rate_window_s: float = 5.0  # λ is still measured (and published), not used
+
+    def __post_init__(self) -> None:
+        if self.lag_count < 0 or self.polling_s < 0 or self.window_s < 0 or self.down_pods < 1 \
+                or self.up_pods < 1 or not 0 <= self.tolerance < 1:
+            raise ValueError(f"invalid lag autoscaling rule {self}")
+
+
 def recommend(rule: Rule, *, arrival_rate: float, service_s: float | None, backlog: int, concurrency: int,
               min_replicas: int, max_replicas: int) -> int:
     """The rule's replicas for these inputs, clamped to [min, max] (no stabilisation)."""
@@ -143,6 +173,60 @@ class StageMeter:
         return rate, self.service_s
 
 
+class LagScaler:
+    """One stage under the lag policy (`LagRule`); the same inputs and Decision as StageScaler, plus `lag`."""
+
+    def __init__(self, work: WorkSpec, rule: LagRule, clock: Clock = time.monotonic) -> None:
+        self.work, self.rule, self.clock = work, rule, clock
+        self.lag_count = rule.lag_count or work.concurrency * 4
+        self.meter = StageMeter(rule.rate_window_s, clock)
+        self.recs: deque[tuple[float, int]] = deque()
+        self.changes: deque[tuple[float, int]] = deque()  # (t, replicas added (+) or removed (-)): rate limits
+        self.current = work.replicas.min  # what the Deployment starts with
+        self.last_poll, self.last_active = -math.inf, -math.inf
+        self.rec = work.replicas.min
+
+    def _limited(self, now: float, target: int) -> int:
+        """The HPA's rate limits: replicas at the period's start (current minus what was added / plus what was
+        removed within the period) ± the pods allowed per period."""
+        current = self.current
+        horizon = max(self.rule.up_period_s, self.rule.down_period_s)
+        while self.changes and self.changes[0][0] <= now - horizon:
+            self.changes.popleft()
+        if target > current:
+            added = sum(d for t, d in self.changes if d > 0 and t > now - self.rule.up_period_s)
+            return max(current, min(target, current - added + self.rule.up_pods))
+        removed = sum(-d for t, d in self.changes if d < 0 and t > now - self.rule.down_period_s)
+        return min(current, max(target, current + removed - self.rule.down_pods))
+
+    def decide(self, *, arrivals: int, service_us: int, timed: int, backlog: int, lag: int = 0) -> Decision:
+        now = self.clock()
+        rate, service = self.meter.update(arrivals, service_us, timed)
+        work = self.work
+        if now - self.last_poll >= self.rule.polling_s:  # KEDA reads the lag once per pollingInterval
+            self.last_poll = now
+            if lag > 0:
+                self.last_active = now
+            if now - self.last_active >= self.rule.cooldown_s:
+                self.rec = work.replicas.min  # inactive (never active, or past KEDA's cooldown): min, maybe 0
+            else:
+                cur = self.current
+                ratio = max(lag, 0) / (self.lag_count * cur) if cur else math.inf  # the HPA's usage ratio
+                want = cur if abs(ratio - 1) <= self.rule.tolerance else math.ceil(max(lag, 0) / self.lag_count)
+                self.rec = min(work.replicas.max, max(work.replicas.min, 1, want))
+            self.recs.append((now, self.rec))
+            while self.recs and self.recs[0][0] < now - self.rule.window_s:
+                self.recs.popleft()
+            # the HPA: up to the recommendation at once (up-window 0); down only to the window's highest
+            target = self.rec if self.rec >= self.current else min(self.current, max(r for _, r in self.recs))
+            if target != self.current:
+                new = self._limited(now, target)
+                if new != self.current:
+                    self.changes.append((now, new - self.current))
+                    self.current = new
+        return Decision(self.current, self.rec, rate, service, backlog, work.concurrency)
+
+
 @dataclass(frozen=True)
 class Decision:
     desired: int
@@ -165,7 +249,7 @@ class StageScaler:
         self.meter = StageMeter(rule.rate_window_s, clock)
         self.stabiliser = Stabiliser(rule.window_s, clock)
 
-    def decide(self, *, arrivals: int, service_us: int, timed: int, backlog: int) -> Decision:
+    def decide(self, *, arrivals: int, service_us: int, timed: int, backlog: int, lag: int = 0) -> Decision:
         rate, service = self.meter.update(arrivals, service_us, timed)
         rec = recommend(self.rule, arrival_rate=rate, service_s=service, backlog=backlog,
                         concurrency=self.work.concurrency, min_replicas=self.work.replicas.min,
@@ -176,12 +260,15 @@ class StageScaler:
 class Autoscaler:
     """The manager's autoscaler: every stream work stage, on every tick."""
 
-    def __init__(self, client: Redis, pipeline: Pipeline, rule: Rule | None = None,
+    def __init__(self, client: Redis, pipeline: Pipeline, rule: Rule | LagRule | None = None,
                  clock: Clock = time.monotonic) -> None:
         self.client, self.pipeline, self.keys = client, pipeline, Keys(pipeline.name)
         self.rule = rule or Rule()
-        self.stages = {name: StageScaler(work, self.rule, clock) for name, work in pipeline.work_stages().items()
-                       if work.executor == "stream"}
+        rule_ = self.rule
+        self.stages: dict[str, StageScaler | LagScaler] = {
+            name: LagScaler(work, rule_, clock) if isinstance(rule_, LagRule) else StageScaler(work, rule_, clock)
+            for name, work in pipeline.work_stages().items() if work.executor == "stream"}
+        self.policy = "lag" if isinstance(rule_, LagRule) else "book"
         self.last: dict[str, int] = {}
 
     def observe(self, snapshot: dict[str, Any]) -> dict[str, Decision]:
@@ -200,7 +287,7 @@ class Autoscaler:
             entry = snapshot["stages"][name]
             arrivals = sum(added.get(self.keys.stream(s), 0) for s in entry["inputs"])
             d = scaler.decide(arrivals=arrivals, service_us=int(service_us or 0), timed=int(timed or 0),
-                              backlog=int(entry["backlog"]))
+                              backlog=int(entry["backlog"]), lag=int(entry.get("lag", entry["backlog"])))
             decisions[name] = d
             entry["desired_replicas"] = d.desired
             entry["autoscale"] = json.loads(d.as_json())
@@ -215,14 +302,28 @@ class Autoscaler:
                     "event": "autoscale.change", "stage": name, "from": self.last.get(name), "to": d.desired,
                     "recommended": d.recommended, "arrival_rate": round(d.arrival_rate, 3),
                     "service_s": None if d.service_s is None else round(d.service_s, 4), "backlog": d.backlog,
-                    "concurrency": d.concurrency, "utilisation": self.rule.utilisation,
-                    "drain_s": self.rule.drain_s, "window_s": self.rule.window_s})
+                    "concurrency": d.concurrency, "policy": self.policy, **_rule_fields(self.rule)})
                 self.last[name] = d.desired
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(self.keys.autoscale(), mapping={name: d.as_json() for name, d in decisions.items()})
         pipe.expire(self.keys.autoscale(), DECISION_TTL_S)
         pipe.execute()
         return decisions
+
+
+def _rule_fields(rule: Rule | LagRule) -> dict[str, Any]:
+    if isinstance(rule, LagRule):
+        return {"lag_count": rule.lag_count, "polling_s": rule.polling_s, "window_s": rule.window_s}
+    return {"utilisation": rule.utilisation, "drain_s": rule.drain_s, "window_s": rule.window_s}
+
+
+def rule_from_settings(settings: Any) -> Rule | LagRule:
+    """The policy BATCHMESH_AUTOSCALE_POLICY names: `book` (Rule, the default) or `lag` (LagRule, KEDA's)."""
+    if getattr(settings, "autoscale_policy", "book") == "lag":
+        return LagRule(lag_count=settings.autoscale_lag_count, window_s=settings.autoscale_lag_window_s,
+                       rate_window_s=settings.autoscale_rate_window_s)
+    return Rule(utilisation=settings.autoscale_utilisation, drain_s=settings.autoscale_drain_s,
+                window_s=settings.autoscale_window_s, rate_window_s=settings.autoscale_rate_window_s)
 
 
 def stored_decisions(raw: dict[bytes, bytes]) -> dict[str, dict[str, Any]]:
