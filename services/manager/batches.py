@@ -31,12 +31,24 @@ def announce(client: Redis, keys: Keys, batch: str) -> None:
     pipe.execute()
 
 
-def close(client: Redis, keys: Keys, batch: str, listed: int) -> int:
-    """The listing was dispatched: the manifest is complete, barriers may fire. Returns the batch's item count."""
+def current(client: Redis, keys: Keys) -> tuple[str, bool] | None:
+    """The current batch (the `batch` hash): its id and whether its listing was dispatched; None if there is none
+    (`batchmesh run` deletes it before it starts the manager)."""
+    raw_id, complete = client.hmget(keys.batch(), "id", "complete")
+    return None if raw_id is None else (raw_id.decode(), complete == b"1")
+
+
+def close(client: Redis, keys: Keys, batch: str, listed: int, *, recount: bool = False) -> int:
+    """The listing was dispatched: the manifest is complete, barriers may fire. Returns the batch's item count.
+    `recount`: the batch was resumed by a restarted manager, whose listing counted its predecessor's dispatches as
+    known: `new` becomes the batch's item count, `known` the rest of the listing."""
     now = f"{time.time():.3f}"
+    items = int(client.scard(keys.batch_items(batch))) if recount else 0
     pipe = client.pipeline(transaction=True)
     pipe.hset(keys.manifest(batch), mapping={"listed": listed, "complete": 1, "closed": now})
     pipe.hset(keys.batch(), mapping={"listed": listed, "complete": 1, "updated_at": now})
+    if recount:
+        pipe.hset(keys.batch(), mapping={"new": items, "known": max(listed - items, 0)})
     pipe.expire(keys.batch_items(batch), BATCH_TTL_S)
     pipe.scard(keys.batch_items(batch))
     return int(pipe.execute()[-1])
