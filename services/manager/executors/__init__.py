@@ -12,6 +12,7 @@ _REGISTRY: dict[str, type[Executor] | str] = {
     "process": "services.manager.executors.process:ProcessExecutor",
     "rq": "services.manager.executors.rq:RqExecutor",
     "docker": "services.manager.executors.docker:DockerExecutor",
+    "kubernetes": "services.manager.executors.kubernetes:KubernetesExecutor",
 }
 
 

@@ -1,0 +1,399 @@
+"""`kubernetes`: the book's manager on Kubernetes — one Job per work item, through the official `kubernetes` client.
+Like `docker` (whose loop it shares, from `process`: read-ahead, batched commits, heartbeats of long items, at most
+`work.concurrency` items — here Jobs — in flight), but every item runs as a Job in the cluster:
+
+- **The Job** (kubernetes_job: name, labels, the item's ConfigMap at WORK_ITEM_FILE, backoffLimit = max_deliveries
+  − 1, activeDeadlineSeconds, ttlSecondsAfterFinished, the restricted securityContext, emptyDirs for
+  WORK_OUTPUT_DIR and /tmp, the multi-worker pod for a chain of commands). Created suspended; then the ConfigMap,
+  owned by the Job (it needs the Job's uid); then the Job resumed.
+- **Never twice.** The Job's name is a hash of the item's id and version: a restarted manager re-reading a pending
+  entry gets 409 AlreadyExists on create and *adopts* the Job — watches it if it still runs, takes its outcome if
+  it finished (resumes it, making the ConfigMap, if the crash came between the two). A Job left by an entry that is
+  no longer pending (a retry of the item, a replay) is deleted and made again. At start, Jobs of this stage whose
+  entry is no longer pending (a crash between commit and deletion) are deleted.
+- **The outcome** from the Job's status conditions, polled (read_namespaced_job) every `kubernetes.poll` seconds at
+  most (a tenth of it first, half as long again each time: no busy loop, concurrency / poll requests a second at
+  worst). `Complete`: the result is the **last line of the succeeded pod's log (its last container) that is a JSON
+  object** — the worker contract's stdout; the log interleaves stderr, so a worker logging JSON objects to stderr
+  after its result would be misread. No such line: the whole log parsed as JSON, else {"stdout": its tail}, as
+  core.command.read_result treats stdout; $WORK_OUTPUT_DIR/result.json is not read (the emptyDir goes with the
+  pod). `Failed`: Kubernetes already spent every delivery (backoffLimit), so the item goes straight to the
+  dead-letter stream — the reason names BackoffLimitExceeded's last exit code (or OOM kill) and container and ends
+  with that container's log tail (pods selected by `batch.kubernetes.io/job-name`, older clusters `job-name`, and
+  owned by the Job's uid); `DeadlineExceeded` (the Job's deadline) or a pod killed at its own deadline says
+  "timeout". A Job that cannot be made or vanishes is a failed attempt: retried by the stream like any other.
+- **Cleanup after the commit**: the Job is deleted (propagation Background: its pods and ConfigMap go with it)
+  only once its outcome is committed; until then a crash leaves it for the next manager to adopt.
+- On stop, items whose Job still runs are left pending with their Jobs (not failed): the next manager adopts them.
+
+Tested against a recorded/fake API server (tests/unit/test_executor_kubernetes*.py), not a live cluster."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from services.core import Commit, Delivery, Keys
+from services.core.command import STDERR_TAIL, Outcome
+from services.core.spec_kubernetes import StageKubernetes
+
+from .base import StageContext
+from .kubernetes_job import PREFIX, JobBuilder, configmap, job_deadline, job_name, owned_by, selector
+from .process import ProcessExecutor
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = (5, 30)  # every API call: connect, read (seconds)
+LOG_LINES = 200  # of a pod's log: fetched for the result (the last JSON object line) and for a failure's reason
+GRACE_S = 120  # the manager gives up on a Job this long after its activeDeadlineSeconds (a stuck controller)
+NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+DEFAULT_NAMESPACE = "batchmesh"  # services/render/k8s_objects.py NAMESPACE
+TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class JobOutcome(Outcome):
+    final: bool = False  # every delivery is used up (the Job's own retries): dead-letter, do not retry
+    abandoned: bool = False  # the manager stops while the Job runs: leave the entry pending, the Job to adopt
+
+
+def parse_result(text: str) -> dict[str, Any]:
+    """The result in a pod's log: the last line that is a JSON object; else the whole log as JSON (a non-object
+    value becomes {"result": value}); else {"stdout": its tail}; an empty log is {}."""
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                return value
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"stdout": text.strip()[-STDERR_TAIL:]}
+    return value if isinstance(value, dict) else {"result": value}
+
+
+def _api_client() -> Any:
+    from kubernetes import client, config
+
+    try:
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config()
+        else:
+            config.load_kube_config()
+    except (config.ConfigException, OSError, TypeError, ValueError) as exc:
+        raise RuntimeError(f"executor kubernetes finds no cluster (no in-cluster service account, no usable "
+                           f"kubeconfig): {exc}") from None
+    return client.ApiClient()
+
+
+def _namespace(spec: StageKubernetes) -> str:
+    if spec.namespace:
+        return spec.namespace
+    try:
+        return Path(NAMESPACE_FILE).read_text().strip() or DEFAULT_NAMESPACE
+    except OSError:
+        return DEFAULT_NAMESPACE
+
+
+def _terminal(job: Any) -> Any:
+    for cond in (job.status.conditions if job.status else None) or []:
+        if cond.type in ("Complete", "Failed") and cond.status == "True":
+            return cond
+    return None
+
+
+class KubernetesExecutor(ProcessExecutor):
+    name = "kubernetes"
+
+    def __init__(self, ctx: StageContext, *, api_client: Any = None) -> None:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        spec = ctx.work.kubernetes
+        if spec is None:
+            raise ValueError(f"stage {ctx.stage!r}: executor kubernetes needs a kubernetes section (its image)")
+        self.spec: StageKubernetes = spec
+        super().__init__(ctx)  # calls self.command()
+        self.ApiException = ApiException
+        self.api = api_client if api_client is not None else _api_client()
+        self.batch, self.core = client.BatchV1Api(self.api), client.CoreV1Api(self.api)
+        self.namespace = _namespace(spec)
+        self.max_deliveries = ctx.settings.max_deliveries
+        self.builder = JobBuilder(ctx.pipeline.name, ctx.stage, ctx.work, spec, max_deliveries=self.max_deliveries,
+                                  once_argv=self.argv if self.once else None, spec_path=self.spec_path)
+        self.spec_text = ctx.pipeline_path.read_text() if self.builder.needs_spec and ctx.pipeline_path else None
+        self.selector = selector(ctx.pipeline.name, ctx.stage)
+        self.deadline_s = job_deadline(self.builder.attempt_s, self.max_deliveries, spec.start_timeout)
+        self.settled: dict[bytes, str] = {}  # entry -> its finished Job, deleted once the outcome is committed
+        self.settled_lock = threading.Lock()
+        try:  # fail at start, with the reason, when the cluster or the manager's RBAC is not there
+            self.batch.list_namespaced_job(self.namespace, label_selector=self.selector, limit=1,
+                                           _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            raise RuntimeError(f"stage {ctx.stage!r}: executor kubernetes cannot list Jobs in namespace "
+                               f"{self.namespace!r} ({exc.status} {exc.reason}): the manager's service account "
+                               "needs the Role `batchmesh render k8s` emits (jobs, configmaps, pods, pods/log)"
+                               ) from exc
+
+    # -- the stage's command --------------------------------------------------------------------------------
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        work, ctx = self.ctx.work, self.ctx
+        self.once = not work.command and any(ref.command is None for ref in work.adapters)
+        self.spec_path = str(ctx.pipeline_path.resolve()) if ctx.pipeline_path else None
+        if work.command or not self.once:
+            return list(work.command or []), dict(work.env)
+        if self.spec_path is None:
+            raise ValueError(f"stage {ctx.stage!r} runs in-process workers: the kubernetes executor needs the "
+                             "pipeline file (pipeline_path) to run services.workers.once in the Job's image")
+        return ["python", "-m", "services.workers.once", "--pipeline", self.spec_path, "--stage", ctx.stage], \
+            dict(work.env)
+
+    # -- the loop -------------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.removals: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        remover = threading.Thread(target=self._remove_loop, name=f"bm-k8s-rm-{self.ctx.stage}", daemon=True)
+        remover.start()
+        try:
+            self.sweep()
+            super().run()
+        finally:  # what could not be committed (Redis gone) keeps its Job: the next run adopts it
+            self.removals.put(None)
+            remover.join()
+
+    def stop(self, timeout: float | None = None) -> None:
+        super().stop(timeout)
+        if self._thread is None or not self._thread.is_alive():
+            self.api.close()
+
+    def _settle(self, commit: Commit, held: dict[bytes, Delivery], done: tuple[Delivery, Outcome, float]) -> None:
+        delivery, outcome, seconds = done
+        if isinstance(outcome, JobOutcome) and outcome.abandoned:
+            held.pop(delivery.entry_id, None)  # stays pending: reclaimed and adopted by the next manager
+            return
+        if isinstance(outcome, JobOutcome) and outcome.final and not outcome.ok:
+            held.pop(delivery.entry_id, None)
+            self.processing.observe(seconds)
+            commit.dead_letter(delivery, outcome.reason)
+            return
+        super()._settle(commit, held, done)
+
+    def commit(self, commit: Commit) -> None:
+        """Commit, then delete the committed items' Jobs (see the module's docstring)."""
+        super().commit(commit)
+        entries = [*commit.acks, *(d.entry_id for d, _ in commit.retries), *(d.entry_id for d, _ in commit.dead)]
+        with self.settled_lock:
+            names = [self.settled.pop(e) for e in entries if e in self.settled]
+        for name in names:
+            self.removals.put(name)
+
+    def _remove_loop(self) -> None:
+        while (name := self.removals.get()) is not None:
+            self._delete(name)
+
+    def _delete(self, name: str) -> None:
+        try:
+            self.batch.delete_namespaced_job(name, self.namespace, propagation_policy="Background",
+                                             _request_timeout=TIMEOUT)
+        except self.ApiException as exc:
+            if exc.status != 404:  # the sweep at the next start deletes it
+                log.warning("cannot delete a Job", extra={"event": "k8s.delete_failed", "job": name,
+                                                         "reason": f"{exc.status} {exc.reason}", **self.labels})
+        except Exception as exc:  # a lost connection: the same
+            log.warning("cannot delete a Job", extra={"event": "k8s.delete_failed", "job": name,
+                                                     "reason": str(exc)[:300], **self.labels})
+
+    # -- one item -------------------------------------------------------------------------------------------
+
+    def execute(self, delivery: Delivery) -> Outcome:
+        item = delivery.item
+        assert item is not None
+        name = job_name(self.ctx.pipeline.name, self.ctx.stage, item)
+        try:
+            job = self._create_or_adopt(name, delivery)
+        except ValueError as exc:  # the item does not fit a ConfigMap: no attempt can ever succeed
+            return JobOutcome(False, reason=str(exc), final=True)
+        outcome = self._wait(name, job)
+        if not (isinstance(outcome, JobOutcome) and outcome.abandoned):
+            with self.settled_lock:
+                self.settled[delivery.entry_id] = name
+        return outcome
+
+    def _create_or_adopt(self, name: str, delivery: Delivery) -> Any:
+        item, entry = delivery.item, delivery.entry_id.decode()
+        assert item is not None
+        body = self.builder.job(name, item, entry)
+        for _ in range(20):
+            try:
+                job = self.batch.create_namespaced_job(self.namespace, body, _request_timeout=TIMEOUT)
+                log.info("job created", extra={"event": "k8s.create", "job": name, "item": item.id, **self.labels})
+                break
+            except self.ApiException as exc:
+                if exc.status != 409:
+                    raise
+            job = self.batch.read_namespaced_job(name, self.namespace, _request_timeout=TIMEOUT)
+            if job.metadata.deletion_timestamp is not None:  # going away: make it anew once it is gone
+                time.sleep(0.5)
+                continue
+            owner = (job.metadata.annotations or {}).get(f"{PREFIX}/entry", "")
+            if owner != entry and _terminal(job) is not None and not self._pending(owner):
+                log.info("deleting the finished Job of an earlier delivery", extra={
+                    "event": "k8s.stale", "job": name, "entry": owner, **self.labels})
+                self._delete(name)
+                time.sleep(0.2)
+                continue
+            log.info("adopting the Job of an earlier delivery", extra={"event": "k8s.adopt", "job": name,
+                                                                        "item": item.id, **self.labels})
+            break
+        else:
+            raise RuntimeError(f"Job {name} is still being deleted; the item is retried")
+        if job.spec.suspend:  # ours, before its ConfigMap was made (or a crash came between the two)
+            self._ensure_configmap(name, job.metadata.uid, delivery)
+            job = self.batch.patch_namespaced_job(name, self.namespace, {"spec": {"suspend": False}},
+                                                  _content_type="application/merge-patch+json",
+                                                  _request_timeout=TIMEOUT)
+        return job
+
+    def _ensure_configmap(self, name: str, uid: str, delivery: Delivery) -> None:
+        assert delivery.item is not None
+        body = owned_by(configmap(name, delivery.item, self.builder.labels, self.spec_text), name, uid)
+        try:
+            self.core.create_namespaced_config_map(self.namespace, body, _request_timeout=TIMEOUT)
+        except self.ApiException as exc:
+            if exc.status != 409:
+                raise
+            found = self.core.read_namespaced_config_map(name, self.namespace, _request_timeout=TIMEOUT)
+            if [ref.uid for ref in found.metadata.owner_references or []] != [uid]:  # an older Job's, not yet GC'd
+                self.core.replace_namespaced_config_map(name, self.namespace, body, _request_timeout=TIMEOUT)
+
+    def _pending(self, entry: str) -> bool:
+        if not entry:
+            return False
+        stream = Keys(self.ctx.pipeline.name).stream(self.ctx.work.input)
+        try:
+            return bool(self.ctx.client.xpending_range(stream, self.ctx.stage, min=entry, max=entry, count=1))
+        except RedisError:
+            return True  # cannot tell: keep it (adopt)
+
+    def _wait(self, name: str, job: Any) -> Outcome:
+        created = job.metadata.creation_timestamp
+        age = (datetime.now(UTC) - created).total_seconds() if isinstance(created, datetime) else 0.0
+        give_up = time.monotonic() + self.deadline_s + GRACE_S - max(age, 0.0)
+        interval = self.spec.poll / 10
+        while (cond := _terminal(job)) is None:
+            if self.stopping.wait(interval):
+                return JobOutcome(False, reason="manager stopping", abandoned=True)
+            interval = min(interval * 1.5, self.spec.poll)
+            try:
+                job = self.batch.read_namespaced_job(name, self.namespace, _request_timeout=TIMEOUT)
+            except self.ApiException as exc:
+                if exc.status == 404:
+                    return JobOutcome(False, reason=f"Job {name} was deleted before it finished")
+                if exc.status not in TRANSIENT_STATUS:
+                    raise
+            except OSError as exc:  # urllib3's connection errors: the API server restarts; read again
+                log.warning("cannot read a Job", extra={"event": "k8s.read_failed", "job": name,
+                                                       "reason": str(exc)[:300], **self.labels})
+            if time.monotonic() > give_up:
+                self._delete(name)
+                return JobOutcome(False, reason=f"timeout: Job {name} has no outcome {GRACE_S}s after its "
+                                                f"activeDeadlineSeconds ({self.deadline_s}s); deleted")
+        if cond.type == "Complete":
+            return self._result(name, job)
+        return JobOutcome(False, reason=self._failure(name, job, cond), final=True)
+
+    # -- reading the outcome --------------------------------------------------------------------------------
+
+    def _pods(self, name: str, uid: str) -> list[Any]:
+        """The Job's pods, oldest first."""
+        found: list[Any] = []
+        for label in ("batch.kubernetes.io/job-name", "job-name"):
+            pods = self.core.list_namespaced_pod(self.namespace, label_selector=f"{label}={name}",
+                                                 _request_timeout=TIMEOUT).items
+            found = [p for p in pods if any(ref.uid == uid for ref in p.metadata.owner_references or [])]
+            if found:
+                break
+        return sorted(found, key=lambda p: p.metadata.creation_timestamp or datetime.min.replace(tzinfo=UTC))
+
+    def _log(self, pod: str, container: str) -> str:
+        try:
+            return str(self.core.read_namespaced_pod_log(pod, self.namespace, container=container,
+                                                         tail_lines=LOG_LINES, _request_timeout=TIMEOUT) or "")
+        except self.ApiException as exc:
+            return f"(no log: {exc.status} {exc.reason})"
+
+    def _result(self, name: str, job: Any) -> Outcome:
+        succeeded = [p for p in self._pods(name, job.metadata.uid) if p.status and p.status.phase == "Succeeded"]
+        if not succeeded:
+            return JobOutcome(False, reason=f"Job {name} completed but its pod is gone: its result (the pod's log) "
+                                            "cannot be read")
+        return JobOutcome(True, result=parse_result(self._log(succeeded[-1].metadata.name,
+                                                              self.builder.main_container)))
+
+    def _failure(self, name: str, job: Any, cond: Any) -> str:
+        failed = [p for p in self._pods(name, job.metadata.uid) if p.status and p.status.phase == "Failed"]
+        attempts = job.status.failed or len(failed)
+        what, tail = "", ""
+        if failed:
+            what, tail = self._pod_failure(failed[-1])
+        if cond.reason == "DeadlineExceeded":
+            head = (f"timeout: Job {name} ran past its activeDeadlineSeconds ({self.deadline_s}s: "
+                    f"{self.max_deliveries} attempt(s) of {self.builder.attempt_s}s plus "
+                    f"{self.spec.start_timeout:g}s each to start, and the backoffs)")
+        elif cond.reason == "BackoffLimitExceeded":
+            head = f"failed {attempts} of {self.max_deliveries} attempts (Job {name}, BackoffLimitExceeded)"
+        else:
+            head = f"Job {name} failed ({cond.reason}: {cond.message or ''})"
+        return "; ".join(x for x in (head, what) if x) + (f": {tail}" if tail else "")
+
+    def _pod_failure(self, pod: Any) -> tuple[str, str]:
+        """What ended one failed pod, and the log tail of its failing container."""
+        status = pod.status
+        if status.reason == "DeadlineExceeded":
+            what = f"the last attempt: timeout after {self.builder.attempt_s}s (the pod's activeDeadlineSeconds)"
+        else:
+            what = ""
+        statuses = [*(status.init_container_statuses or []), *(status.container_statuses or [])]
+        for st in statuses:
+            term = (st.state.terminated if st.state else None) or (st.last_state.terminated if st.last_state
+                                                                  else None)
+            if term is None or not term.exit_code:
+                continue
+            if term.reason == "OOMKilled":
+                limit = ((self.builder.resources().get("limits") or {}).get("memory")) or "?"
+                what = what or f"OOM killed in container {st.name} (memory limit {limit})"
+            else:
+                what = what or f"exit code {term.exit_code} in container {st.name}"
+            return what, self._log(pod.metadata.name, st.name).strip()[-STDERR_TAIL:]
+        return what or f"pod {pod.metadata.name} failed ({status.reason or 'no reason'})", ""
+
+    # -- leftovers ------------------------------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        """Delete this stage's Jobs whose stream entry is no longer pending: their outcome was committed and only
+        the deletion was lost to a crash. Pending ones stay, to be adopted."""
+        jobs = self.batch.list_namespaced_job(self.namespace, label_selector=self.selector,
+                                              _request_timeout=TIMEOUT).items
+        for job in jobs:
+            entry = (job.metadata.annotations or {}).get(f"{PREFIX}/entry", "")
+            if entry and not self._pending(entry):
+                log.info("deleting a leftover Job", extra={"event": "k8s.leftover", "job": job.metadata.name,
+                                                            **self.labels})
+                self._delete(job.metadata.name)
