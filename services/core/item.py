@@ -14,6 +14,9 @@ FIELD = b"item"
 # Optional: the one consumer group (stage) an entry is for. A retry or a replayed dead letter goes back on a stream
 # that other stages may read too; they acknowledge it unprocessed, so only the stage that failed it runs it again.
 TO = b"to"
+# The largest `item` field any consumer decodes (bytes): a bigger entry is dead-lettered unread, by the Python
+# stages and the Lua router alike (services/router/scripts.py gets it as a constant).
+MAX_ITEM_BYTES = 4 * 1024 * 1024
 
 
 class MalformedItem(ValueError):
@@ -48,6 +51,8 @@ class WorkItem(BaseModel):
         if not fields or FIELD not in fields:
             raise MalformedItem("entry has no 'item' field")
         raw = fields[FIELD]
+        if len(raw) > MAX_ITEM_BYTES:  # never parsed: a foreign writer's blob must not cost a worker its memory
+            raise MalformedItem(f"item is larger than {MAX_ITEM_BYTES} bytes ({len(raw)} bytes)")
         if strict_json.suspect(raw):  # what we write is strict JSON: a NaN token here came from a foreign writer
             try:
                 strict_json.loads(raw)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.core import Delivery, strict_json
+from services.core.item import MAX_ITEM_BYTES
 
 Document = dict[str, Any]  # {"id", "name" (= id), "data", "version", "batch"}
 
@@ -22,6 +23,8 @@ def document(delivery: Delivery) -> tuple[Document | None, str]:
     item = delivery.item
     if item is not None:
         return {"id": item.id, "name": item.id, "data": item.data, "version": item.version, "batch": item.batch}, ""
+    if len(delivery.raw) > MAX_ITEM_BYTES:
+        return None, f"item is larger than {MAX_ITEM_BYTES} bytes ({len(delivery.raw)} bytes)"
     try:  # core found it malformed as a work item; a router needs less (same rule as the Lua script)
         raw = strict_json.loads(delivery.raw) if delivery.raw else None  # we write strict JSON only
     except ValueError:

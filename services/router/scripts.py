@@ -20,6 +20,8 @@ from typing import Any
 
 from redis import Redis
 
+from services.core.item import MAX_ITEM_BYTES
+
 # KEYS: inputs (nin), outputs, dead-letter stream, stage stats, progress states, progress counts, arrivals hash.
 # ARGV: group, count per input, nin, mode (all|filter|split|shard), program (JSON or ''),
 #       drop state ('' = leave), conf JSON ({"routes": {value: output}, "default": output} | {"health": "1011"},
@@ -97,8 +99,32 @@ end
 
 -- The item document, or nil and why: a JSON object, a non-empty string id of at most 1024 characters, and an
 -- object (or no) data. cjson decodes [] and {} alike, so an empty data table is checked in the raw text.
+local function valid_utf8(s)  -- cjson passes any byte through: refuse what Python's decoder refuses
+  local i, n = 1, #s
+  while true do
+    i = string.find(s, '[\128-\255]', i)  -- skip the ASCII runs
+    if not i then return true end
+    local c, len = string.byte(s, i), 0
+    if c >= 0xC2 and c <= 0xDF then len = 1 elseif c >= 0xE0 and c <= 0xEF then len = 2
+    elseif c >= 0xF0 and c <= 0xF4 then len = 3 else return false end
+    if i + len > n then return false end
+    for j = 1, len do
+      local cc = string.byte(s, i + j)
+      if cc < 0x80 or cc > 0xBF then return false end
+    end
+    local c1 = string.byte(s, i + 1)  -- overlong forms, surrogates, beyond U+10FFFF
+    if (c == 0xE0 and c1 < 0xA0) or (c == 0xED and c1 > 0x9F) or (c == 0xF0 and c1 < 0x90)
+        or (c == 0xF4 and c1 > 0x8F) then return false end
+    i = i + len + 1
+  end
+end
+
 local function document(raw)
   if raw == nil then return nil, "entry has no 'item' field" end
+  if #raw > MAX_ITEM_BYTES then
+    return nil, 'item is larger than MAX_ITEM_BYTES bytes (' .. #raw .. ' bytes)'
+  end
+  if not valid_utf8(raw) then return nil, 'item is not a JSON object' end
   local ok, doc = pcall(cjson.decode, raw)
   if not ok or type(doc) ~= 'table' then return nil, 'item is not a JSON object' end
   local id = doc.id
@@ -255,7 +281,7 @@ for name, n in pairs({out = completed, dead = dead, filtered = filtered, spilled
   if n > 0 then redis.call('HINCRBY', stats, name, n) end
 end
 return {read, completed, filtered, dead, skipped, spilled, seen}
-"""
+""".replace("MAX_ITEM_BYTES", str(MAX_ITEM_BYTES))  # the one cap (core.item)
 
 
 @dataclass
