@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from redis import Redis
 from redis.client import Pipeline
 
-from .item import FIELD, TO, WorkItem
+from .item import FIELD, WorkItem
 from .keys import BATCH_TTL_S, Keys
 from .masking import scrub
-from .progress import QUEUED, Progress
 
 
 @dataclass(frozen=True)
@@ -81,33 +80,73 @@ def dead_letter_stages(client: Redis, keys: Keys) -> list[str]:
     return sorted(k.decode()[len(prefix):] for k in client.scan_iter(match=f"{prefix}*", count=1000))
 
 
+# One dead letter back on its stream, atomically and at most once: the XDEL decides. Of two replayers racing for
+# the same entry only the one whose XDEL removed it puts the item back, so every dead letter moves exactly once
+# whoever runs `dlq replay` (a MULTI could not make the XADD depend on the XDEL's reply). Keys' types are checked
+# before the first write: a script has no rollback.
+# KEYS: 1 dead-letter stream, 2 the stream it came from, 3 arrivals hash, 4 progress states, 5 progress counts,
+#       6 derived ids (progress ignores those), 7 the batch's dead set of this stage (KEYS[1] when no batch).
+# ARGV: 1 dead-letter entry id, 2 the item to put back, 3 the stage it is addressed to, 4 the item id.
+# Returns 1 if this call moved it, 0 if it was gone (replayed by someone else, or never there).
+_REPLAY = """
+for i, want in ipairs({'stream', 'stream', 'hash', 'hash', 'hash', 'set', 'set'}) do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'none' and t ~= want and not (i == 7 and KEYS[7] == KEYS[1]) then
+    return redis.error_reply('WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' .. want ..
+                             ': nothing was replayed')
+  end
+end
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'item', ARGV[2], 'to', ARGV[3])
+redis.call('HINCRBY', KEYS[3], KEYS[2], 1)
+local id = ARGV[4]  -- state back to queued: the rule of core.progress with force
+local old = redis.call('HGET', KEYS[4], id)
+if old ~= 'queued' and (old or redis.call('SISMEMBER', KEYS[6], id) == 0) then
+  redis.call('HSET', KEYS[4], id, 'queued')
+  if old then redis.call('HINCRBY', KEYS[5], old, -1) end
+  redis.call('HINCRBY', KEYS[5], 'queued', 1)
+end
+if KEYS[7] ~= KEYS[1] then redis.call('SREM', KEYS[7], id) end  -- in flight again: a barrier waits for it
+return 1
+"""
+REPLAY_PAGE = 500  # dead letters read, and replay scripts sent in one round trip (each script is atomic alone)
+
+
 def replay(client: Redis, keys: Keys, stage: str, entry_ids: list[str] | None = None,
            replayed: list[WorkItem] | None = None) -> int:
-    """Put dead letters back on the stream they came from, with a fresh delivery budget. Returns how many.
+    """Put dead letters back on the stream they came from, with a fresh delivery budget. Returns how many THIS
+    call moved.
 
-    Each move (XADD back, XDEL from the dead-letter stream, state back to queued) is one transaction, so an
-    entry is never both replayed and still dead-lettered. The replay is addressed to `stage`: other stages reading
-    the same stream already had the item. Malformed items cannot be replayed and stay. A barrier that already
-    fired for the item's batch folds the replayed item as late (router.barrier). Each item put back is appended to
-    `replayed` if given."""
-    progress = Progress(client, keys)
-    moved = 0
-    for letter in list_dead_letters(client, keys, stage, count=100_000):
-        if entry_ids is not None and letter.entry_id not in entry_ids:
-            continue
-        item = _decoded(letter.raw_item)
-        if item is None:
-            continue
-        fresh = item.model_copy(update={"attempts": 0, "error": None})
-        pipe = client.pipeline(transaction=True)
-        pipe.xadd(letter.stream, {**fresh.encode(), TO: stage.encode()})
-        pipe.hincrby(keys.arrivals(), letter.stream, 1)
-        pipe.xdel(keys.dead_letters(stage), letter.entry_id)
-        progress.mark([item.id], QUEUED, pipe=pipe, force=True)
-        if item.batch:  # in flight again: a barrier waits for it once more
-            pipe.srem(keys.batch_dead(item.batch, stage), item.id)
-        pipe.execute()
-        moved += 1
-        if replayed is not None:
-            replayed.append(item)
-    return moved
+    Each move (XDEL from the dead-letter stream, XADD back, state back to queued) is one server-side script that
+    puts the item back only if its XDEL removed the dead letter: an entry is never both replayed and still
+    dead-lettered, and of several replays running at once (two `batchmesh dlq replay`, or one racing a script)
+    each dead letter is moved by exactly one, which alone counts it. The replay is addressed to `stage`: other
+    stages reading the same stream already had the item. Malformed items cannot be replayed and stay. A barrier
+    that already fired for the item's batch folds the replayed item as late (router.barrier). Each item put back
+    is appended to `replayed` if given. `entry_ids` limits it to those dead-letter entry ids."""
+    script = client.register_script(_REPLAY)
+    wanted = set(entry_ids) if entry_ids is not None else None
+    dead_key = keys.dead_letters(stage)
+    moved, start = 0, "-"
+    while True:
+        page = list_dead_letters(client, keys, stage, count=REPLAY_PAGE, start=start)
+        if not page:
+            return moved
+        start = f"({page[-1].entry_id}"
+        todo = []
+        pipe = client.pipeline(transaction=False)
+        for letter in page:
+            item = _decoded(letter.raw_item)
+            if item is None or (wanted is not None and letter.entry_id not in wanted):
+                continue
+            fresh = item.model_copy(update={"attempts": 0, "error": None})
+            batch_dead = keys.batch_dead(item.batch, stage) if item.batch else dead_key
+            script(keys=[dead_key, letter.stream, keys.arrivals(), keys.states(), keys.counts(), keys.derived(),
+                         batch_dead],
+                   args=[letter.entry_id, fresh.encode()[FIELD], stage, item.id], client=pipe)
+            todo.append(item)
+        for item, done in zip(todo, pipe.execute() if todo else [], strict=True):
+            if int(done):
+                moved += 1
+                if replayed is not None:
+                    replayed.append(item)
