@@ -28,7 +28,7 @@ from services.manager.report import done_in
 from services.render.roles import manager_args, role_env, router_args, rq_argv, source_args, worker_args
 
 from .lifecycle import late_notes
-from .supervisor import Supervisor, free_port
+from .supervisor import GIVE_UP_AFTER, Supervisor, free_port, progress_of
 from .view import RunView, filter_notes
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,14 @@ def _wait_healthy(url: str, supervisor: Supervisor, timeout_s: float = 30) -> No
             break
         time.sleep(0.1)
     raise RuntimeError(f"{url} did not become healthy; logs in {supervisor.log_dir}")
+
+
+def give_up_after(pipeline: Pipeline) -> int:
+    """Crashes in a row with nothing committed before a role is given up (runner.supervisor): more than any stage's
+    max_deliveries, since a poison item may crash its worker that often before it is dead-lettered."""
+    most = max((w.max_deliveries or pipeline.defaults.max_deliveries for w in pipeline.work_stages().values()),
+               default=pipeline.defaults.max_deliveries)
+    return max(GIVE_UP_AFTER, most + 2)
 
 
 def _scale_workers(supervisor: Supervisor, pipeline: Pipeline, path: Path, snap: dict[str, Any]) -> None:
@@ -195,8 +203,11 @@ def _watch(client: redis.Redis, pipeline: Pipeline, path: Path, supervisor: Supe
                     return EXIT_TIMEOUT
                 if snap is not None:
                     _scale_workers(supervisor, pipeline, path, snap)
-                if gave_up := supervisor.restart_dead():
-                    view.console.print(f"roles keep crashing: {', '.join(gave_up)}; logs in {supervisor.log_dir}")
+                if gave_up := supervisor.restart_dead(progress_of(snap) if snap is not None else None,
+                                                      give_up_after=give_up_after(pipeline)):
+                    view.console.print(f"roles keep crashing without committing anything: {', '.join(gave_up)}; "
+                                       f"logs in {supervisor.log_dir}\n{supervisor.describe_given_up(gave_up)}",
+                                       markup=False, soft_wrap=True)
                     return EXIT_DEAD
                 time.sleep(0.2 if snap is not None else backoff.next())
         except KeyboardInterrupt:

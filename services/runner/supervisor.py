@@ -6,13 +6,26 @@ Prometheus file_sd targets file, rewritten atomically whenever a role starts or 
 
 Nothing a run starts outlives it (services/core/lifeline.py): the supervisor is a child subreaper, every role
 carries the run's token and dies with the supervisor (PR_SET_PDEATHSIG), and a command left behind by a role that
-died (SIGKILL) is re-parented here and killed at the next look (`sweep`), its item files removed."""
+died (SIGKILL) is re-parented here and killed at the next look (`sweep`), its item files removed.
+
+Restarts (`restart_dead`). A role that exits on its own is restarted after a backoff that doubles with each crash
+in a row (RESTART_BACKOFF_S, x2, at most RESTART_MAX_S, each wait cut by up to half at random so roles that died
+together do not come back together), reset once the role made progress or stayed up RESTART_STABLE_S. It is never
+given up for crashing as such: a worker that dies on poison items (an in-process worker calling os._exit) keeps
+coming back until each poison item has used up its max_deliveries and is dead-lettered. The supervisor gives a
+role up only when it crashed `give_up_after` times in a row with nothing committed in between — no item of its
+stage (or, for a role without a stage, of any stage) completed, failed or was dead-lettered: the role cannot start
+at all (bad config, a missing dependency), and the run ends with an error naming it instead of looping. The
+runner sets `give_up_after` above every stage's max_deliveries (a poison item may crash its worker that many
+times before a commit dead-letters it). While Redis is unreachable there is no progress to judge: crashes then
+never count towards giving up."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,11 +35,17 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from services.core import lifeline
 from services.core.command import ITEM_DIR_PREFIX
 
 log = logging.getLogger(__name__)
+
+RESTART_BACKOFF_S = 0.25  # the first restart's wait; doubles with each crash in a row
+RESTART_MAX_S = 30.0
+RESTART_STABLE_S = 60.0  # a role up this long has recovered: its next crash waits RESTART_BACKOFF_S again
+GIVE_UP_AFTER = 5  # crashes in a row with nothing committed in between (the runner raises it per pipeline)
 
 
 def free_port() -> int:
@@ -46,6 +65,11 @@ class Role:
     port_flag: str | None = None  # e.g. --metrics-port: a fresh free port is appended at every spawn
     port: int = 0  # where it serves /metrics and /healthz (0 = nowhere)
     labels: dict[str, str] = field(default_factory=dict)  # file_sd labels: role, stage
+    stalled: int = 0  # crashes in a row with no progress of its stage in between
+    in_a_row: int = 0  # crashes in a row (the restart backoff); reset by progress or RESTART_STABLE_S up
+    progress_mark: int | None = None  # its stage's progress when it last crashed
+    restart_at: float = 0.0  # when a dead role is started again (0: not waiting)
+    last_code: int | None = None
 
 
 @dataclass
@@ -91,22 +115,57 @@ class Supervisor:
         self.write_targets()
         log.debug("role started", extra={"event": "role.start", "role": role.name, "pid": role.process.pid})
 
-    def restart_dead(self, max_restarts: int = 5) -> list[str]:
-        """Restart roles that exited on their own (a crash): returns the names of roles that gave up."""
-        failed, died = [], False
+    def restart_dead(self, progress: dict[str, int] | None = None, *, max_restarts: int | None = None,
+                     give_up_after: int = GIVE_UP_AFTER) -> list[str]:
+        """Restart roles that exited on their own (a crash), each after its backoff (see the module docstring).
+        `progress` maps a stage to a number that grows whenever it commits something ("" = the whole pipeline;
+        see `progress_of`); None = unknown now (Redis unreachable). `max_restarts` caps restarts outright (0:
+        report a crash at once). Returns the names of the roles given up."""
+        failed, died, now = [], False, time.monotonic()
         for role in self.roles.values():
             if role.process is None or role.process.poll() is None:
                 continue
+            if role.restart_at:  # dead, waiting for its backoff
+                if now >= role.restart_at:
+                    role.restart_at = 0.0
+                    role.restarts += 1
+                    self._spawn(role)
+                continue
             died = True
-            if role.restarts >= max_restarts:
+            role.last_code = role.process.returncode
+            if max_restarts is not None and role.restarts >= max_restarts:
                 failed.append(role.name)
                 continue
-            role.restarts += 1
+            mark = None if progress is None else progress.get(role.labels.get("stage") or "", progress.get("", 0))
+            progressed = mark is not None and role.progress_mark is not None and mark != role.progress_mark
+            if progressed or now - role.started_at >= RESTART_STABLE_S:
+                role.in_a_row = 0
+            if progressed:
+                role.stalled = 0
+            if mark is not None:
+                role.stalled += 1
+                role.progress_mark = mark
+            if role.stalled >= give_up_after:
+                failed.append(role.name)
+                continue
+            role.in_a_row += 1
+            wait = min(RESTART_MAX_S, RESTART_BACKOFF_S * 2 ** (role.in_a_row - 1)) * (1 - 0.5 * random.random())
+            role.restart_at = now + wait
             log.warning("role exited; restarting", extra={
-                "event": "role.restart", "role": role.name, "code": role.process.returncode, "log": str(role.log_file)})
-            self._spawn(role)
+                "event": "role.restart", "role": role.name, "code": role.last_code, "in_a_row": role.in_a_row,
+                "without_progress": role.stalled, "wait_s": round(wait, 3), "log": str(role.log_file)})
         self.sweep(dirs=died)
         return failed
+
+    def describe_given_up(self, names: list[str]) -> str:
+        """One line per role given up: how it crashed and the last line of its log."""
+        lines = []
+        for name in names:
+            role = self.roles[name]
+            tail = _last_line(role.log_file)
+            lines.append(f"{name}: exited with code {role.last_code}, {role.stalled} times in a row with nothing "
+                         f"committed in between" + (f"; last log line: {tail}" if tail else ""))
+        return "\n".join(lines)
 
     def stop(self, name: str, grace_s: float = 10.0) -> None:
         role = self.roles.pop(name, None)
@@ -163,6 +222,26 @@ class Supervisor:
             self.roles.clear()
             self.sweep(dirs=True)  # the commands of roles killed after the grace, and their item files
             self.write_targets()
+
+
+def progress_of(snapshot: dict[str, Any]) -> dict[str, int]:
+    """Per stage, a number that grows with every commit there (items out, failed, dead-lettered, filtered or
+    spilled); "" is the sum over every stage plus the items done or dead (a role without a stage: any progress)."""
+    per = {name: sum(int(st.get(k, 0)) for k in ("out", "failed", "dead", "filtered", "spilled"))
+           for name, st in snapshot.get("stages", {}).items()}
+    counts = snapshot.get("counts", {})
+    per[""] = sum(per.values()) + int(counts.get("done", 0)) + int(counts.get("dead", 0))
+    return per
+
+
+def _last_line(path: Path, limit: int = 300) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = [line for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][-limit:] if lines else ""
 
 
 def _terminate(proc: subprocess.Popen[bytes], grace_s: float) -> None:

@@ -1,0 +1,77 @@
+"""The local supervisor's restart rule (services/runner/supervisor.py), with real processes: a crashing role is
+restarted after a backoff that grows, is never given up while its stage keeps committing (a worker dying on
+poison items), and is given up after `give_up_after` crashes in a row with nothing committed in between (a role
+that cannot start: bad config), with a line naming its exit code and last log line."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from services.runner.supervisor import Supervisor, progress_of
+
+pytestmark = pytest.mark.one_backend
+
+CRASH = [sys.executable, "-c", "import sys; print('cannot start: missing setting X', flush=True); sys.exit(5)"]
+
+
+def _watch(sup: Supervisor, progress: object, seconds: float, give_up_after: int = 4) -> tuple[list[str], list[float]]:
+    """Call restart_dead like the runner does (every 50 ms); returns the roles given up and the (re)start times."""
+    starts, seen, gave_up = [time.monotonic()], sup.roles["w"].process, []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not gave_up:
+        current = progress() if callable(progress) else progress
+        gave_up = sup.restart_dead(current, give_up_after=give_up_after)
+        if sup.roles["w"].process is not seen:
+            seen = sup.roles["w"].process
+            starts.append(time.monotonic())
+        time.sleep(0.05)
+    return gave_up, starts
+
+
+def test_a_role_crashing_at_start_is_given_up_after_n_crashes_without_progress(tmp_path: Path) -> None:
+    sup = Supervisor({}, tmp_path / "logs")
+    sup.start_argv("w", CRASH, labels={"role": "worker", "stage": "w"})
+    try:
+        gave_up, starts = _watch(sup, {"w": 7, "": 7}, 30)
+        assert gave_up == ["w"], "crashing with no progress must end in giving up, not a loop"
+        assert len(starts) == 4, f"{len(starts)} starts: given up at the 4th crash in a row"
+        waits = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+        assert waits[-1] > waits[0], f"the restart backoff grows: {waits}"
+        line = sup.describe_given_up(gave_up)
+        assert "exited with code 5, 4 times in a row" in line and "missing setting X" in line, line
+    finally:
+        sup.stop_all(grace_s=1)
+
+
+def test_a_role_crashing_while_its_stage_commits_is_never_given_up(tmp_path: Path) -> None:
+    sup = Supervisor({}, tmp_path / "logs")
+    sup.start_argv("w", CRASH, labels={"role": "worker", "stage": "w"})
+    committed = iter(range(1_000_000))
+    try:
+        gave_up, starts = _watch(sup, lambda: {"w": next(committed), "": 0}, 4, give_up_after=2)
+        assert gave_up == [], "a stage that commits between crashes (poison items) is restarted, not given up"
+        assert len(starts) >= 4, starts
+        gave_up, _ = _watch(sup, {"w": -1, "": 0}, 10, give_up_after=2)
+        assert gave_up == ["w"], "once nothing is committed any more it is given up"
+    finally:
+        sup.stop_all(grace_s=1)
+
+
+def test_unknown_progress_never_counts_towards_giving_up(tmp_path: Path) -> None:
+    sup = Supervisor({}, tmp_path / "logs")
+    sup.start_argv("w", CRASH, labels={"role": "worker", "stage": "w"})
+    try:
+        gave_up, starts = _watch(sup, None, 3, give_up_after=2)  # Redis unreachable: nothing to judge by
+        assert gave_up == [] and len(starts) >= 3, starts
+    finally:
+        sup.stop_all(grace_s=1)
+
+
+def test_progress_of_a_status_snapshot() -> None:
+    snap = {"stages": {"a": {"out": 2, "failed": 1, "dead": 1}, "r": {"out": 3, "filtered": 4}},
+            "counts": {"done": 5, "dead": 1}}
+    assert progress_of(snap) == {"a": 4, "r": 7, "": 17}
