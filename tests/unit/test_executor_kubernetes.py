@@ -100,7 +100,7 @@ def test_one_job_per_item_result_from_the_log_and_cleanup(client: redis.Redis, p
     dispatch(client, pipeline_name, {"a": {"n": 1}, "b/c d": {"n": 2}})
     wait_for(lambda: counts(client, pipeline_name)["done"] == 2, what="2 done")
     assert results(client, Keys(pipeline_name)) == {"a": {"id": "a", "n": 1}, "b/c d": {"id": "b/c d", "n": 2}}
-    jobs = [d for d in cluster.sent if d["kind"] == "Job" and "template" in d.get("spec", {})]
+    jobs = [d for d in cluster.sent if d["kind"] == "Job"]
     assert cluster.creates == {"jobs": 2, "configmaps": 2}
     names = {d["metadata"]["annotations"][f"{PREFIX}/item"]: d["metadata"]["name"] for d in jobs}
     assert set(names) == {"a", "b/c d"}
@@ -108,6 +108,7 @@ def test_one_job_per_item_result_from_the_log_and_cleanup(client: redis.Redis, p
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63 and name.startswith("bm-w-")
         job = next(d for d in jobs if d["metadata"]["name"] == name)
         assert job["spec"]["suspend"] is True  # resumed once its ConfigMap exists
+        assert (name, {"spec": {"suspend": False}}) in cluster.patches
         assert job["spec"]["backoffLimit"] == 2  # max_deliveries 3
         assert job["spec"]["template"]["spec"]["activeDeadlineSeconds"] == 30
         assert job["spec"]["activeDeadlineSeconds"] == 3 * (30 + 300) + 10 + 20

@@ -10,7 +10,8 @@ Job controller + kubelet (`script(job, attempt, files) -> Run`): a resumed Job w
 per attempt, each pod ends as its Run says, and the Job's status follows the controller's rules (backoffLimit ->
 Failed/BackoffLimitExceeded, activeDeadlineSeconds -> Failed/DeadlineExceeded, success -> Complete).
 
-Every object written (POST/PUT/PATCH result) is recorded in `sent`, for the strict schema check. This module also
+Every object created or replaced (POST/PUT body) is recorded in `sent`, for the strict schema check; merge
+patches in `patches`. This module also
 tests the fake itself against the client (the test of the test)."""
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ class FakeCluster:
         self.script = script or (lambda job, attempt, files: Run("ok", '{"ok": true}'))
         self.store: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.logs: dict[tuple[str, str], str] = {}
-        self.sent: list[dict[str, Any]] = []  # every object as written (the strict check validates these)
+        self.sent: list[dict[str, Any]] = []  # every object created or replaced (the strict check validates these)
+        self.patches: list[tuple[str, dict[str, Any]]] = []  # (name, merge patch)
         self.calls: list[tuple[str, str]] = []  # (method, path)
         self.deleted: list[tuple[str, str | None]] = []  # (job, propagationPolicy)
         self.creates = {"jobs": 0, "configmaps": 0}  # successful creates
@@ -132,7 +134,7 @@ class FakeCluster:
         if method == "PATCH":
             assert headers.get("Content-Type") == "application/merge-patch+json", headers
             _merge(self.store[key], body)
-            self.sent.append(copy.deepcopy(self.store[key]))
+            self.patches.append((name, copy.deepcopy(body)))
             return Response(200, self.store[key])
         if method == "PUT":
             obj = copy.deepcopy(body)

@@ -45,7 +45,6 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from pathlib import PurePosixPath
 from typing import Any
 
 from services.core.command import item_document
@@ -132,8 +131,10 @@ class JobBuilder:
         elif once_argv is not None and len(commands) != len(work.adapters):
             self.steps = [("once", list(once_argv), dict(work.env))]
         else:  # a chain of commands: the multi-worker pod
-            self.steps = [(_safe(f"{i}-{PurePosixPath(ref.command[0]).name}"), list(ref.command),
-                           {**work.env, **ref.env}) for i, ref in enumerate(work.adapters) if ref.command]
+            from services.workers.adapters import command_name  # the chain's own names (its output dirs too)
+
+            self.steps = [(_safe(f"{i}-{command_name(ref.command)}"), list(ref.command), {**work.env, **ref.env})
+                          for i, ref in enumerate(work.adapters) if ref.command]
 
     @property
     def needs_spec(self) -> bool:
