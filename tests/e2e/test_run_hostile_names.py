@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from runs import ROOT
 
 CANARY = "bm-canary-hostile"
@@ -128,3 +131,20 @@ def test_hostile_names_never_reach_a_shell_nor_leave_the_root(tmp_path: Path, ho
         assert link not in manifest["results"]
         assert any(link in line and "symlink" in line for line in logs.splitlines()), f"no log line for {link}"
     assert not any(name.startswith("etc/") for name in manifest["results"])
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.text(min_size=1, max_size=1024) | st.sampled_from(HOSTILE + ["..", ".", "../../etc/passwd", "/abs",
+                                                                        "a/../../b", "\0", "x\0y", "\n"]))
+def test_output_and_container_names_derived_from_any_id_stay_one_safe_component(item_id: str) -> None:
+    """The rule behind the e2e run, for any id: an item's output directory (results, workers, process and docker
+    executors) is one path component inside the out dir, and its container name is a docker-safe hash."""
+    from services.core import Delivery, WorkItem
+    from services.manager.executors.docker import container_name
+
+    item = WorkItem(id=item_id)
+    out = Path("/srv/out")
+    assert "/" not in item.dirname and "\0" not in item.dirname and item.dirname not in ("", ".", "..")
+    assert (out / item.dirname).resolve().parent == out
+    name = container_name("p", "s", Delivery(b"1-0", item, 1, item.encode()[b"item"]))
+    assert re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name)
