@@ -82,15 +82,27 @@ def expected_types(commands: Iterable[tuple[Sequence[Any], Any]]) -> dict[str, s
     return expected
 
 
-def check_key_types(client: Redis, commands: Iterable[tuple[Sequence[Any], Any]]) -> None:
-    """Raise CommitError (nothing written) if a key the commands write holds another type."""
+def check_key_types(client: Redis, commands: Sequence[tuple[Sequence[Any], Any]],
+                    consumer: str | None = None) -> None:
+    """Raise CommitError (nothing written) if a key the commands write holds another type; with `consumer`, raise
+    StaleCommit if an entry the commands XACK is not pending under it (core.rewind), in the same round trip."""
+    from .rewind import StaleCommit, pending_checks, stale_acks
+
     expected = expected_types(commands)
-    if not expected:
+    acks = pending_checks(commands) if consumer else []
+    if not expected and not acks:
         return
     pipe = client.pipeline(transaction=False)
     for key in expected:
         pipe.type(key)
-    for (key, kind), actual in zip(expected.items(), pipe.execute(), strict=True):
+    for stream, group, entry_id in acks:
+        pipe.xpending_range(stream, group, min=entry_id, max=entry_id, count=1)
+    replies = pipe.execute()
+    for (key, kind), actual in zip(expected.items(), replies, strict=False):
         if _text(actual) not in ("none", kind):
             raise CommitError(f"key {key!r} holds a {_text(actual)}, not a {kind}: nothing was committed",
                               partial=False)
+    if acks and (stale := stale_acks(replies[len(expected):], consumer or "")):
+        raise StaleCommit(f"{stale} of the {len(acks)} entries this commit acknowledges are no longer pending under "
+                          f"{consumer} (Redis restarted from an older state, or another consumer reclaimed them): "
+                          "nothing was committed")

@@ -86,7 +86,7 @@ def test_an_error_the_check_cannot_see_is_reported_as_partial(
 ) -> None:
     """Documents the residual: a key whose type changes between the check and EXEC (simulated by skipping the
     check) leaves the other commands applied. It must be loud, never silent."""
-    monkeypatch.setattr(stage_module, "check_key_types", lambda client, commands: None)
+    monkeypatch.setattr(stage_module, "check_key_types", lambda client, commands, consumer=None: None)
     keys = Keys(settings.pipeline)
     c = consumer(client, settings)
     add(client, settings, "a")
