@@ -7,8 +7,8 @@ The schedule. The n-th failed delivery of an item (n = 1, 2, ...) waits
 
 seconds before its next delivery: never longer than the nominal curve, never shorter than (1 - jitter) of it, so
 replicas retrying the same outage spread out instead of hammering it together (AWS's "equal jitter" at
-jitter 0.5; "full jitter" at 1). With the defaults (2 s, x2, jitter 0.5, at most 5 min) and max_deliveries 3 an
-item is retried after 1-2 s and again 2-4 s later: a downstream outage of 3 s costs latency, not dead letters.
+jitter 0.5; "full jitter" at 1). With the defaults (2 s, x2, jitter 0.25, at most 5 min) and max_deliveries 3 an
+item is retried after 1.5-2 s and again 3-4 s later: a downstream outage of 3 s costs latency, not dead letters.
 `backoff: 0` retries at once.
 
 Where the item waits. Redis Streams have no per-entry delay, so a failed delivery is committed like any other
@@ -51,7 +51,7 @@ class RetrySpec(BaseModel):
     backoff: float = Field(default=2.0, ge=0, le=86400, description="Wait before the first retry (s; 0 = at once).")
     max_backoff: float = Field(default=300.0, gt=0, le=86400, description="No wait is longer than this (s).")
     multiplier: float = Field(default=2.0, ge=1, le=100, description="Each retry waits this much longer.")
-    jitter: float = Field(default=0.5, ge=0, le=1, description="Fraction of each wait taken off at random.")
+    jitter: float = Field(default=0.25, ge=0, le=1, description="Fraction of each wait taken off at random.")
 
     _durations = field_validator("backoff", "max_backoff", mode="before")(_seconds)
 
