@@ -210,3 +210,24 @@ def test_barrier(kind: str, client: redis.Redis, settings: Settings) -> None:
 
 def test_the_cap_is_far_above_ordinary_items() -> None:
     assert 1024 * 1024 <= MAX_ITEM_BYTES < len(BIG)
+
+
+def test_rq_executor(client: redis.Redis, settings: Settings, tmp_path: Any) -> None:
+    """The rq executor dead-letters at enqueue time; every good entry becomes exactly one rq job."""
+    from rq import Queue
+
+    from services.manager.executors import StageContext, executor_class, rq_queue_name, stage_settings
+
+    spec = pipeline(settings.pipeline, {"w": {"work": {"input": "source", "executor": "rq",
+                                                       "command": [sys.executable, "-c", "print('{}')"]}}})
+    keys = Keys(settings.pipeline)
+    feed(client, keys.stream("source"))
+    base = settings.model_copy(update={"out_dir": tmp_path / "out"})
+    executor = executor_class("rq")(StageContext(client, spec, "w", stage_settings(spec, "w", base)))
+    executor.start()
+    try:
+        check_dead_letters(client, keys, "w")
+        queue = Queue(rq_queue_name(settings.pipeline, "w"), connection=client)
+        wait_for(lambda: queue.count == len(GOOD), "one rq job per good entry")
+    finally:
+        executor.stop(10)
