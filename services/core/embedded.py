@@ -37,6 +37,37 @@ class RedisConfigError(RedisStateError):
     """A bad Redis configuration (a malformed REDIS_URL): the CLI exits 2."""
 
 
+FSYNC_POLICIES = ("always", "everysec", "no")
+FSYNC_ENV = ("BATCHMESH_REDIS_APPENDFSYNC", "BATCHMESH_REDIS_FSYNC")  # the second: the name compose files honour
+DEFAULT_FSYNC = "everysec"
+
+
+def appendfsync_policy(environ: dict[str, str] | None = None) -> str:
+    """The embedded server's `appendfsync` (always | everysec | no) from BATCHMESH_REDIS_APPENDFSYNC (or
+    BATCHMESH_REDIS_FSYNC, the variable the rendered compose files use); default everysec. Read by whoever starts
+    the server (the first batchmesh process on a data directory). Raises RedisConfigError (exit 2) on another value.
+
+    Redis' guarantee per policy (redis.io, "Redis persistence", section "How durable is the append only file?";
+    the appendfsync comments of redis.conf; aof.c flushAppendOnlyFile): `always` writes and fsyncs the AOF before
+    replying, so what was acknowledged survives a crash of the Redis process and of the machine. `everysec` writes
+    the AOF before replying and fsyncs it once a second from a background thread, so a crash of the Redis process
+    alone (SIGKILL, OOM kill, `docker kill`) loses nothing acknowledged (the kernel holds the written pages), while
+    a crash of the machine (power, kernel panic) loses up to the last second; and while a background fsync is still
+    running (a busy disk) Redis postpones its writes up to 2 s, a window in which even a process crash loses the
+    postponed writes (INFO persistence `aof_delayed_fsync` counts the times it gave up waiting). `no` leaves the
+    fsync to the kernel (Linux: about every 30 s): the process-crash case as everysec, a machine crash loses more.
+    """
+    env = os.environ if environ is None else environ
+    for name in FSYNC_ENV:
+        value = env.get(name, "").strip().lower()
+        if value:
+            if value not in FSYNC_POLICIES:
+                raise RedisConfigError(f"{name}={value!r} is not an appendfsync policy: use one of "
+                                       f"{', '.join(FSYNC_POLICIES)}")
+            return value
+    return DEFAULT_FSYNC
+
+
 def redact(url: str) -> str:
     """The URL without its password (never print a secret)."""
     try:
@@ -97,11 +128,14 @@ def _free_port() -> int:
 
 
 class EmbeddedRedis:
-    """A redis-server child process on 127.0.0.1, stopped (with a final save) by `stop()`."""
+    """A redis-server child process on 127.0.0.1, stopped (with a final save) by `stop()`. With `persist`, an
+    append-only file fsynced by `appendfsync` (None: `appendfsync_policy()`, i.e. the environment)."""
 
-    def __init__(self, data_dir: Path, persist: bool = True) -> None:
+    def __init__(self, data_dir: Path, persist: bool = True, appendfsync: str | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.persist = persist
+        self.appendfsync = appendfsync_policy(
+            {FSYNC_ENV[0]: appendfsync} if appendfsync is not None else None)
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -123,7 +157,7 @@ class EmbeddedRedis:
                 "--logfile", str(self.data_dir / "redis.log"), "--unixsocket", "",
             ]
             if self.persist:
-                argv += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
+                argv += ["--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", ""]
             else:
                 argv += ["--appendonly", "no", "--save", ""]
             self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

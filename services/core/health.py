@@ -8,16 +8,27 @@ healthy when all of them are. Redis outages are marked by core.reconnect: one lo
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from typing import Any
 
 from . import metrics
+from .embedded import redact
 
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _registered: list[RoleHealth] = []
+
+
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+
+
+def _without_secrets(text: str) -> str:
+    """`text` with the password of every URL in it masked (an error may quote a REDIS_URL): /healthz, the
+    metrics and the logs never show a secret."""
+    return _URL.sub(lambda m: redact(m.group(0)), text)
 
 
 class _Unexported:
@@ -72,7 +83,7 @@ class RoleHealth:
             if not self.redis_ok:
                 return False
             self.redis_ok, self.down_since = False, time.monotonic()
-            self.reason = f"redis: {type(exc).__name__}: {str(exc)[:200]}"
+            self.reason = f"redis: {type(exc).__name__}: {_without_secrets(str(exc))[:200]}"
         self.m_redis.set(0)
         self.m_disconnects.inc()
         log.warning("redis unreachable; retrying with backoff", extra={

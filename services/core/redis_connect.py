@@ -76,6 +76,11 @@ def connect(url: str, settings: Settings | None = None, **kwargs: Any) -> redis.
     settings = settings if settings is not None else Settings()
     if settings.redis_url and url == settings.redis_url:
         kwargs = {**security_options(url, settings), **kwargs}
+    # A Redis that stops answering (SIGSTOP, a partition) must surface as a TimeoutError, which every role loop
+    # treats as an outage (core.reconnect: /healthz, batchmesh_redis_up), instead of hanging a role for ever.
+    kwargs.setdefault("socket_timeout", settings.redis_timeout_s + settings.block_ms / 1000)
+    kwargs.setdefault("socket_connect_timeout", settings.redis_timeout_s)
+    kwargs.setdefault("socket_keepalive", True)
     return redis.Redis.from_url(url, **kwargs)
 
 

@@ -15,6 +15,7 @@ included):
 - `redis.url`: the running server's URL (written atomically by the keeper, removed when it stops).
 - `redis.pid`: the redis-server's pid, so a server left by a dead keeper is waited for before a new one starts.
 
+If the redis-server dies on its own (SIGKILL, OOM kill), the keeper starts it again on the same port and files.
 If the keeper itself is SIGKILLed, its redis-server gets SIGTERM (PR_SET_PDEATHSIG) and shuts down cleanly; the
 next user starts a new keeper, on the same port when it is free (roles that hold the old URL reconnect)."""
 
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 LOCK, LEASE, KEEPER, MARKER, PIDFILE = "redis.lock", "redis.lease", "redis.keeper", "redis.url", "redis.pid"
 START_TIMEOUT_S = 60.0
 LAST_USER_WAIT_S = 30.0  # the last user out waits this long for the keeper to have stopped the server
+RESTARTS_BEFORE_GIVING_UP = 5  # failed restarts in a row of a server that died on its own
 
 
 def _open(path: Path) -> int:
@@ -213,14 +215,34 @@ def keep(data_dir: Path, persist: bool, port: int) -> int:
         pass
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
-    stopping = threading.Event()
+    stopping, restarting = threading.Event(), threading.Lock()
 
-    def watch_server() -> None:  # the server died under us (OOM, kill): leave, so the next user starts anew
-        server.process.wait()  # type: ignore[union-attr]
-        if not stopping.is_set():
-            marker.unlink(missing_ok=True)
-            log.warning("embedded redis exited on its own", extra={"event": "redis.died"})
-            os._exit(1)
+    def watch_server() -> None:
+        """The server died under us (OOM kill, SIGKILL): start it again on the same port and files, as a
+        container's restart policy would, so the roles holding its URL reconnect (core.reconnect) and find what its
+        AOF kept. After RESTARTS_BEFORE_GIVING_UP failed starts in a row: leave, so the next user starts anew."""
+        failures = 0
+        while True:
+            server.process.wait()  # type: ignore[union-attr]
+            with restarting:
+                if stopping.is_set():
+                    return
+                log.warning("embedded redis exited on its own; restarting it", extra={
+                    "event": "redis.died", "code": server.process.returncode})  # type: ignore[union-attr]
+                time.sleep(min(5.0, 0.1 * 2 ** failures))
+                try:
+                    new_url = server.start(port=server.port, wait_loading=False, die_with_parent=True)
+                except RedisStateError:
+                    failures += 1
+                    if failures >= RESTARTS_BEFORE_GIVING_UP:
+                        marker.unlink(missing_ok=True)
+                        os._exit(1)
+                    continue
+                failures = 0
+                (data_dir / PIDFILE).write_text(str(server.process.pid))  # type: ignore[union-attr]
+                if new_url != url:  # the port was taken meanwhile: new users find the new one
+                    partial.write_text(new_url)
+                    partial.replace(marker)
 
     threading.Thread(target=watch_server, daemon=True).start()
     lease = _open(data_dir / LEASE)
@@ -230,7 +252,8 @@ def keep(data_dir: Path, persist: bool, port: int) -> int:
         with _locked(data_dir):
             if _try_lock(lease, fcntl.LOCK_EX):  # nobody attached meanwhile, and nobody can now
                 fcntl.flock(lease, fcntl.LOCK_UN)  # a last user's probe (_wait_if_last) must not take us for a user
-                stopping.set()
+                with restarting:
+                    stopping.set()
                 server.stop()
                 marker.unlink(missing_ok=True)
                 (data_dir / PIDFILE).unlink(missing_ok=True)

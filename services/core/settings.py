@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     pipeline: str = Field(default="default", description="Pipeline name: the prefix of every key.")
     batch_size: int = Field(default=256, ge=1, description="Entries read per XREADGROUP.")
     block_ms: int = Field(default=1000, ge=0, description="How long a read waits for new entries.")
+    redis_timeout_s: float = Field(
+        default=10.0, gt=0, description="A Redis command without a reply for this long (plus block_ms for a "
+        "blocking read) counts as Redis unreachable: a frozen or partitioned Redis is reported, then waited out.")
     visibility_timeout_ms: int = Field(
         default=30_000, ge=1, description="Pending entries idle this long are reclaimed from crashed consumers."
     )

@@ -32,7 +32,7 @@ from .executors import Executor, StageContext, executor_class, stage_settings
 from .lister import TIMEOUT as LIST_TIMEOUT
 from .lister import SourceError, list_source
 from .report import batch_done, status
-from .schedule import BATCH, Schedule
+from .schedule import BATCH, POLL, Schedule
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class Manager:
         self.gauges = gauges.ClusterGauges(client, pipeline, settings.visibility_timeout_ms / 1000)
         self.autoscaler = Autoscaler(client, pipeline, rule_from_settings(settings))  # book's rule, or lag
         self._repoll: str | None = None  # a poll a Redis outage interrupted: run again once Redis is back
+        self._closed: str | None = None  # the batch this manager closed last (see reconcile_rewind)
 
     def ensure_groups(self) -> None:
         """Every stage's group exists before anything is dispatched: safe trimming counts only existing groups,
@@ -90,6 +91,7 @@ class Manager:
         if announced:
             batches.record_skipped(self.client, self.keys, batch, skipped)
             batches.close(self.client, self.keys, batch, total.listed, recount=resumed)
+            self._closed = batch
         level = logging.INFO if total.new or not self.complete else logging.DEBUG
         log.log(level, "listing dispatched", extra={
             "event": "manager.dispatch", "batch": batch if announced else None, "listed": total.listed,
@@ -114,11 +116,22 @@ class Manager:
             if not executor.alive:
                 raise RuntimeError(f"the {executor.name} executor of stage {name!r} crashed: {executor.error!r}")
         self.move_retries()
+        self.reconcile_rewind()
         snapshot = status(self.client, self.pipeline)
         self.autoscaler.observe(snapshot)  # sets each stream stage's desired_replicas before the gauges read it
         self.gauges.observe(snapshot)
         for name, executor in executors.items():
             executor.observe(snapshot["stages"][name])
+
+    def reconcile_rewind(self) -> None:
+        """A Redis restarted from an older state (core.rewind) may have forgotten that the batch this manager
+        closed last was closed: list again as a restarted manager does (the unclosed current batch is resumed; the
+        diff dispatches what Redis forgot and counts what it kept as known). One HGET per tick."""
+        if self._closed and self.client.hget(self.keys.manifest(self._closed), "complete") != b"1":
+            log.warning("Redis forgot that a batch was closed (restarted from an older state); listing again",
+                        extra={"event": "manager.rewind", "batch": self._closed})
+            self._closed, self.complete = None, False
+            self._repoll = self._repoll or POLL
 
     def move_retries(self) -> None:
         """Put every work stage's due retries back on its stream (core.retry): the stage's own consumers do it

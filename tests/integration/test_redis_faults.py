@@ -1,0 +1,205 @@
+"""Redis faults under a running pipeline (issue 11, part 2), each a whole `batchmesh run` (bench.redis_faults):
+
+- a redis-server SIGKILLed mid-run with `appendfsync always` and restarted on the same port and files loses no
+  acknowledged item (read from a copy of its AOF before the restart), and the batch finishes exactly;
+- an older AOF copy without the stages' consumer groups restored under the running pipeline: the groups are
+  re-created without re-running what the restored Redis had done (core.rewind), none lost;
+- a Redis frozen by SIGSTOP: every role reports it (batchmesh_redis_up 0, /healthz 503 naming Redis, never the
+  password), waits with bounded backoff, and carries on after SIGCONT with no role restarted.
+
+And the pieces: the fsync policy setting, the keeper restarting an embedded server that died, the re-creation
+script's reconcile, and a commit refused once its entries are no longer ours. The long runs (400 items, a 30 s
+outage, redis:7 in a container) are `python -m bench.redis_faults`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from live_run import sample, scrape, wait_for
+
+from bench.redis_faults import Figures, Run, fault_kill, fault_old_aof, fault_outage
+from services.core import Commit, Keys, Settings, StreamConsumer, WorkItem
+from services.core.embedded import EmbeddedRedis, RedisConfigError, appendfsync_policy
+from services.core.rewind import RECONCILER, StaleCommit, create_group
+
+
+def _explain(f: Figures) -> str:
+    return f"{f}"
+
+
+@pytest.mark.one_backend
+def test_a_sigkill_with_appendfsync_always_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    f = fault_kill(tmp_path, "always", 60)
+    assert f.acknowledged_before >= 20, _explain(f)  # the kill came mid-run, with items acknowledged
+    assert f.lost_after_restart == 0 and f.commits_lost == 0, _explain(f)
+    assert f.rerun_of_kept == 0, _explain(f)  # nothing the restarted Redis had as done ran again
+    assert f.exact and f.role_restarts == 0, _explain(f)
+
+
+@pytest.mark.one_backend
+def test_an_older_aof_without_the_groups_restored_under_a_running_pipeline(tmp_path: Path) -> None:
+    f = fault_old_aof(tmp_path, 60, destroy_groups=True)
+    assert f.lost_after_restart > 0, _explain(f)  # the restore really forgot acknowledged work
+    assert f.rerun_of_kept == 0, _explain(f)  # what it kept as done was not re-delivered
+    assert f.exact and f.role_restarts == 0, _explain(f)  # every item once, the reduce exact, nobody crashed
+    assert "stage.regroup" in "".join(p.read_text() for p in (tmp_path / "st" / "logs").rglob("*.log"))
+
+
+@pytest.mark.one_backend
+def test_a_frozen_redis_is_reported_by_every_role_then_waited_out(tmp_path: Path) -> None:
+    password = "pw-" + os.urandom(6).hex()
+    seen: dict[str, tuple[float | None, int, str]] = {}
+
+    def probe(run: Run) -> None:
+        targets = run.targets()
+        redis_roles = {name: t for name, t in targets.items() if name != "source"}
+        assert {"manager", "router-total", "worker-work-0", "worker-work-1"} <= set(redis_roles), targets
+
+        def all_down() -> bool:
+            for name, target in redis_roles.items():
+                reply = httpx.get(f"http://{target}/healthz", timeout=3)
+                up = sample(scrape(target), "batchmesh_redis_up")
+                seen[name] = (up, reply.status_code, reply.text)
+            return all(up == 0 and code == 503 and "redis" in body.lower() for up, code, body in seen.values())
+
+        wait_for("every role to report Redis down", all_down, timeout_s=15, every_s=0.2)
+        assert httpx.get(f"http://{targets['source']}/healthz", timeout=3).status_code == 200  # no Redis there
+        for name, target in targets.items():
+            assert password not in httpx.get(f"http://{target}/metrics", timeout=3).text, name
+
+    f = fault_outage(tmp_path, 40, 6.0, probe=probe, password=password, env={"BATCHMESH_REDIS_TIMEOUT_S": "1"})
+    assert all(password not in body for _, _, body in seen.values())
+    assert f.exact and f.role_restarts == 0, _explain(f)
+    logs = "".join(p.read_text() for p in (tmp_path / "st" / "logs").rglob("*.log"))
+    assert password not in logs and password not in (tmp_path / "run.log").read_text()
+    assert "redis.down" in logs and "redis.up" in logs
+
+
+# -- the pieces -------------------------------------------------------------------------------------------------
+
+
+def test_the_fsync_policy_is_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert appendfsync_policy({}) == "everysec"
+    assert appendfsync_policy({"BATCHMESH_REDIS_APPENDFSYNC": "Always"}) == "always"
+    assert appendfsync_policy({"BATCHMESH_REDIS_FSYNC": "no"}) == "no"  # the compose files' variable
+    with pytest.raises(RedisConfigError, match="BATCHMESH_REDIS_APPENDFSYNC='sometimes'"):
+        appendfsync_policy({"BATCHMESH_REDIS_APPENDFSYNC": "sometimes"})
+    monkeypatch.setenv("BATCHMESH_REDIS_APPENDFSYNC", "always")
+    server = EmbeddedRedis(tmp_path / "d")
+    url = server.start()
+    try:
+        assert redis.Redis.from_url(url).config_get("appendfsync") == {"appendfsync": "always"}
+    finally:
+        server.stop()
+
+
+def test_the_keeper_restarts_an_embedded_server_that_died_on_the_same_port(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.core.redis_lease import shared_server
+
+    monkeypatch.setenv("BATCHMESH_REDIS_APPENDFSYNC", "always")
+    with shared_server(tmp_path / "d") as url:
+        client = redis.Redis.from_url(url, socket_timeout=1)
+        client.set("acknowledged", "yes")
+        pid = int((tmp_path / "d" / "redis.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        wait_for("a new server on the same URL", lambda: int(client.info("server")["process_id"]) != pid,
+                 timeout_s=15)
+        assert client.get("acknowledged") == b"yes"
+        assert int((tmp_path / "d" / "redis.pid").read_text()) == int(client.info("server")["process_id"])
+
+
+def _add(client: redis.Redis, keys: Keys, item_id: str, version: str | None = None) -> bytes:
+    return client.xadd(keys.stream("source"), WorkItem(id=item_id, data={}, version=version).encode())
+
+
+def test_a_re_created_group_skips_finished_items_and_hands_out_the_rest(client: redis.Redis,
+                                                                        settings: Settings) -> None:
+    keys = Keys(settings.pipeline)
+    stream = keys.stream("source")
+    done = _add(client, keys, "done", "v1")
+    changed = _add(client, keys, "changed", "v2")  # done, but as v1: a new version is work again
+    dead = _add(client, keys, "dead")
+    todo = _add(client, keys, "todo")
+    bad = client.xadd(stream, {b"item": b"not json"})  # malformed: handed out, the consumer dead-letters it
+    client.hset(keys.states(), mapping={"done": "done", "changed": "done", "dead": "dead", "todo": "running"})
+    client.hset(keys.versions(), mapping={"done": "v1", "changed": "v1", "dead": "", "todo": ""})
+
+    assert create_group(client, keys, stream, "work") == (2, 3)
+    assert create_group(client, keys, stream, "work") is None  # it exists now: nothing happens
+    pending = client.xpending_range(stream, "work", "-", "+", 10)
+    assert sorted(p["message_id"] for p in pending) == sorted([changed, todo, bad])
+    assert {p["consumer"] for p in pending} == {RECONCILER.encode()} and all(
+        p["times_delivered"] == 0 for p in pending)  # no delivery counted against them
+
+    consumer = StreamConsumer(client, settings, stage="work", input_stream="source", consumer="w1")
+    got = consumer.read()  # the next reclaim takes them at once (idle for ever), as first deliveries
+    assert sorted(d.entry_id for d in got) == sorted([changed, todo, bad])
+    assert all(d.deliveries == 1 for d in got)
+    assert done not in {d.entry_id for d in got} and dead not in {d.entry_id for d in got}
+
+
+def test_a_commit_of_entries_no_longer_ours_is_refused_whole(client: redis.Redis, settings: Settings) -> None:
+    """A consumer holding entries read from a Redis that since went back in time (or whose entries another
+    consumer reclaimed) must not publish their outputs: they would be published again after re-delivery."""
+    keys = Keys(settings.pipeline)
+    mine = StreamConsumer(client, settings, stage="work", input_stream="source", consumer="w1")
+    first, second = _add(client, keys, "a"), _add(client, keys, "b")
+    batch = mine.read()
+    assert [d.entry_id for d in batch] == [first, second]
+    client.xclaim(keys.stream("source"), "work", "w2", 0, [second])  # taken over meanwhile
+    commit = Commit()
+    for d in batch:
+        commit.complete(d, ("next", d.item))  # type: ignore[arg-type]
+    with pytest.raises(StaleCommit, match="1 of the 2 entries"):
+        mine.commit(commit)
+    assert not client.exists(keys.stream("next"))  # nothing published
+    pending = {p["message_id"]: p["consumer"] for p in client.xpending_range(keys.stream("source"), "work", "-",
+                                                                               "+", 10)}
+    assert pending == {first: b"w1", second: b"w2"}  # nothing acknowledged: ours is reclaimed later
+    assert isinstance(StaleCommit("x"), redis.ConnectionError)  # every role loop abandons the step
+
+
+def test_a_worker_thread_rides_out_a_stale_commit(client: redis.Redis, settings: Settings, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop treats StaleCommit as the connection loss it follows: the step is abandoned, the worker lives on
+    and the item is processed (and published) once."""
+    from services.core.spec import Pipeline
+    from services.workers import run_worker
+
+    keys = Keys(settings.pipeline)
+    pipeline = Pipeline.model_validate({
+        "apiVersion": "batchmesh/v1", "name": settings.pipeline, "source": {"path": "."},
+        "stages": {"work": {"work": {"input": "source", "worker": "echo"}}}})
+    real = StreamConsumer.commit
+    stolen: list[bytes] = []
+
+    def steal_first(self: StreamConsumer, commit: Commit) -> None:
+        if not stolen and commit.acks:  # another consumer takes the entry just before the first commit
+            stolen.append(commit.acks[0])
+            client.xclaim(self.stream_key, self.group, "thief", 0, [commit.acks[0]])
+        real(self, commit)
+
+    cfg = settings.model_copy(update={"out_dir": tmp_path / "out", "max_deliveries": 5})
+    stop = threading.Event()
+    monkeypatch.setattr(StreamConsumer, "commit", steal_first)
+    thread = threading.Thread(target=run_worker, args=(pipeline, "work", cfg, stop), daemon=True)
+    thread.start()
+    try:
+        wait_for("the group", lambda: client.xinfo_groups(keys.stream("source")))
+        _add(client, keys, "x")
+        wait_for("the item's result, once the thief's claim went idle", lambda: client.hget(keys.results(), "x"),
+                 timeout_s=15)
+        assert stolen and thread.is_alive()
+        time.sleep(0.3)
+        assert int(client.hget(keys.stage_stats("work"), "out") or 0) == 1
+    finally:
+        stop.set()
+        thread.join(10)
