@@ -33,6 +33,7 @@ import yaml
 from services.core.spec import Pipeline, load_pipeline
 
 from . import k8s_objects as obj
+from . import k8s_rbac as rbac
 from . import k8s_scalers as scalers
 from .compose import placement
 from .roles import MANAGER_PORT, MESH_IMAGE, METRICS_PORT, SOURCE_PORT, Role, role_env, roles, worker_image
@@ -79,6 +80,7 @@ class _Mesh:
             if work.executor == "docker":
                 raise ValueError(f"stage {stage}: executor docker has no Kubernetes rendering (no Docker socket in "
                                  "a pod); the kubernetes executor (a Job per item) is issue 9's next part")
+        rbac.check(pipeline)  # the kubernetes executor's Jobs: in the mesh's namespace
         self.p = pipeline
         self.name = pipeline.name
         self.spec = spec_rel
@@ -135,6 +137,8 @@ class _Mesh:
         if role.stage and role.stage in self.p.work_stages():  # finish the items in hand (up to their timeout)
             grace = max(30, int(self.p.work_stages()[role.stage].timeout) + 15)
         pod = obj.pod_spec([self.container(role)], self.volumes(), grace=grace)
+        if role.kind == "manager":
+            rbac.manager_pod(self.p, pod)  # its own ServiceAccount when it runs Jobs (kubernetes executor)
         scaled = role.kind == "worker"  # the ScaledObject / HPA owns `replicas`
         dep = obj.deployment(lab["app.kubernetes.io/name"], lab, pod, replicas=None if scaled else role.replicas,
                              annotations=obj.scrape_annotations(port) if port else None)
@@ -157,6 +161,7 @@ class _Mesh:
         out.append(obj.network_policy(f"{n}-source", src_lab, obj.selector(src_lab), [manager_pods], [SOURCE_PORT]))
         out.append(scalers.scrape_policy(n))
         out.append(obj.pdb(f"{n}-manager", mgr_lab))
+        out += rbac.objects(self.p, mgr_lab, src_lab, SOURCE_PORT)  # kubernetes executor: RBAC, NetworkPolicies
         return out
 
     def pvc(self, which: str) -> dict[str, Any]:

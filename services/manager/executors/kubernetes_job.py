@@ -54,6 +54,7 @@ from services.core.spec_kubernetes import StageKubernetes
 from services.render import k8s_objects as hardening
 
 PREFIX = "batchmesh.io"
+EXECUTOR_LABEL = f"{PREFIX}/executor"
 ITEM_DIR = "/batchmesh/item"
 ITEM_KEY, SPEC_KEY = "item.json", "pipeline.yaml"
 ITEM_FILE = f"{ITEM_DIR}/{ITEM_KEY}"
@@ -71,12 +72,14 @@ def job_name(pipeline: str, stage: str, item: WorkItem) -> str:
 
 
 def job_labels(pipeline: str, stage: str) -> dict[str, str]:
-    return hardening.labels(f"{pipeline}-{stage}-job", pipeline, "job", stage)
+    """The Jobs' and their pods' labels (k8s_objects.labels, role `job`) + `batchmesh.io/executor: kubernetes`, which
+    tells them from the Jobs a KEDA ScaledJob makes for the same stage (services/render/k8s_scaledjob.py)."""
+    return hardening.labels(f"{pipeline}-{stage}-job", pipeline, "job", stage) | {EXECUTOR_LABEL: "kubernetes"}
 
 
 def selector(pipeline: str, stage: str) -> str:
     """The label selector of every Job (and pod) this stage's executor made."""
-    return f"{PREFIX}/pipeline={pipeline},{PREFIX}/stage={stage},{PREFIX}/role=job"
+    return f"{PREFIX}/pipeline={pipeline},{PREFIX}/stage={stage},{PREFIX}/role=job,{EXECUTOR_LABEL}=kubernetes"
 
 
 def job_deadline(timeout: float, max_deliveries: int, start_timeout: float) -> int:
