@@ -68,6 +68,11 @@ class ScrubbingStream:
 
 
 def _mask_streams() -> None:
+    """Only in a process that has secrets (core.masking): elsewhere the streams and hooks stay Python's own."""
+    from .masking import secret_values
+
+    if not secret_values():
+        return
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if stream is not None and not isinstance(stream, ScrubbingStream):

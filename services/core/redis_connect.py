@@ -106,7 +106,9 @@ def explain_security(exc: BaseException, where: str) -> tuple[str, int] | None:
     if "certificate verify failed" in low or "certificate_verify_failed" in low:
         return (f"TLS: the certificate of Redis at {where} does not verify ({_ssl_reason(detail)}); set "
                 "BATCHMESH_REDIS_CA_CERT to the CA that signed it (or ?ssl_ca_certs= in REDIS_URL)", 2)
-    if "certificate required" in low or "alert handshake failure" in low or "alert bad certificate" in low:
+    no_client_cert = Settings().redis_client_cert is None and "ssl_certfile=" not in where
+    if ("certificate required" in low or "alert handshake failure" in low or "alert bad certificate" in low or (
+            where.startswith("rediss://") and no_client_cert and "eof occurred in violation of protocol" in low)):
         return (f"TLS: Redis at {where} wants a client certificate ({_ssl_reason(detail)}); set "
                 "BATCHMESH_REDIS_CLIENT_CERT and BATCHMESH_REDIS_CLIENT_KEY", 2)
     if "wrong version number" in low or "[ssl" in low:
