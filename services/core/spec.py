@@ -67,7 +67,10 @@ class SourceSpec(Strict):
         if expression is not None:
             from .expressions import compile_expression
 
-            compile_expression(expression)  # ValueError on one line: the expression, why and where
+            try:
+                compile_expression(expression)
+            except ValueError as exc:  # one line: the expression, why and where
+                raise ValueError(str(exc).replace("bad expression", "bad JMESPath expression", 1)) from None
         return expression
 
 
