@@ -54,7 +54,7 @@ class Held:
 
         if not entry_ids:
             return 0
-        commit = Commit()
+        commit = Commit(gone=set(entry_ids))  # no longer pending anywhere: acknowledged by nobody
         for entry_id, raw in zip(entry_ids, self.client.hmget(self.key, entry_ids), strict=True):
             if raw is None:
                 continue

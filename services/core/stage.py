@@ -56,6 +56,7 @@ class Commit:
     actions: list[Callable[[Pipeline], None]] = field(default_factory=list)
     sink_results: dict[str, bytes] = field(default_factory=dict)
     completed: int = 0
+    gone: set[bytes] = field(default_factory=set)  # entries deleted while pending (core.held): nothing to XACK
 
     def complete(self, delivery: Delivery, *outputs: tuple[str, WorkItem]) -> None:
         """The item is done here: publish `outputs` (stream name, item) and acknowledge it."""
@@ -330,7 +331,8 @@ class StreamConsumer:
             add_dead_letter(pipe, self.keys, stage=self.stage, stream=self.stream_key, raw_item=delivery.raw,
                             reason=reason, deliveries=delivery.deliveries)
         if acks:
-            pipe.xack(self.stream_key, self.group, *acks)
+            if live := [a for a in acks if a not in commit.gone]:
+                pipe.xack(self.stream_key, self.group, *live)
             self.held.release(pipe, acks)
         for key, n in added.items():
             pipe.hincrby(self.keys.arrivals(), key, n)
