@@ -59,16 +59,17 @@ class Kill:
     at_s: float  # seconds since the driver started
     role_class: str
     role: str  # e.g. worker/work-0, router/shards, manager
-    pid: int
+    pid: Any  # a process id, or a container id
     progress: float
 
 
 @dataclass
 class Driver:
-    """Kills `kills` role processes, found by `find()` -> [(pid, role class, role name)], with `kill(pid)`."""
+    """Kills `kills` role processes, found by `find()` -> [(pid, role class, role name)], with `kill(pid)` (a pid
+    may be a container id)."""
 
-    find: Callable[[], list[tuple[int, str, str]]]
-    kill: Callable[[int], bool]
+    find: Callable[[], list[tuple[Any, str, str]]]
+    kill: Callable[[Any], bool]
     progress: Callable[[], float]
     kills: int
     seed: int = 1
