@@ -100,7 +100,7 @@ def _search_path() -> str:
 
 def _commands(pipeline: Pipeline, found: Findings) -> None:
     for name, work in pipeline.work_stages().items():
-        if work.executor == "docker":  # runs in its image
+        if work.executor in ("docker", "kubernetes"):  # runs in its image
             continue
         argvs = [(f"stages.{name}.work.command", work.command)] if work.command else [
             (f"stages.{name}.work.chain[{i}].command", ref.command) for i, ref in enumerate(work.chain or [])

@@ -238,7 +238,8 @@ def test_failures_retry_in_the_job_then_dead_letter_with_the_log_tail(
 
 
 def test_an_api_error_is_a_failed_attempt_retried_by_the_stream(
-        client: redis.Redis, pipeline_name: str, make: Callable[..., KubernetesExecutor]) -> None:
+        client: redis.Redis, pipeline_name: str, make: Callable[..., KubernetesExecutor],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     cluster = FakeCluster(echo)
     real = cluster._create
     refused = []
@@ -252,12 +253,21 @@ def test_an_api_error_is_a_failed_attempt_retried_by_the_stream(
         return real(kind, ns, body)
 
     cluster._create = flaky_create  # type: ignore[method-assign]
+    reasons: list[str] = []
+    real_commit = KubernetesExecutor.commit
+
+    def commit(self: KubernetesExecutor, batch: Any) -> None:
+        reasons.extend(reason for _, reason in batch.retries)
+        real_commit(self, batch)
+
+    monkeypatch.setattr(KubernetesExecutor, "commit", commit)
     executor = make(cluster)
     executor.start()
     dispatch(client, pipeline_name, {"a": {"n": 1}})
     wait_for(lambda: counts(client, pipeline_name)["done"] == 1, what="done after a retry")
     assert refused and results(client, Keys(pipeline_name)) == {"a": {"id": "a", "n": 1}}
     assert client.hgetall(Keys(pipeline_name).stage_stats("w")) == {b"out": b"1", b"failed": b"1"}
+    assert reasons == [f"Kubernetes API 500 Error for Job {refused[0]}: etcdserver: request timed out"]
 
 
 def test_timeouts_are_dead_lettered_naming_the_timeout(

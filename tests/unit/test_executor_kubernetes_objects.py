@@ -208,6 +208,8 @@ def _spec(tmp_path: Path, work: dict[str, Any]) -> Path:
     ({"kubernetes": {"image": "i", "user": 0}}, "stages.w.work.kubernetes.user", "greater than or equal to 1"),
     ({"kubernetes": {"image": "i", "namespace": "Not_A_Name"}}, "stages.w.work.kubernetes.namespace", "lowercase"),
     ({"executor": "process", "kubernetes": {"image": "i"}}, "stages.w.work", "used by executor kubernetes only"),
+    ({"command": None, "chain": [{"command": ["a"]}], "kubernetes": {"image": "i", "images": {3: "j"}}},
+     "stages.w.work", "kubernetes.images: no chain adapter 3"),
 ])
 def test_the_spec_section_says_what_is_wrong(tmp_path: Path, work: dict[str, Any], where: str, why: str) -> None:
     with pytest.raises(SpecError) as bad:
@@ -215,9 +217,12 @@ def test_the_spec_section_says_what_is_wrong(tmp_path: Path, work: dict[str, Any
     assert bad.value.path == where and why in bad.value.reason, (bad.value.path, bad.value.reason)
 
 
-def test_a_chain_image_index_must_exist_and_validate_exits_2(tmp_path: Path) -> None:
-    path = _spec(tmp_path, {"command": None, "chain": [{"command": ["a"]}], "kubernetes": {"image": "i",
-                                                                                           "images": {3: "j"}}})
-    done = subprocess.run([sys.executable, "-m", "services.cli", "validate", str(path)], capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 2 and "kubernetes.images: no chain adapter 3" in done.stderr, done.stderr
+def test_a_missing_image_exits_2_and_a_valid_stage_passes_preflight(tmp_path: Path) -> None:
+    from services.runner.preflight import check
+
+    done = subprocess.run([sys.executable, "-m", "services.cli", "validate", str(_spec(tmp_path, {}))],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "kubernetes section naming the image" in done.stderr, done.stderr
+    # its command runs in its image: not looked for on this machine's PATH
+    pipeline = load_pipeline(_spec(tmp_path, {"command": ["no-such-program-here"], "kubernetes": {"image": "i"}}))
+    assert check(pipeline, input_given=False).errors == []

@@ -111,6 +111,14 @@ def _namespace(spec: StageKubernetes) -> str:
         return DEFAULT_NAMESPACE
 
 
+def _api_message(exc: Any) -> str:
+    """The `message` of the API server's Status reply (its body), not the headers ApiException's str() adds."""
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or "")[:STDERR_TAIL]
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.body or "")[:STDERR_TAIL]
+
+
 def _terminal(job: Any) -> Any:
     for cond in (job.status.conditions if job.status else None) or []:
         if cond.type in ("Complete", "Failed") and cond.status == "True":
@@ -228,9 +236,12 @@ class KubernetesExecutor(ProcessExecutor):
         name = job_name(self.ctx.pipeline.name, self.ctx.stage, item)
         try:
             job = self._create_or_adopt(name, delivery)
+            outcome = self._wait(name, job)
         except ValueError as exc:  # the item does not fit a ConfigMap: no attempt can ever succeed
             return JobOutcome(False, reason=str(exc), final=True)
-        outcome = self._wait(name, job)
+        except self.ApiException as exc:  # a failed attempt (retried by the stream), its reason on one line
+            return JobOutcome(False, reason=f"Kubernetes API {exc.status} {exc.reason} for Job {name}: "
+                                            f"{_api_message(exc)}")
         if not (isinstance(outcome, JobOutcome) and outcome.abandoned):
             with self.settled_lock:
                 self.settled[delivery.entry_id] = name
