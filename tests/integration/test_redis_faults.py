@@ -1,11 +1,12 @@
 """Redis faults under a running pipeline (issue 11, part 2), each a whole `batchmesh run` (bench.redis_faults):
 
-- a redis-server SIGKILLed mid-run with `appendfsync always` and restarted on the same port and files loses no
-  acknowledged item (read from a copy of its AOF before the restart), and the batch finishes exactly;
+- the run's embedded redis-server SIGKILLed mid-run with `appendfsync always` and restarted by its keeper on the
+  same port and files loses no acknowledged item (read from a copy of its AOF before the restart), and the batch
+  finishes exactly;
 - an older AOF copy without the stages' consumer groups restored under the running pipeline: the groups are
   re-created without re-running what the restored Redis had done (core.rewind), none lost;
-- a Redis frozen by SIGSTOP: every role reports it (batchmesh_redis_up 0, /healthz 503 naming Redis, never the
-  password), waits with bounded backoff, and carries on after SIGCONT with no role restarted.
+- then, in the same run, a Redis frozen by SIGSTOP: every role reports it (batchmesh_redis_up 0, /healthz 503
+  naming Redis), waits with bounded backoff, and carries on after SIGCONT with no role restarted.
 
 And the pieces: the fsync policy setting, the keeper restarting an embedded server that died, the re-creation
 script's reconcile, and a commit refused once its entries are no longer ours. The long runs (400 items, a 30 s
@@ -17,6 +18,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -24,7 +26,8 @@ import pytest
 import redis
 from live_run import sample, scrape, wait_for
 
-from bench.redis_faults import Figures, Run, fault_kill, fault_old_aof, fault_outage
+from bench.redis_faults import fault_kill, fault_old_aof, freeze
+from bench.redis_faults_run import Figures, Run
 from services.core import Commit, Keys, Settings, StreamConsumer, WorkItem
 from services.core.embedded import EmbeddedRedis, RedisConfigError, appendfsync_policy
 from services.core.rewind import RECONCILER, StaleCommit, create_group
@@ -34,13 +37,40 @@ def _explain(f: Figures) -> str:
     return f"{f}"
 
 
+def _probe_every_role_reports_redis_down(seen: dict[str, tuple[float | None, int, str]]) -> Callable[[Run], None]:
+    def probe(run: Run) -> None:
+        targets = run.targets()
+        redis_roles = {name: t for name, t in targets.items() if name != "source"}
+        assert {"manager", "router-total", "worker-work-0", "worker-work-1"} <= set(redis_roles), targets
+
+        def all_down() -> bool:
+            for name, target in redis_roles.items():
+                reply = httpx.get(f"http://{target}/healthz", timeout=3)
+                seen[name] = (sample(scrape(target), "batchmesh_redis_up"), reply.status_code, reply.text)
+            return all(up == 0 and code == 503 and "redis" in body.lower() for up, code, body in seen.values())
+
+        wait_for("every role to report Redis down", all_down, timeout_s=15, every_s=0.2)
+        assert httpx.get(f"http://{targets['source']}/healthz", timeout=3).status_code == 200  # no Redis there
+    return probe
+
+
 @pytest.mark.one_backend
-def test_a_sigkill_with_appendfsync_always_loses_nothing_acknowledged(tmp_path: Path) -> None:
-    f = fault_kill(tmp_path, "always", 60)
-    assert f.acknowledged_before >= 20, _explain(f)  # the kill came mid-run, with items acknowledged
+def test_a_sigkilled_embedded_server_loses_nothing_acknowledged_and_a_frozen_one_is_waited_out(
+        tmp_path: Path) -> None:
+    """The run's own embedded server (appendfsync always), SIGKILLed by pid at 40% and restarted by its keeper;
+    then, once the run resumed, frozen by SIGSTOP for 5 s: every role reports it and waits."""
+    seen: dict[str, tuple[float | None, int, str]] = {}
+    probe = _probe_every_role_reports_redis_down(seen)
+    f = fault_kill(tmp_path, "always", 60, "embedded", env={"BATCHMESH_REDIS_TIMEOUT_S": "1"},
+                   then=lambda run, server: freeze(run, server, 5.0, probe))
+    assert f.acknowledged_before >= 15, _explain(f)  # the kill came mid-run, with items acknowledged
     assert f.lost_after_restart == 0 and f.commits_lost == 0, _explain(f)
     assert f.rerun_of_kept == 0, _explain(f)  # nothing the restarted Redis had as done ran again
-    assert f.exact and f.role_restarts == 0, _explain(f)
+    assert f.exact and f.role_restarts == 0, _explain(f)  # every item once, the reduce exact, nobody restarted
+    assert len(seen) >= 4, seen
+    logs = "".join(p.read_text() for p in (tmp_path / "st" / "logs").rglob("*.log"))
+    assert "redis.down" in logs and "redis.up" in logs and "exited on its own; restarting" in (
+        tmp_path / "st" / "redis" / "keeper.log").read_text()
 
 
 @pytest.mark.one_backend
@@ -52,37 +82,20 @@ def test_an_older_aof_without_the_groups_restored_under_a_running_pipeline(tmp_p
     assert "stage.regroup" in "".join(p.read_text() for p in (tmp_path / "st" / "logs").rglob("*.log"))
 
 
-@pytest.mark.one_backend
-def test_a_frozen_redis_is_reported_by_every_role_then_waited_out(tmp_path: Path) -> None:
-    password = "pw-" + os.urandom(6).hex()
-    seen: dict[str, tuple[float | None, int, str]] = {}
-
-    def probe(run: Run) -> None:
-        targets = run.targets()
-        redis_roles = {name: t for name, t in targets.items() if name != "source"}
-        assert {"manager", "router-total", "worker-work-0", "worker-work-1"} <= set(redis_roles), targets
-
-        def all_down() -> bool:
-            for name, target in redis_roles.items():
-                reply = httpx.get(f"http://{target}/healthz", timeout=3)
-                up = sample(scrape(target), "batchmesh_redis_up")
-                seen[name] = (up, reply.status_code, reply.text)
-            return all(up == 0 and code == 503 and "redis" in body.lower() for up, code, body in seen.values())
-
-        wait_for("every role to report Redis down", all_down, timeout_s=15, every_s=0.2)
-        assert httpx.get(f"http://{targets['source']}/healthz", timeout=3).status_code == 200  # no Redis there
-        for name, target in targets.items():
-            assert password not in httpx.get(f"http://{target}/metrics", timeout=3).text, name
-
-    f = fault_outage(tmp_path, 40, 6.0, probe=probe, password=password, env={"BATCHMESH_REDIS_TIMEOUT_S": "1"})
-    assert all(password not in body for _, _, body in seen.values())
-    assert f.exact and f.role_restarts == 0, _explain(f)
-    logs = "".join(p.read_text() for p in (tmp_path / "st" / "logs").rglob("*.log"))
-    assert password not in logs and password not in (tmp_path / "run.log").read_text()
-    assert "redis.down" in logs and "redis.up" in logs
-
-
 # -- the pieces -------------------------------------------------------------------------------------------------
+
+
+def test_a_healthz_reason_names_redis_and_never_a_password() -> None:
+    from services.core.health import RoleHealth
+
+    health = RoleHealth("secretive", "worker", "s").started()
+    try:
+        health.redis_down(redis.ConnectionError("Error 111 connecting to redis://app:hunter2@db:6379/0. refused"))
+        problem = health.problem() or ""
+        assert problem.startswith("worker s: redis: ConnectionError") and "hunter2" not in problem
+        assert "redis://app:***@db:6379/0" in problem
+    finally:
+        health.stopped()
 
 
 def test_the_fsync_policy_is_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,21 +142,27 @@ def test_a_re_created_group_skips_finished_items_and_hands_out_the_rest(client: 
     dead = _add(client, keys, "dead")
     todo = _add(client, keys, "todo")
     bad = client.xadd(stream, {b"item": b"not json"})  # malformed: handed out, the consumer dead-letters it
-    client.hset(keys.states(), mapping={"done": "done", "changed": "done", "dead": "dead", "todo": "running"})
+    published = _add(client, keys, "published", "v1")  # in flight downstream: this stage's output holds it
+    newer = _add(client, keys, "newer", "v2")  # its output holds v1 only: v2 is work
+    for item_id in ("published", "newer"):
+        client.xadd(keys.stream("work"), WorkItem(id=item_id, data={"r": 1}, version="v1").encode())
+    client.hset(keys.arrivals(), keys.stream("work"), 2)  # where the script finds the stage's output streams
+    client.hset(keys.states(), mapping={"done": "done", "changed": "done", "dead": "dead", "todo": "running",
+                                        "published": "running", "newer": "running"})
     client.hset(keys.versions(), mapping={"done": "v1", "changed": "v1", "dead": "", "todo": ""})
 
-    assert create_group(client, keys, stream, "work") == (2, 3)
+    assert create_group(client, keys, stream, "work") == (3, 4)
     assert create_group(client, keys, stream, "work") is None  # it exists now: nothing happens
     pending = client.xpending_range(stream, "work", "-", "+", 10)
-    assert sorted(p["message_id"] for p in pending) == sorted([changed, todo, bad])
+    assert sorted(p["message_id"] for p in pending) == sorted([changed, todo, bad, newer])
     assert {p["consumer"] for p in pending} == {RECONCILER.encode()} and all(
         p["times_delivered"] == 0 for p in pending)  # no delivery counted against them
 
     consumer = StreamConsumer(client, settings, stage="work", input_stream="source", consumer="w1")
     got = consumer.read()  # the next reclaim takes them at once (idle for ever), as first deliveries
-    assert sorted(d.entry_id for d in got) == sorted([changed, todo, bad])
+    assert sorted(d.entry_id for d in got) == sorted([changed, todo, bad, newer])
     assert all(d.deliveries == 1 for d in got)
-    assert done not in {d.entry_id for d in got} and dead not in {d.entry_id for d in got}
+    assert not {done, dead, published} & {d.entry_id for d in got}
 
 
 def test_a_commit_of_entries_no_longer_ours_is_refused_whole(client: redis.Redis, settings: Settings) -> None:
