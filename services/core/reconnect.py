@@ -6,7 +6,8 @@ Redis loads its AOF, is one — or TimeoutError) is not retried as such: the rol
 a Redis restarted without persistence lost) and carries on with a *new* step. So a commit (publish + XACK in one
 MULTI/EXEC) is never re-sent: if the connection broke during EXEC, the entries were either committed or are still
 pending under this consumer, and XAUTOCLAIM hands them out again after the visibility timeout — no loss, no
-duplicate output (see core.guard)."""
+duplicate output (see core.guard). A commit refused because its entries are no longer this consumer's (a Redis
+restarted from an older state, core.rewind) only abandons the step: Redis answers, nothing is marked down."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import redis
 from redis import Redis
 
 from .health import RoleHealth
+from .rewind import StaleCommit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -93,6 +95,10 @@ class Reconnect:
         while not self.stop.is_set():
             try:
                 step()
+            except StaleCommit as exc:  # Redis is there: the step's entries are no longer ours (core.rewind)
+                log.warning("commit refused: its entries are no longer ours", extra={
+                    "event": "stage.stale_commit", "role": self.health.role, "stage": self.health.stage,
+                    "error": str(exc)[:300]})
             except TRANSIENT as exc:
                 if not self.recover(exc, then):
                     return
