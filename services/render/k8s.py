@@ -34,6 +34,7 @@ from services.core.spec import Pipeline, load_pipeline
 
 from . import k8s_objects as obj
 from . import k8s_rbac as rbac
+from . import k8s_scaledjob as scaledjob
 from . import k8s_scalers as scalers
 from .compose import placement
 from .roles import MANAGER_PORT, MESH_IMAGE, METRICS_PORT, SOURCE_PORT, Role, role_env, roles, worker_image
@@ -51,6 +52,7 @@ COMMITTED = {
     "wordcount": "examples/wordcount/pipeline.yaml",
     "thumbnailer": "examples/thumbnailer/pipeline.yaml",
     "signup": "examples/signup/pipeline.yaml",
+    "jobs": "examples/jobs/jobs.yaml",  # a `kubernetes` stage: its -scaledjob overlay (services/render/k8s_scaledjob)
 }
 _INTERPOLATION = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}$")
 
@@ -192,6 +194,17 @@ class _Mesh:
         return [scalers.prometheus_scaled_object(self.p, role.stage, work[role.stage], lab["app.kubernetes.io/name"],
                                                  lab) for role, lab in self._workers() if role.stage]
 
+    def scaled_jobs(self) -> list[dict[str, Any]]:
+        """overlays/<name>-scaledjob: a KEDA ScaledJob per `kubernetes` stage (services/render/k8s_scaledjob.py)."""
+        stages = scaledjob.job_stages(self.p)
+        out = [scalers.trigger_authentication(), scalers.redis_from_keda()] if stages else []
+        for name, work in stages.items():
+            role = Role(f"job-{name}", "worker", scaledjob.job_args(self.spec, name, self.p), name, heavy=True)
+            lab = obj.labels(f"{self.name}-job-{name}", self.name, "job", name)
+            container = scaledjob.job_container(self.container(role), work)
+            out.append(scaledjob.scaled_job(self.p, name, work, container, self.volumes(), lab))
+        return out
+
     def hpa(self) -> list[dict[str, Any]]:
         work = self.p.work_stages()
         return [scalers.hpa(self.p, role.stage, work[role.stage], lab["app.kubernetes.io/name"], lab)
@@ -246,6 +259,15 @@ def pipeline_files(pipeline: Pipeline, spec_rel: str, spec_path: Path) -> dict[s
     if hpa_docs:
         files[f"overlays/{n}-hpa/hpa.yaml"] = dump(hpa_docs)
     files[f"overlays/{n}-hpa/prometheus-adapter.yaml"] = dump(scalers.adapter_rules())
+    if job_docs := mesh.scaled_jobs():  # KEDA makes the Jobs of `kubernetes` stages, from a spec that says so
+        files[f"overlays/{n}-scaledjob/kustomization.yaml"] = dump(KUSTOMIZATION | {
+            "namespace": obj.NAMESPACE, "resources": [f"../../pipelines/{n}", "scaledjob.yaml"],
+            "configMapGenerator": [generator | {"behavior": "replace"}], "configurations": ["kustomizeconfig.yaml"],
+            **({"patches": patches} if (patches := scaledjob.manager_patches(pipeline)) else {})})
+        files[f"overlays/{n}-scaledjob/kustomizeconfig.yaml"] = dump(scaledjob.NAME_REFERENCES)
+        files[f"overlays/{n}-scaledjob/scaledjob.yaml"] = dump(job_docs)
+        files[f"overlays/{n}-scaledjob/{SPEC_KEY}"] = scaledjob.jobs_spec(spec_path, list(scaledjob.job_stages(
+            pipeline)))
     return files
 
 

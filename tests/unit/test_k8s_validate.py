@@ -69,9 +69,32 @@ def test_every_object_is_valid(built: dict[str, list[dict[str, Any]]], overlay: 
     found = [e for doc in built[overlay] for e in _errors(doc)]
     assert found == [], "\n".join(found)
     kinds = {doc["kind"] for doc in built[overlay]}
-    scaler = "HorizontalPodAutoscaler" if overlay.endswith("-hpa") else "ScaledObject"
+    scaler = {"hpa": "HorizontalPodAutoscaler", "scaledjob": "ScaledJob"}.get(overlay.rsplit("-", 1)[-1],
+                                                                             "ScaledObject")
+    if scaler != "ScaledJob" and not _streams(overlay):
+        scaler = "Deployment"  # no long-lived worker stage (examples/jobs: a `kubernetes` stage): nothing to scale
     assert {"Deployment", "StatefulSet", "Service", "NetworkPolicy", "PodDisruptionBudget", "ConfigMap",
             scaler} <= kinds, overlay
+
+
+def _streams(overlay: str) -> bool:
+    """Whether the overlay's pipeline has a stream work stage (one a ScaledObject or an HPA scales)."""
+    from services.core.spec import load_pipeline
+    from services.render.k8s import COMMITTED
+
+    name = next(n for n in sorted(COMMITTED, key=len, reverse=True) if overlay == n or overlay.startswith(f"{n}-"))
+    return any(w.executor == "stream" for w in load_pipeline(ROOT / COMMITTED[name]).work_stages().values())
+
+
+def test_a_scaledjob_overlay_for_every_pipeline_with_a_kubernetes_stage() -> None:
+    from services.core.spec import load_pipeline
+    from services.render.k8s import COMMITTED
+
+    names = {p.name for p in OVERLAYS}
+    with_jobs = {n for n, spec in COMMITTED.items()
+                 if any(w.executor == "kubernetes" for w in load_pipeline(ROOT / spec).work_stages().values())}
+    assert with_jobs, "no committed example has a kubernetes stage: the ScaledJob rendering is not exercised"
+    assert {n for n in names if n.endswith("-scaledjob")} == {f"{n}-scaledjob" for n in with_jobs}
 
 
 # -- the tests of the tests: each validator fails on a deliberate fault ----------------------------------------
@@ -126,6 +149,32 @@ def test_an_undocumented_trigger_key_fails(built: dict[str, list[dict[str, Any]]
     assert errors(scaled) == []
     prometheus["metadata"]["treshold"] = "1"
     assert any("treshold" in e for e in errors(scaled))
+
+
+def _scaled_job(built: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    return copy.deepcopy(next(d for d in built["jobs-scaledjob"] if d["kind"] == "ScaledJob"))
+
+
+def test_a_faulty_scaled_job_fails(built: dict[str, list[dict[str, Any]]]) -> None:
+    assert errors(_scaled_job(built)) == []
+    unknown = _scaled_job(built)
+    unknown["spec"]["maxReplicas"] = 10  # an HPA's name for maxReplicaCount
+    assert any("maxReplicas" in e for e in errors(unknown)), errors(unknown)
+    number = _scaled_job(built)
+    number["spec"]["triggers"][0]["metadata"]["lagCount"] = 1
+    assert any("lagCount" in e and "string" in e for e in errors(number)), errors(number)
+    undocumented = _scaled_job(built)
+    undocumented["spec"]["triggers"][0]["metadata"]["consumergroup"] = "checksum"
+    assert any("consumergroup" in e for e in errors(undocumented)), errors(undocumented)
+    wrong = _scaled_job(built)
+    wrong["spec"]["scalingStrategy"]["strategy"] = "fastest"  # not one of KEDA's strategies
+    assert any("strategy" in e for e in errors(wrong)), errors(wrong)
+    pod = _scaled_job(built)
+    pod["spec"]["jobTargetRef"]["template"]["spec"]["containers"][0]["imagePullPolcy"] = "Always"
+    assert any("jobTargetRef" in e for e in errors(pod)), errors(pod)  # the Job's pod, checked as the API would
+    restart = _scaled_job(built)
+    restart["spec"]["jobTargetRef"]["backoffLimit"] = "2"
+    assert errors(restart)
 
 
 # -- policy: checkov's Kubernetes checks, once over every overlay's output -------------------------------------
