@@ -224,5 +224,6 @@ def redis_url(configured: str | None, data_dir: Path, persist: bool = True) -> I
         return
     from .redis_lease import shared_server
 
+    appendfsync_policy()  # a bad BATCHMESH_REDIS_APPENDFSYNC: exit 2 here, not a keeper that cannot start
     with shared_server(Path(data_dir), persist=persist) as url:
         yield url

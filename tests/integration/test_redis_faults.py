@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -104,6 +106,11 @@ def test_the_fsync_policy_is_a_setting(tmp_path: Path, monkeypatch: pytest.Monke
     assert appendfsync_policy({"BATCHMESH_REDIS_FSYNC": "no"}) == "no"  # the compose files' variable
     with pytest.raises(RedisConfigError, match="BATCHMESH_REDIS_APPENDFSYNC='sometimes'"):
         appendfsync_policy({"BATCHMESH_REDIS_APPENDFSYNC": "sometimes"})
+    bad = subprocess.run([sys.executable, "-m", "services.cli", "status", "examples/wordcount/pipeline.yaml"],
+                         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "BATCHMESH_REDIS_APPENDFSYNC": "sometimes", "REDIS_URL": "",
+                              "BATCHMESH_DATA_DIR": str(tmp_path / "bad")})
+    assert bad.returncode == 2 and "BATCHMESH_REDIS_APPENDFSYNC='sometimes'" in bad.stderr, bad.stderr
     monkeypatch.setenv("BATCHMESH_REDIS_APPENDFSYNC", "always")
     server = EmbeddedRedis(tmp_path / "d")
     url = server.start()
