@@ -54,8 +54,9 @@ def _role_env(data_dir: Path) -> dict[str, str]:
 
 
 def run_local(items: int, kills: int, *, seed: int = 1, workdir: Path, timeout: float = 1800,
-              max_per_role: int = 4) -> dict[str, Any]:
-    """One chaos run under `batchmesh run` on the embedded Redis of `workdir`/state; returns the figures."""
+              max_per_role: int = 4, item_ms: float = 0) -> dict[str, Any]:
+    """One chaos run under `batchmesh run` on the embedded Redis of `workdir`/state; returns the figures.
+    `item_ms` paces the worker (CHAOS_ITEM_MS), so that a short run's kills land while the map runs."""
     pipeline: Pipeline = load_pipeline(SPEC)
     data_dir, out = workdir / "state", workdir / "out"
     items_file = generate(workdir / "items.jsonl", items, seed)
@@ -69,7 +70,8 @@ def run_local(items: int, kills: int, *, seed: int = 1, workdir: Path, timeout: 
         with log_file.open("wb") as log:
             run = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", "run", str(SPEC), "--input", str(items_file), "--out",
-                 str(out), "--quiet", "--timeout", str(timeout)], cwd=ROOT, env=_role_env(data_dir),
+                 str(out), "--quiet", "--timeout", str(timeout)], cwd=ROOT,
+                env={**_role_env(data_dir), "CHAOS_ITEM_MS": str(item_ms)},
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         stop = threading.Event()
         driver = Driver(find=lambda: local_roles(run.pid, pipeline), kill=sigkill,
@@ -93,7 +95,7 @@ def run_local(items: int, kills: int, *, seed: int = 1, workdir: Path, timeout: 
         figures = check(client, pipeline, items_file, out)
         client.close()
     return {"variant": "local (batchmesh run, embedded Redis 6.2, SIGKILL)", "run_exit": rc,
-            "wall_s": round(wall, 1), "items_per_s": round(items / wall, 1), **driver.figures(),
+            "wall_s": round(wall, 1), "items_per_s": round(items / wall, 1), "item_ms": item_ms, **driver.figures(),
             "reclaimed": scraper.reclaimed(), "reclaimed_total": sum(scraper.reclaimed().values()), **figures,
             "ok": figures["ok"] and rc == 0, "log_tail": _tail(log_file)}
 
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-per-role", type=int, default=4,
                         help="kills of one role name at most (the local supervisor gives up after 5 restarts)")
     parser.add_argument("--timeout", type=float, default=1800, help="the run's --timeout, seconds")
+    parser.add_argument("--item-ms", type=float, default=0, help="the worker's sleep per item (CHAOS_ITEM_MS)")
     parser.add_argument("--json", type=Path, default=ROOT / "out" / "chaos.json")
     parser.add_argument("--keep", type=Path, default=None, help="work in this directory and keep it")
     args = parser.parse_args(argv)
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         figures = run_local(args.items, args.kills, seed=args.seed, workdir=workdir, timeout=args.timeout,
-                            max_per_role=args.max_per_role)
+                            max_per_role=args.max_per_role, item_ms=args.item_ms)
     finally:
         if args.keep is None:
             shutil.rmtree(workdir, ignore_errors=True)

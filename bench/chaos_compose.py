@@ -113,9 +113,11 @@ def build_image(dep: Deployment) -> str:
 
 
 def run_compose(items: int, kills: int, *, seed: int = 1, workdir: Path, timeout: float = 1200,
-                max_per_role: int = 4, restart_after: float = 0.5, build: bool = True) -> dict[str, Any]:
+                max_per_role: int = 4, restart_after: float = 0.5, build: bool = True,
+                item_ms: float = 0) -> dict[str, Any]:
     pipeline = load_pipeline(SPEC)
     dep = Deployment(workdir, f"bmchaos-{uuid.uuid4().hex[:8]}")
+    dep.env["CHAOS_ITEM_MS"] = str(item_ms)  # the spec's containers.env passes it to the roles
     if build:
         build_image(dep)
     dep.render()
@@ -182,6 +184,7 @@ def run_compose(items: int, kills: int, *, seed: int = 1, workdir: Path, timeout
         dep.down()
     return {"variant": "containers (docker compose, redis:7 appendfsync always, docker kill + docker start)",
             "run_exit": 0 if finished else 3, "wall_s": round(wall, 1), "items_per_s": round(items / wall, 1),
+            "item_ms": item_ms,
             **driver.figures(), "reclaimed": scraper.reclaimed(), "reclaimed_total": sum(scraper.reclaimed().values()),
             **figures, "ok": figures["ok"] and finished, "log_tail": []}
 
@@ -218,11 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1200)
     parser.add_argument("--json", type=Path, default=ROOT / "out" / "chaos-compose.json")
     parser.add_argument("--no-build", action="store_true", help="run the existing mesh image as it is")
+    parser.add_argument("--item-ms", type=float, default=0, help="the worker's sleep per item (CHAOS_ITEM_MS)")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="bm-chaos-compose-"))
     try:
         figures = run_compose(args.items, args.kills, seed=args.seed, workdir=workdir, timeout=args.timeout,
-                              max_per_role=args.max_per_role, build=not args.no_build)
+                              max_per_role=args.max_per_role, build=not args.no_build, item_ms=args.item_ms)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(summary(figures))

@@ -3,7 +3,7 @@ moments of the batch, and count what the roles reclaimed (their /metrics, scrape
 
 Moments: `kills` thresholds of the batch's progress p drawn uniformly from (0.02, 0.97), where
 p = (items dispatched + items folded by the reduce) / (2 × items), read from Redis (the `arrivals` hash and the
-reducer's stage stats); each kill waits a further 0-0.5 s at random. So kills land while the manager lists, while
+reducer's stage stats); each kill waits a further 0-0.2 s at random. So kills land while the manager lists, while
 the map runs and while the barriers fold, wherever the batch spends its time, whatever its speed.
 
 Victims: a role class first (worker, router, manager, reducer, joiner, source — uniformly among the classes that
@@ -91,7 +91,7 @@ class Driver:
                 if p >= threshold:
                     break
                 stop.wait(0.05)
-            if stop.wait(rnd.uniform(0, 0.5)) or self.done():
+            if stop.wait(rnd.uniform(0, 0.2)) or self.done():
                 return
             candidates = [c for c in self.find() if per_role[c[2]] < self.max_per_role]
             if not candidates:

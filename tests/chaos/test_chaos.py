@@ -17,7 +17,7 @@ from bench.chaos import run_local, summary
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("seed", [3])
 def test_chaos_kills_lose_and_double_nothing(tmp_path: Path, seed: int) -> None:
-    figures = run_local(3000, 8, seed=seed, workdir=tmp_path, timeout=90)
+    figures = run_local(3000, 8, seed=seed, workdir=tmp_path, timeout=90, item_ms=5)  # ~2 s of map
     report = summary(figures) + "\n" + "\n".join(figures["log_tail"])
     assert figures["kills"] >= 6, report  # the driver did kill (a role may be between restarts at a moment)
     assert figures["run_exit"] == 0, report

@@ -18,7 +18,8 @@ from bench.chaos_compose import run_compose
 
 @pytest.mark.timeout(240)
 def test_chaos_in_containers_loses_and_doubles_nothing(docker_client: Any, mesh_image: str, tmp_path: Path) -> None:
-    figures = run_compose(1000, 5, seed=2, workdir=tmp_path, timeout=150, build=False)  # mesh_image: built
+    figures = run_compose(1000, 5, seed=2, workdir=tmp_path, timeout=150, build=False,  # mesh_image: built
+                          item_ms=20)  # ~2.5 s of map: the kills land while it runs
     report = summary(figures)
     assert figures["kills"] >= 4, report
     assert figures["run_exit"] == 0, report
