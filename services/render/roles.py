@@ -20,6 +20,8 @@ SOURCE_PORT = 8080
 MANAGER_PORT = 8081
 
 RoleKind = Literal["source", "manager", "router", "worker", "rq"]
+SOURCE_TOKEN_ENV = "BATCHMESH_SOURCE_TOKEN"  # noqa: S105 (a variable's name) the source API's bearer token
+SOURCE_TOKEN_ROLES = ("source", "manager")  # the source requires it, the manager sends it; nobody else gets it
 
 
 def role_env(pipeline: Pipeline, redis_url: str, out_dir: str) -> dict[str, str]:

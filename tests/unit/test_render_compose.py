@@ -91,7 +91,8 @@ def test_every_role_is_hardened_and_shares_the_local_runs_environment() -> None:
         assert svc["cap_drop"] == ["ALL"] and "cap_add" not in svc, name
         assert svc["security_opt"] == ["no-new-privileges:true"], name
         assert svc["restart"] == "unless-stopped" and svc["stop_grace_period"], name
-        assert svc["environment"] == expected_env, name
+        token = {"BATCHMESH_SOURCE_TOKEN": "${BATCHMESH_SOURCE_TOKEN:-}"} if name in ("source", "manager") else {}
+        assert svc["environment"] == expected_env | token, name  # the source token: only where it is used
         assert "../examples/images:/app/examples/images:ro" in svc["volumes"], name
         assert svc["healthcheck"]["test"][:2] == ["CMD", "python"], name
     prepare = doc["services"]["prepare"]
@@ -342,7 +343,8 @@ def test_containers_env_reaches_every_role_and_the_secret_stays_in_the_users_env
         assert env["SIGNUP_SECRET"].startswith("${SIGNUP_SECRET:?set SIGNUP_SECRET"), name  # refused without
         assert env["SIGNUP_SMTP_HOST"] == "sinks" and env["SIGNUP_WEBHOOK_URL"] == "http://sinks:8026/sms", name
         assert env == role_env(pipeline, render.REDIS_URL, "/data/out") | {"BATCHMESH_METRICS_PORT": "9400"} | {
-            k: env[k] for k in pipeline.containers.env}, name  # the mesh's own variables untouched
+            k: env[k] for k in pipeline.containers.env} | (
+            {"BATCHMESH_SOURCE_TOKEN": "${BATCHMESH_SOURCE_TOKEN:-}"} if name in ("source", "manager") else {}), name
     for name in ("redis", "prepare", "generate", "sinks", "prometheus", "grafana"):
         assert "SIGNUP_SECRET" not in yaml.safe_dump(doc["services"][name]), name
     assert "SIGNUP_SECRET" not in yaml.safe_dump(render.compose(load_pipeline(ROOT / WORDCOUNT), WORDCOUNT))

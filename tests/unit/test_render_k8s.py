@@ -71,6 +71,10 @@ def test_every_role_is_a_deployment_with_the_local_runs_argv_and_env() -> None:
         (container,) = pod["containers"]
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env.pop("BATCHMESH_REDIS_PASSWORD") is None, name  # from the Secret
+        if name in ("images-source", "images-manager"):  # the source token: from an optional Secret, only there
+            assert env.pop("BATCHMESH_SOURCE_TOKEN") is None, name
+            assert container["env"][-1]["valueFrom"]["secretKeyRef"] == {"name": "images-source", "key": "token",
+                                                                           "optional": True}, name
         assert env == expected_env, name
         assert container["readinessProbe"]["httpGet"]["path"] == "/healthz", name
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", name
