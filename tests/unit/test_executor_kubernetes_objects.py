@@ -35,7 +35,8 @@ CHAIN = {"chain": [{"command": ["thumb", "--size", "64"]}, {"command": ["python"
 
 
 def _run(client_: redis.Redis, settings: Settings, tmp_path: Path, name: str, work: dict[str, Any],
-         script: Any, items: dict[str, dict[str, Any]], done: int = 0, dead: int = 0) -> FakeCluster:
+         script: Any, items: dict[str, dict[str, Any]], done: int = 0, dead: int = 0,
+         timeout: float = 15) -> FakeCluster:
     path = write_spec(tmp_path / f"{len(list(tmp_path.iterdir()))}.yaml", name, copy.deepcopy(work))
     pipeline = load_pipeline(path)
     cluster = FakeCluster(script)
@@ -45,7 +46,7 @@ def _run(client_: redis.Redis, settings: Settings, tmp_path: Path, name: str, wo
     try:
         dispatch(client_, name, items)
         wait_for(lambda: counts(client_, name)["done"] == done and counts(client_, name)["dead"] == dead,
-                 what=f"{done} done, {dead} dead")
+                 what=f"{done} done, {dead} dead", timeout=timeout)
     finally:
         executor.stop(10)
     return cluster
@@ -226,3 +227,77 @@ def test_a_missing_image_exits_2_and_a_valid_stage_passes_preflight(tmp_path: Pa
     # its command runs in its image: not looked for on this machine's PATH
     pipeline = load_pipeline(_spec(tmp_path, {"command": ["no-such-program-here"], "kubernetes": {"image": "i"}}))
     assert check(pipeline, input_given=False).errors == []
+
+
+# -- the multi-worker pod, run for real by a local stand-in for the kubelet ------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+THUMB = """import json, os
+item = json.load(open(os.environ["WORK_ITEM_FILE"]))
+out = os.environ["WORK_OUTPUT_DIR"]
+if item["data"].get("broken"):
+    raise SystemExit("thumb: " + item["id"] + " is not a video")
+path = os.path.join(out, "thumb.txt")
+open(path, "w").write("thumbnail of " + item["data"]["uri"])
+json.dump({"thumb": path, "size": 64}, open(os.path.join(out, "result.json"), "w"))
+print("this stdout goes to the pod's log only")
+"""
+TAG = """import json, os
+item = json.load(open(os.environ["WORK_ITEM_FILE"]))
+text = open(item["data"]["thumb"]).read()
+print("tagging", item["id"])
+print(json.dumps({"id": item["id"], "attempt": item["attempt"], "tag": text.upper(), "size": item["data"]["size"]}))
+"""
+
+
+def local_kubelet(root: Path) -> Any:
+    """Runs a Job pod's containers in order as local processes: volumes are directories under `root` (the
+    ConfigMap's keys written as files), each mountPath but /tmp mapped to its directory in env and argv, `python` the
+    test's interpreter. A STAND-IN for a kubelet (no isolation, no read-only mounts): it shows the handoff works."""
+    def script(job: dict[str, Any], attempt: int, files: dict[str, str]) -> Run:
+        pod = job["spec"]["template"]["spec"]
+        base = root / job["metadata"]["name"] / str(attempt)
+        for volume in pod["volumes"]:
+            (base / volume["name"]).mkdir(parents=True)
+        for key, text in files.items():
+            (base / "item" / key).write_text(text)
+        containers = [*pod.get("initContainers", []), *pod["containers"]]
+        log = ""
+        for index, container in enumerate(containers):
+            mounts = sorted(((m["mountPath"], base / m["name"] / m.get("subPath", ""))
+                             for m in container["volumeMounts"] if m["mountPath"] != "/tmp"),  # the tests' files
+                            key=lambda m: -len(m[0]))
+
+            def host(value: str, mounts: list[tuple[str, Path]] = mounts) -> str:
+                for pod_path, local in mounts:
+                    if value == pod_path or value.startswith(pod_path + "/"):
+                        return str(local) + value[len(pod_path):]
+                return value
+
+            argv = [sys.executable if a == "python" else host(a) for a in container["command"]]
+            env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)} | {e["name"]: host(e["value"])
+                                                                         for e in container["env"]}
+            if argv[1:3] == ["-m", "services.manager.executors.kubernetes_handoff"]:  # in-process: saves a start-up
+                code, log = main(argv[3:]), ""
+            else:
+                done = subprocess.run(argv, env=env, cwd=root, capture_output=True, text=True, timeout=60)
+                code, log = done.returncode, done.stdout + done.stderr
+            if code:
+                return Run("fail", log, exit_code=code, container=index)
+        return Run("ok", log)
+    return script
+
+
+def test_the_multi_worker_pod_hands_each_result_to_the_next(client: redis.Redis, settings: Settings,
+                                                           tmp_path: Path, pipeline_name: str) -> None:
+    (tmp_path / "run").mkdir()
+    for name, text in (("thumb.py", THUMB), ("tag.py", TAG)):
+        (tmp_path / "run" / name).write_text(text)
+    work = {"chain": [{"command": ["python", str(tmp_path / "run" / "thumb.py")]},
+                      {"command": ["python", str(tmp_path / "run" / "tag.py")]}], "max_deliveries": 1}
+    _run(client, settings, tmp_path, pipeline_name, work, local_kubelet(tmp_path / "run"),
+         {"v1": {"uri": "file:///v1.mp4"}, "v2": {"broken": True}}, done=1, dead=1, timeout=30)
+    assert results(client, Keys(pipeline_name)) == {
+        "v1": {"id": "v1", "attempt": 1, "tag": "THUMBNAIL OF FILE:///V1.MP4", "size": 64}}
+    (letter,) = list_dead_letters(client, Keys(pipeline_name), "w")
+    assert "in container a0-0-thumb-py" in letter.reason and letter.reason.endswith("thumb: v2 is not a video")

@@ -7,6 +7,8 @@ shared so a Job pod and a rendered Deployment can never drift apart).
 for every delivery of one item version (a restarted manager finds the Job it made: AlreadyExists means adopt), a
 new one for a new version. At most 63 characters (the Job controller puts it in the pods' `job-name` label), a
 DNS-1123 label. The item id itself goes in the annotation `batchmesh.io/item`, with its version and stream entry.
+Labels: services/render/k8s_objects.labels (role `job`) + `batchmesh.io/executor: kubernetes`; the pods have no
+`app.kubernetes.io/part-of: batchmesh` (the mesh's Redis NetworkPolicy admits those; a Job runs the user's code).
 
 **The item.** In a ConfigMap of the Job's name (key `item.json`, plus `pipeline.yaml` when the pod runs
 `services.workers.once`), mounted read-only at /batchmesh/item: WORK_ITEM_FILE = /batchmesh/item/item.json. A
@@ -208,6 +210,8 @@ class JobBuilder:
         if init:
             pod["initContainers"] = init
         pod |= {"containers": main, "volumes": volumes}
+        # not part-of batchmesh: the mesh's Redis NetworkPolicy admits those pods, and a Job runs the user's code
+        pod_labels = {k: v for k, v in self.labels.items() if k != "app.kubernetes.io/part-of"}
         annotations = {f"{PREFIX}/item": item.id, f"{PREFIX}/version": item.version or "",
                        f"{PREFIX}/entry": entry, f"{PREFIX}/attempts": str(item.attempts)}
         return {
@@ -219,7 +223,7 @@ class JobBuilder:
                 "activeDeadlineSeconds": job_deadline(self.attempt_s, self.max_deliveries, spec.start_timeout),
                 "ttlSecondsAfterFinished": int(spec.ttl_after_finished),
                 "podFailurePolicy": {"rules": [dict(DISRUPTION)]},
-                "template": {"metadata": {"labels": dict(self.labels), "annotations": {f"{PREFIX}/item": item.id}},
+                "template": {"metadata": {"labels": pod_labels, "annotations": {f"{PREFIX}/item": item.id}},
                              "spec": pod},
             },
         }
