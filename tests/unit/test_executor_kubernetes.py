@@ -22,8 +22,9 @@ from services.core.results import results
 from services.core.spec import load_pipeline
 from services.manager.diff import Dispatcher
 from services.manager.executors import StageContext, executor_class, stage_settings
-from services.manager.executors.kubernetes import KubernetesExecutor, parse_result
+from services.manager.executors.kubernetes import KubernetesExecutor
 from services.manager.executors.kubernetes_job import PREFIX, job_name
+from services.manager.executors.kubernetes_outcome import parse_result
 
 NS = "batchmesh"
 

@@ -11,17 +11,15 @@ Like `docker` (whose loop it shares, from `process`: read-ahead, batched commits
   it finished (resumes it, making the ConfigMap, if the crash came between the two). A Job left by an entry that is
   no longer pending (a retry of the item, a replay) is deleted and made again. At start, Jobs of this stage whose
   entry is no longer pending (a crash between commit and deletion) are deleted.
-- **The outcome** from the Job's status conditions, polled (read_namespaced_job) every `kubernetes.poll` seconds at
-  most (a tenth of it first, half as long again each time: no busy loop, concurrency / poll requests a second at
-  worst). `Complete`: the result is the **last line of the succeeded pod's log (its last container) that is a JSON
-  object** — the worker contract's stdout; the log interleaves stderr, so a worker logging JSON objects to stderr
-  after its result would be misread. No such line: the whole log parsed as JSON, else {"stdout": its tail}, as
-  core.command.read_result treats stdout; $WORK_OUTPUT_DIR/result.json is not read (the emptyDir goes with the
-  pod). `Failed`: Kubernetes already spent every delivery (backoffLimit), so the item goes straight to the
-  dead-letter stream — the reason names BackoffLimitExceeded's last exit code (or OOM kill) and container and ends
-  with that container's log tail (pods selected by `batch.kubernetes.io/job-name`, older clusters `job-name`, and
-  owned by the Job's uid); `DeadlineExceeded` (the Job's deadline) or a pod killed at its own deadline says
-  "timeout". A Job that cannot be made or vanishes is a failed attempt: retried by the stream like any other.
+- **The outcome** (kubernetes_outcome) from the Job's status conditions, polled (read_namespaced_job) every
+  `kubernetes.poll` seconds at most (a tenth of it first, half as long again each time: no busy loop, concurrency /
+  poll requests a second at worst). `Complete`: the result is the **last line of the succeeded pod's log (its last
+  container) that is a JSON object** — the worker contract's stdout (see kubernetes_outcome for the whole rule;
+  $WORK_OUTPUT_DIR/result.json is not read: the emptyDir goes with the pod). `Failed`: Kubernetes already spent
+  every delivery (backoffLimit), so the item goes straight to the dead-letter stream, the reason naming the failed
+  container, its exit code (or OOM kill) and ending with its log tail; `DeadlineExceeded` (the Job's deadline) or a
+  pod killed at its own deadline says "timeout". A Job that cannot be made or vanishes is a failed attempt:
+  retried by the stream like any other.
 - **Cleanup after the commit**: the Job is deleted (propagation Background: its pods and ConfigMap go with it)
   only once its outcome is committed; until then a crash leaves it for the next manager to adopt.
 - On stop, items whose Job still runs are left pending with their Jobs (not failed): the next manager adopts them.
@@ -36,7 +34,6 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,43 +46,16 @@ from services.core.spec_kubernetes import StageKubernetes
 
 from .base import StageContext
 from .kubernetes_job import PREFIX, JobBuilder, configmap, job_deadline, job_name, owned_by, selector
+from .kubernetes_outcome import JobOutcome, OutcomeReader
 from .process import ProcessExecutor
 
 log = logging.getLogger(__name__)
 
 TIMEOUT = (5, 30)  # every API call: connect, read (seconds)
-LOG_LINES = 200  # of a pod's log: fetched for the result (the last JSON object line) and for a failure's reason
 GRACE_S = 120  # the manager gives up on a Job this long after its activeDeadlineSeconds (a stuck controller)
 NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 DEFAULT_NAMESPACE = "batchmesh"  # services/render/k8s_objects.py NAMESPACE
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
-
-
-@dataclass(frozen=True)
-class JobOutcome(Outcome):
-    final: bool = False  # every delivery is used up (the Job's own retries): dead-letter, do not retry
-    abandoned: bool = False  # the manager stops while the Job runs: leave the entry pending, the Job to adopt
-
-
-def parse_result(text: str) -> dict[str, Any]:
-    """The result in a pod's log: the last line that is a JSON object; else the whole log as JSON (a non-object
-    value becomes {"result": value}); else {"stdout": its tail}; an empty log is {}."""
-    for line in reversed(text.splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                value = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                return value
-    if not text.strip():
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return {"stdout": text.strip()[-STDERR_TAIL:]}
-    return value if isinstance(value, dict) else {"result": value}
 
 
 def _api_client() -> Any:
@@ -148,6 +118,8 @@ class KubernetesExecutor(ProcessExecutor):
         self.spec_text = ctx.pipeline_path.read_text() if self.builder.needs_spec and ctx.pipeline_path else None
         self.selector = selector(ctx.pipeline.name, ctx.stage)
         self.deadline_s = job_deadline(self.builder.attempt_s, self.max_deliveries, spec.start_timeout)
+        self.reader = OutcomeReader(self.core, self.namespace, self.builder, TIMEOUT,
+                                    (self.max_deliveries, self.deadline_s, spec.start_timeout))
         self.settled: dict[bytes, str] = {}  # entry -> its finished Job, deleted once the outcome is committed
         self.settled_lock = threading.Lock()
         try:  # fail at start, with the reason, when the cluster or the manager's RBAC is not there
@@ -327,73 +299,8 @@ class KubernetesExecutor(ProcessExecutor):
                 return JobOutcome(False, reason=f"timeout: Job {name} has no outcome {GRACE_S}s after its "
                                                 f"activeDeadlineSeconds ({self.deadline_s}s); deleted")
         if cond.type == "Complete":
-            return self._result(name, job)
-        return JobOutcome(False, reason=self._failure(name, job, cond), final=True)
-
-    # -- reading the outcome --------------------------------------------------------------------------------
-
-    def _pods(self, name: str, uid: str) -> list[Any]:
-        """The Job's pods, oldest first."""
-        found: list[Any] = []
-        for label in ("batch.kubernetes.io/job-name", "job-name"):
-            pods = self.core.list_namespaced_pod(self.namespace, label_selector=f"{label}={name}",
-                                                 _request_timeout=TIMEOUT).items
-            found = [p for p in pods if any(ref.uid == uid for ref in p.metadata.owner_references or [])]
-            if found:
-                break
-        return sorted(found, key=lambda p: p.metadata.creation_timestamp or datetime.min.replace(tzinfo=UTC))
-
-    def _log(self, pod: str, container: str) -> str:
-        try:
-            return str(self.core.read_namespaced_pod_log(pod, self.namespace, container=container,
-                                                         tail_lines=LOG_LINES, _request_timeout=TIMEOUT) or "")
-        except self.ApiException as exc:
-            return f"(no log: {exc.status} {exc.reason})"
-
-    def _result(self, name: str, job: Any) -> Outcome:
-        succeeded = [p for p in self._pods(name, job.metadata.uid) if p.status and p.status.phase == "Succeeded"]
-        if not succeeded:
-            return JobOutcome(False, reason=f"Job {name} completed but its pod is gone: its result (the pod's log) "
-                                            "cannot be read")
-        return JobOutcome(True, result=parse_result(self._log(succeeded[-1].metadata.name,
-                                                              self.builder.main_container)))
-
-    def _failure(self, name: str, job: Any, cond: Any) -> str:
-        failed = [p for p in self._pods(name, job.metadata.uid) if p.status and p.status.phase == "Failed"]
-        attempts = job.status.failed or len(failed)
-        what, tail = "", ""
-        if failed:
-            what, tail = self._pod_failure(failed[-1])
-        if cond.reason == "DeadlineExceeded":
-            head = (f"timeout: Job {name} ran past its activeDeadlineSeconds ({self.deadline_s}s: "
-                    f"{self.max_deliveries} attempt(s) of {self.builder.attempt_s}s plus "
-                    f"{self.spec.start_timeout:g}s each to start, and the backoffs)")
-        elif cond.reason == "BackoffLimitExceeded":
-            head = f"failed {attempts} of {self.max_deliveries} attempts (Job {name}, BackoffLimitExceeded)"
-        else:
-            head = f"Job {name} failed ({cond.reason}: {cond.message or ''})"
-        return "; ".join(x for x in (head, what) if x) + (f": {tail}" if tail else "")
-
-    def _pod_failure(self, pod: Any) -> tuple[str, str]:
-        """What ended one failed pod, and the log tail of its failing container."""
-        status = pod.status
-        if status.reason == "DeadlineExceeded":
-            what = f"the last attempt: timeout after {self.builder.attempt_s}s (the pod's activeDeadlineSeconds)"
-        else:
-            what = ""
-        statuses = [*(status.init_container_statuses or []), *(status.container_statuses or [])]
-        for st in statuses:
-            term = (st.state.terminated if st.state else None) or (st.last_state.terminated if st.last_state
-                                                                  else None)
-            if term is None or not term.exit_code:
-                continue
-            if term.reason == "OOMKilled":
-                limit = ((self.builder.resources().get("limits") or {}).get("memory")) or "?"
-                what = what or f"OOM killed in container {st.name} (memory limit {limit})"
-            else:
-                what = what or f"exit code {term.exit_code} in container {st.name}"
-            return what, self._log(pod.metadata.name, st.name).strip()[-STDERR_TAIL:]
-        return what or f"pod {pod.metadata.name} failed ({status.reason or 'no reason'})", ""
+            return self.reader.result(name, job)
+        return JobOutcome(False, reason=self.reader.failure(name, job, cond), final=True)
 
     # -- leftovers ------------------------------------------------------------------------------------------
 
