@@ -25,6 +25,7 @@ class Chain:
             raise ValueError("a chain needs at least one adapter")
         self.adapters = adapters
         self.has_commands = any(a.is_command for a in adapters)
+        self.has_functions = not all(a.is_command for a in adapters)  # in-process: timed by workers.watchdog
         self._dirs = [f"{i}-{_safe(a.name)}" for i, a in enumerate(adapters)]
 
     def __len__(self) -> int:

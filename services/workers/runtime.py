@@ -34,6 +34,7 @@ from services.core.stage import Commit, Delivery, StreamConsumer
 
 from .chain import Chain, build_chain
 from .lease import Lease
+from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,8 @@ class _Worker:
     def __init__(self, pipeline: Pipeline, stage: str, settings: Settings, chain: Chain, client: redis.Redis) -> None:
         work = pipeline.stages[stage].body
         self.stage, self.settings, self.chain, self.client = stage, settings, chain, client
-        self.concurrency = work.concurrency
+        self.concurrency, self.timeout = work.concurrency, work.timeout
+        self.watchdog: Watchdog | None = None  # set while the loop runs
         self.output = stage if pipeline.readers(stage) else None  # None: a sink records results instead
         self.out_root = settings.out_dir / stage
         self.count = settings.batch_size
@@ -106,6 +108,8 @@ class _Worker:
             "event": "worker.start", "stage": self.stage, "consumer": c.consumer, "input": c.stream_key,
             "adapters": self.chain.names, "concurrency": self.concurrency, "batch": self.count})
         lease = Lease(self.client, c.stream_key, c.group, c.consumer, self.settings.visibility_timeout_ms)
+        # Functions cannot be killed at the stage timeout as commands are: a hung one ends the process (watchdog).
+        self.watchdog = Watchdog(self.timeout, self.stage) if self.chain.has_functions else None
         self.m_workers.inc()
         health = (health or RoleHealth(self.settings.pipeline, "worker", self.stage)).started()
         try:
@@ -138,6 +142,8 @@ class _Worker:
         finally:
             health.stopped()
             lease.close()
+            if self.watchdog is not None:
+                self.watchdog.close()
             self.m_workers.dec()
             log.info("worker stopped", extra={"event": "worker.stop", "stage": self.stage, "consumer": c.consumer,
                                              "done": self.done, "failed": self.failed})
@@ -199,7 +205,13 @@ class _Worker:
         item = delivery.item
         assert item is not None
         started = time.perf_counter()
-        outcome = self.chain.run(item, self.out_root / item.dirname)
+        if self.watchdog is not None:
+            self.watchdog.begin(item.id)
+        try:
+            outcome = self.chain.run(item, self.out_root / item.dirname)
+        finally:
+            if self.watchdog is not None:
+                self.watchdog.end()
         spent = time.perf_counter() - started
         self.m_time.observe(spent)
         self._spent.append(spent)
