@@ -2,8 +2,8 @@
 
 The secrets of a process are the values (of at least MIN_LENGTH characters) of its environment that name one:
 
-- the password of REDIS_URL / BATCHMESH_REDIS_URL (`redis://user:password@…`), BATCHMESH_REDIS_PASSWORD and the
-  content of BATCHMESH_REDIS_PASSWORD_FILE;
+- the password of REDIS_URL / BATCHMESH_REDIS_URL / RQ_REDIS_URL (`redis://user:password@…`),
+  BATCHMESH_REDIS_PASSWORD and the content of BATCHMESH_REDIS_PASSWORD_FILE;
 - BATCHMESH_SOURCE_TOKEN and the content of BATCHMESH_SOURCE_TOKEN_FILE;
 - any variable whose name holds PASSWORD, SECRET, TOKEN, APIKEY or API_KEY (a spec's `containers.env` secret,
   SIGNUP_SECRET of the signup example).
@@ -30,7 +30,7 @@ from .settings import Settings
 
 MIN_LENGTH = 4  # shorter values are not treated as secrets: scrubbing "ab" from every line would garble logs
 MASK = "***"
-URL_VARIABLES = ("REDIS_URL", "BATCHMESH_REDIS_URL")
+URL_VARIABLES = ("REDIS_URL", "BATCHMESH_REDIS_URL", "RQ_REDIS_URL")
 FILE_VARIABLES = ("BATCHMESH_REDIS_PASSWORD_FILE", "BATCHMESH_SOURCE_TOKEN_FILE")
 MESH_SECRETS = ("BATCHMESH_REDIS_PASSWORD", "BATCHMESH_REDIS_PASSWORD_FILE", "BATCHMESH_SOURCE_TOKEN",
                 "BATCHMESH_SOURCE_TOKEN_FILE")

@@ -58,10 +58,11 @@ def rq_queue(pipeline: Pipeline, stage: str) -> str:
     return f"batchmesh-{pipeline.name}-{stage}"
 
 
-def rq_argv(pipeline: Pipeline, stage: str, redis_url: str, python: str = "python") -> list[str]:
-    """rq's own worker for an rq stage (it runs the jobs the manager enqueues)."""
-    return [python, "-m", "rq.cli", "worker", "--url", redis_url, "--worker-class", "rq.SimpleWorker",
-            "--logging_level", "WARNING", rq_queue(pipeline, stage)]
+def rq_argv(pipeline: Pipeline, stage: str, redis_url: str | None, python: str = "python") -> list[str]:
+    """rq's own worker for an rq stage (it runs the jobs the manager enqueues). `redis_url` None: rq reads
+    RQ_REDIS_URL from its environment (the local run: no password in a process's argv)."""
+    return [python, "-m", "rq.cli", "worker", *(["--url", redis_url] if redis_url else []), "--worker-class",
+            "rq.SimpleWorker", "--logging_level", "WARNING", rq_queue(pipeline, stage)]
 
 
 @dataclass(frozen=True)

@@ -130,12 +130,15 @@ def _scale_workers(supervisor: Supervisor, pipeline: Pipeline, path: Path, snap:
 
 
 def _start_rq_workers(supervisor: Supervisor, pipeline: Pipeline) -> None:
-    """rq stages: rq's own worker runs the jobs the manager enqueues (one per replica)."""
+    """rq stages: rq's own worker runs the jobs the manager enqueues (one per replica). It reads the URL from
+    RQ_REDIS_URL (rq's own variable, with the TLS settings as URL options), not from its argv, where every local
+    user could read the password."""
+    if any(work.executor == "rq" for work in pipeline.work_stages().values()):
+        supervisor.env["RQ_REDIS_URL"] = client_url(supervisor.env["REDIS_URL"])
     for name, work in pipeline.work_stages().items():
         if work.executor == "rq":
             for i in range(max(work.replicas.min, 1)):
-                supervisor.start_argv(f"rq-{name}-{i}", rq_argv(pipeline, name, client_url(supervisor.env["REDIS_URL"]),
-                                                               sys.executable))
+                supervisor.start_argv(f"rq-{name}-{i}", rq_argv(pipeline, name, None, sys.executable))
 
 
 def run_pipeline(pipeline: Pipeline, path: Path, out_dir: Path, *, timeout: float = 0,
