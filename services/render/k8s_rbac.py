@@ -3,7 +3,7 @@ Jobs it makes (plain dicts; nothing here for a pipeline without such a stage, so
 
 - a ServiceAccount `<pipeline>-manager` whose token the manager pod mounts (every other pod mounts none);
 - a Role with the least the executor calls (services/manager/executors/kubernetes.py): Jobs create / get / list /
-  patch (resume a suspended Job) / delete, ConfigMaps create / get / update (replace one an older Job left), pods
+  patch (resume a suspended Job) / delete, ConfigMaps create / get / delete (an immutable one an older Job left), pods
   list (to find a Job's pods), pods/log get (the result and the failure's reason) — bound by a RoleBinding;
 - a NetworkPolicy for the manager's egress: DNS, Redis, the source, and the API server on TCP 443 and 6443 (the
   `kubernetes` Service's port and the port its endpoints usually listen on, as the CNI sees traffic after the
@@ -57,7 +57,7 @@ def manager_pod(pipeline: Pipeline, pod: dict[str, Any]) -> None:
 def role_rules() -> list[dict[str, Any]]:
     return [
         {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "list", "patch", "delete"]},
-        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "get", "update"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "get", "delete"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     ]

@@ -183,6 +183,10 @@ def test_a_restarted_manager_adopts_the_running_job(client: redis.Redis, pipelin
     cluster.request("POST", f"http://x/apis/batch/v1/namespaces/{NS}/jobs", _request_timeout=5,
                     body=first.builder.job(half, _item("half"), delivery.entry_id.decode()))
 
+    stale = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": half, "ownerReferences": [
+        {"apiVersion": "batch/v1", "kind": "Job", "name": half, "uid": "uid-of-an-older-job"}]}, "data": {}}
+    cluster.request("POST", f"http://x/api/v1/namespaces/{NS}/configmaps", body=stale, _request_timeout=5)
+
     state["done"] = True
     second = make(cluster)  # a new manager over the same stream and cluster
     second.start()
@@ -195,7 +199,11 @@ def test_a_restarted_manager_adopts_the_running_job(client: redis.Redis, pipelin
     pods = [d for d in cluster.sent if d["kind"] == "Pod"]
     assert pods == []  # the executor never makes pods; the Job controller does
     assert len(cluster.logs) == 2  # one pod each ran: long's (adopted while it ran) and half's
-    assert cluster.creates["configmaps"] == 2  # long's, and half's (made by the second manager when it resumed it)
+    # long's, the stale one, and half's: the second manager replaced the stale one (immutable: delete, create)
+    assert cluster.creates["configmaps"] == 3 and (half, None) in cluster.deleted
+    owners = [d["metadata"]["ownerReferences"][0]["uid"] for d in cluster.sent
+              if d["kind"] == "ConfigMap" and d["metadata"]["name"] == half]
+    assert owners[0] == "uid-of-an-older-job" and owners[-1].startswith("uid-") and owners[-1] != owners[0]
     assert name in [n for n, _ in cluster.deleted]
 
 

@@ -264,7 +264,8 @@ class KubernetesExecutor(ProcessExecutor):
                 raise
             found = self.core.read_namespaced_config_map(name, self.namespace, _request_timeout=TIMEOUT)
             if [ref.uid for ref in found.metadata.owner_references or []] != [uid]:  # an older Job's, not yet GC'd
-                self.core.replace_namespaced_config_map(name, self.namespace, body, _request_timeout=TIMEOUT)
+                self.core.delete_namespaced_config_map(name, self.namespace, _request_timeout=TIMEOUT)  # immutable
+                self.core.create_namespaced_config_map(self.namespace, body, _request_timeout=TIMEOUT)
 
     def _pending(self, entry: str) -> bool:
         if not entry:

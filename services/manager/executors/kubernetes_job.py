@@ -14,7 +14,8 @@ Labels: services/render/k8s_objects.labels (role `job`) + `batchmesh.io/executor
 `services.workers.once`), mounted read-only at /batchmesh/item: WORK_ITEM_FILE = /batchmesh/item/item.json. A
 ConfigMap, not the env: the worker contract is a *file* (the same bytes as every other executor writes), an item
 may be larger than an environment variable comfortably holds (the ConfigMap allows ~1 MiB), and item data stays out
-of the Job's spec (`kubectl describe job` lists env). Its ownerReference is the Job, so the garbage collector
+of the Job's spec (`kubectl describe job` lists env). Immutable: the kubelets watch none of them (with a
+ConfigMap per item that is load the API server is spared). Its ownerReference is the Job, so the garbage collector
 deletes it with the Job; that is why the Job is created suspended, then the ConfigMap (it needs the Job's uid), then
 the Job resumed (see the executor).
 
@@ -100,7 +101,8 @@ def configmap(name: str, item: WorkItem, lab: dict[str, str], spec_text: str | N
     if size > MAX_CONFIGMAP:
         raise ValueError(f"the item document is {size} bytes, over what a ConfigMap holds ({MAX_CONFIGMAP}): pass "
                          "large data by reference (a uri) instead")
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": dict(lab)}, "data": data}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": dict(lab)},
+            "immutable": True, "data": data}
 
 
 def owned_by(doc: dict[str, Any], job_name_: str, uid: str) -> dict[str, Any]:
