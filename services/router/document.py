@@ -26,7 +26,8 @@ def document(delivery: Delivery) -> tuple[Document | None, str]:
     if len(delivery.raw) > MAX_ITEM_BYTES:
         return None, f"item is larger than {MAX_ITEM_BYTES} bytes ({len(delivery.raw)} bytes)"
     try:  # core found it malformed as a work item; a router needs less (same rule as the Lua script)
-        raw = strict_json.loads(delivery.raw) if delivery.raw else None  # we write strict JSON only
+        # strict UTF-8 first: json.loads(bytes) would let UTF-8-encoded surrogates through (surrogatepass)
+        raw = strict_json.loads(delivery.raw.decode("utf-8")) if delivery.raw else None  # strict JSON only
     except ValueError:
         raw = None
     if not isinstance(raw, dict):

@@ -1,8 +1,8 @@
 """Garbage XADDed into a stage's input stream by someone else — not JSON, no `item` field, missing or mistyped
-fields, a 10 MB item, invalid UTF-8 — is dead-lettered with a reason at every kind of consumer, and the consumer
-keeps running and processes the good entries around it: a work stage (the stream executor's worker, and the
-manager-driven process executor), each router kind on the server-side (Lua) path and on the Python path, a join
-and a reduce. Each role runs for real in a thread against the embedded Redis."""
+fields, a 10 MB item, invalid UTF-8 (a surrogate encoded as UTF-8 too) — is dead-lettered with a reason at every
+kind of consumer, and the consumer keeps running and processes the good entries around it: a work stage (the
+stream executor's worker, and the manager-driven process and rq executors), each router kind on the server-side
+(Lua) path and on the Python path, a join and a reduce. Each role runs for real in a thread on the embedded Redis."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ GARBAGE: list[tuple[str, dict[bytes, bytes]]] = [
     ("id of the wrong type", {b"item": b'{"id": 5, "data": {"keep": true}}'}),
     ("data of the wrong type", {b"item": b'{"id": "w", "data": "text"}'}),
     ("invalid UTF-8", {b"item": b'{"id": "bad-\xff\xfe", "data": {"keep": true}}'}),
+    ("a UTF-8-encoded surrogate", {b"item": b'{"id": "cesu-\xed\xa0\x80", "data": {"keep": true}}'}),
     ("a 10 MB item", {b"item": BIG}),
 ]
 GOOD = [f"good-{i}" for i in range(6)]
