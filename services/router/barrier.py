@@ -83,6 +83,7 @@ class Arrival:
     id: str
     hold: bytes = b""
     increments: tuple[tuple[str, str, str], ...] = ()
+    small: bool = True  # every amount is below 1e300 in magnitude: no increment can fail (barrier_scripts.STEP)
 
 
 class Barrier:
@@ -205,13 +206,15 @@ class Barrier:
         many of them were folded late: first arrived after the batch had fired)."""
         k = self.keys
         args: list[Any] = [self.stage, "" if self.plan.expected is None else self.plan.expected,
-                           f"{time.time():.3f}", len(arrivals), *(d.entry_id for d, _ in arrivals)]
-        for _, a in arrivals:
-            args += [a.id, a.hold, len(a.increments), *(x for inc in a.increments for x in inc)]
+                           f"{time.time():.3f}", BATCH_TTL_S, len(arrivals), *(d.entry_id for d, _ in arrivals)]
+        for d, a in arrivals:
+            args += [a.id, a.hold, d.deliveries, "1" if a.small else "", len(a.increments),
+                     *(x for inc in a.increments for x in inc)]
         keys = [self.consumer.stream_key, k.stage_stats(self.stage), k.barrier(self.stage, batch, "in"),
                 k.barrier(self.stage, batch, "agg"), k.barrier(self.stage, batch, "held"),
                 k.barrier(self.stage, batch, "state"), k.manifest(batch), k.batch_items(batch),
                 k.barrier(self.stage, batch, "scratch"), self._output_key(), k.arrivals(),
+                k.dead_letters(self.stage), k.states(), k.counts(), k.derived(), k.batch_dead(batch, self.stage),
                 *(k.batch_dead(batch, s) for s in self.plan.dead_stages),
                 *(k.barrier(sibling, batch, "in") for sibling in self.plan.siblings),
                 *([k.barrier(self.stage, batch, "skipped")] if self.plan.expected is None else [])]  # spec_skips
@@ -219,9 +222,13 @@ class Barrier:
         self._step(keys=keys, args=args, client=pipe)
         if arrivals and not self.emits_held:  # the items end here (a join releasing them passes them on)
             self.consumer.progress.mark([a.id for _, a in arrivals], DONE, pipe=pipe)
-        (folded, fired, late), *_ = pipe.execute()
+        (folded, fired, late, dead), *_ = pipe.execute()
         if arrivals:
             self.consumer.m_out.inc(int(folded))
+        if dead:  # an item whose increments could not all be applied (the fold's numeric rule, router.reduce)
+            self.consumer.m_dead.inc(int(dead))
+            log.warning("dead-lettered at the fold", extra={"event": "item.dead", "stage": self.stage,
+                                                           "batch": batch, "items": int(dead)})
         return bool(fired), int(late)
 
     def _finish(self, batch: str) -> None:
@@ -269,7 +276,7 @@ def _chunks(arrivals: list[tuple[Delivery, Arrival]]) -> list[list[tuple[Deliver
     chunks: list[list[tuple[Delivery, Arrival]]] = [[]]
     size = 0
     for pair in arrivals:
-        cost = 4 + 3 * len(pair[1].increments)
+        cost = 6 + 3 * len(pair[1].increments)
         if chunks[-1] and size + cost > MAX_ARGS - 1000:
             chunks.append([])
             size = 0

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.core import Delivery
+from services.core import Delivery, strict_json
 from services.core.barriers import SEP, aggregate, barrier_state, top
 from services.core.expressions import compile_expression, route_key, truthy
 from services.core.spec_barriers import FoldSpec, ReduceSpec
@@ -28,21 +28,53 @@ log = logging.getLogger(__name__)
 Increment = tuple[str, str, str]  # (op 'i' | 'f', hash field, amount)
 
 
-def _finite(value: int | float) -> bool:
+# The numeric rule of a fold. Integers are exact at any size up to MAX_DIGITS digits (Redis' HINCRBY within
+# int64, exact decimal arithmetic in the fold script beyond: barrier_scripts.STEP); a sum holding a fraction is a
+# double (Redis' HINCRBYFLOAT). An item whose value is not a finite number (NaN, Infinity, the strings
+# core.strict_json writes for them, 1e400, text, a bool), an integer of more digits, or whose increments would take
+# an aggregate beyond the range of a double (1e308 + 1e308) is dead-lettered with the reason, and none of its
+# increments is applied: an aggregate is never half an item.
+MAX_DIGITS = 400
+
+
+def _show(value: Any) -> str:
     try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer beyond any float (1e400 written out in digits): no aggregate holds it
-        return False
+        return json.dumps(value)[:80]
+    except ValueError:  # an integer of more digits than Python prints
+        return "an integer of thousands of digits"
 
 
 def _number(value: Any, what: str) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
-        raise ValueError(f"{what}: {json.dumps(value)[:80]} is not a finite number")
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+            isinstance(value, float) and not math.isfinite(value)):
+        raise ValueError(f"{what}: {_show(value)} is not a finite number")
+    if isinstance(value, int) and not -10**MAX_DIGITS < value < 10**MAX_DIGITS:
+        raise ValueError(f"{what}: {_show(value)} is not a finite number a fold keeps exact (integers: at most "
+                         f"{MAX_DIGITS} digits)")
     return value
 
 
+def _total(values: list[Any], what: str) -> float | int:
+    """One item's sum of a list, by the same rule (a fraction makes it a double, which must stay finite)."""
+    try:
+        total = sum(_number(v, what) for v in values)
+        return _number(total, what) if isinstance(total, float) else total
+    except OverflowError:  # an integer beyond any double added to a fraction
+        raise ValueError(f"{what}: the item's sum leaves the range of a double") from None
+
+
+def _small(increment: Increment) -> bool:
+    """Below 1e300 in magnitude: added to values below that, it cannot leave the range of a double."""
+    op, _, amount = increment
+    return len(amount) < 300 if op == "i" else abs(float(amount)) < 1e300
+
+
 def _increment(field: str, value: int | float) -> Increment:
-    return ("i", field, str(value)) if isinstance(value, int) else ("f", field, repr(float(value)))
+    if isinstance(value, int):
+        return "i", field, str(_number(value, field.replace(SEP, ".")))
+    if not math.isfinite(value):
+        raise ValueError(f"{field.replace(SEP, '.')}: the item's sum leaves the range of a double")
+    return "f", field, repr(float(value))
 
 
 def _bucket(value: Any, edges: list[float]) -> str:
@@ -74,7 +106,7 @@ class Folder:
             if isinstance(value, dict):
                 return [_increment(f"{self.name}{SEP}{key}", _number(v, f"{what}.{key}")) for key, v in value.items()]
             values = value if isinstance(value, list) else [value]
-            return [_increment(self.name, sum(_number(v, what) for v in values))]
+            return [_increment(self.name, _total(values, what))]
         values = value if isinstance(value, list) else [value]
         return [("i", f"{self.name}{SEP}{self._key(v)}", "1") for v in values if v is not None]
 
@@ -83,7 +115,7 @@ class Folder:
             return _bucket(value, self.spec.buckets)
         key = route_key(value) if not isinstance(value, float) else repr(value)
         if key is None:
-            raise ValueError(f"histogram {self.name}: {json.dumps(value)[:80]} is not a countable value")
+            raise ValueError(f"histogram {self.name}: {_show(value)} is not a countable value")
         return key
 
 
@@ -102,7 +134,7 @@ class Reduce(Barrier):
         assert delivery.item is not None
         doc, _ = document(delivery)
         increments = tuple(inc for folder in self.folders for inc in folder.increments(doc or {}))
-        return Arrival(delivery.item.id, increments=increments)
+        return Arrival(delivery.item.id, increments=increments, small=all(map(_small, increments)))
 
     def result(self, batch: str, summary: dict[str, Any], *, final: bool) -> dict[str, Any]:
         agg = aggregate(self.client, self.keys, self.stage, batch, self.operators)
@@ -170,5 +202,5 @@ class Reduce(Barrier):
         path: Path = self.path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+        tmp.write_text(strict_json.dumps(data, indent=1) + "\n")  # a reader's JSON.parse takes it (core.strict_json)
         os.replace(tmp, path)

@@ -296,7 +296,7 @@ def test_sum_of_numbers_lists_objects_and_floats(client: redis.Redis, settings: 
 
 def test_integer_sums_stay_exact_then_go_on_in_floats(client: redis.Redis, settings: Settings) -> None:
     """Integers add exactly (also past 2**53); a field that got a fraction goes on as a float; a sum past int64
-    goes on in Redis' long double, still exact below 2**64."""
+    goes on exactly, in decimal (router.reduce's numeric rule; tests/integration/test_reduce_hostile.py)."""
     data = [{"n": 2**53, "m": 2**62 + 1}, {"n": 1, "m": 2**62 + 1}, {"n": 1.5, "m": 2}]
     _, final = run_batch(client, settings, {"n": {"sum": "data.n"}, "m": {"sum": "data.m"}}, data)
     assert final.data["aggregate"]["m"] == 2**63 + 4
