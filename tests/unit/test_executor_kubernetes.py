@@ -279,6 +279,21 @@ def test_an_api_error_is_a_failed_attempt_retried_by_the_stream(
     assert reasons == [f"Kubernetes API 500 Error for Job {refused[0]}: etcdserver: request timed out"]
 
 
+def test_a_flaky_api_server_costs_no_attempt(client: redis.Redis, pipeline_name: str,
+                                             make: Callable[..., KubernetesExecutor]) -> None:
+    cluster = FakeCluster(echo)
+    executor = make(cluster)
+    name = job_name(pipeline_name, "w", _item("a"))
+    cluster.faults = [("GET", f"/jobs/{name}", 503), ("GET", f"/jobs/{name}", 500), ("GET", "/log", 503),
+                      ("GET", "/pods", 502)]
+    executor.start()
+    dispatch(client, pipeline_name, {"a": {"n": 1}})
+    wait_for(lambda: counts(client, pipeline_name)["done"] == 1, what="done")
+    assert cluster.faults == [] and results(client, Keys(pipeline_name)) == {"a": {"id": "a", "n": 1}}
+    assert client.hgetall(Keys(pipeline_name).stage_stats("w")) == {b"out": b"1"}  # no failed attempt
+    assert cluster.creates["jobs"] == 1
+
+
 def test_timeouts_are_dead_lettered_naming_the_timeout(
         client: redis.Redis, pipeline_name: str, make: Callable[..., KubernetesExecutor]) -> None:
     def script(job: dict[str, Any], attempt: int, files: dict[str, str]) -> Run:

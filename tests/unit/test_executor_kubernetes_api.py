@@ -88,6 +88,7 @@ class FakeCluster:
         self.calls: list[tuple[str, str]] = []  # (method, path)
         self.deleted: list[tuple[str, str | None]] = []  # (job, propagationPolicy)
         self.creates = {"jobs": 0, "configmaps": 0}  # successful creates
+        self.faults: list[tuple[str, str, int]] = []  # (method, path suffix, status): the next match fails so
         self.lock = threading.RLock()
         self._uids = itertools.count(1)
 
@@ -100,6 +101,10 @@ class FakeCluster:
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         with self.lock:
             self.calls.append((method, parts.path))
+            for fault in self.faults:
+                if fault[0] == method and parts.path.endswith(fault[1]):
+                    self.faults.remove(fault)
+                    return _status(fault[2], "ServiceUnavailable", "the API server is restarting")
             return self._route(method, parts.path, query, body, headers or {})
 
     def close(self) -> None:

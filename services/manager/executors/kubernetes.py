@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from redis.exceptions import RedisError
 
 from services.core import Commit, Delivery, Keys
@@ -46,7 +47,7 @@ from services.core.spec_kubernetes import StageKubernetes
 
 from .base import StageContext
 from .kubernetes_job import PREFIX, JobBuilder, configmap, job_deadline, job_name, owned_by, selector
-from .kubernetes_outcome import JobOutcome, OutcomeReader
+from .kubernetes_outcome import TRANSIENT_STATUS, JobOutcome, OutcomeReader
 from .process import ProcessExecutor
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,11 @@ TIMEOUT = (5, 30)  # every API call: connect, read (seconds)
 GRACE_S = 120  # the manager gives up on a Job this long after its activeDeadlineSeconds (a stuck controller)
 NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 DEFAULT_NAMESPACE = "batchmesh"  # services/render/k8s_objects.py NAMESPACE
-TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+CONNECTION_ERRORS = (OSError, urllib3.exceptions.HTTPError)  # urllib3's own (MaxRetryError ...) are no OSErrors
 
 
-def _api_client() -> Any:
+def _api_client(pool: int) -> Any:
+    """From the in-cluster service account, else the kubeconfig; `pool` connections (one per Job in flight)."""
     from kubernetes import client, config
 
     try:
@@ -69,7 +71,9 @@ def _api_client() -> Any:
     except (config.ConfigException, OSError, TypeError, ValueError) as exc:
         raise RuntimeError(f"executor kubernetes finds no cluster (no in-cluster service account, no usable "
                            f"kubeconfig): {exc}") from None
-    return client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = pool
+    return client.ApiClient(configuration)
 
 
 def _namespace(spec: StageKubernetes) -> str:
@@ -109,7 +113,7 @@ class KubernetesExecutor(ProcessExecutor):
         self.spec: StageKubernetes = spec
         super().__init__(ctx)  # calls self.command()
         self.ApiException = ApiException
-        self.api = api_client if api_client is not None else _api_client()
+        self.api = api_client if api_client is not None else _api_client(self.slots + 4)
         self.batch, self.core = client.BatchV1Api(self.api), client.CoreV1Api(self.api)
         self.namespace = _namespace(spec)
         self.max_deliveries = ctx.settings.max_deliveries
@@ -130,6 +134,9 @@ class KubernetesExecutor(ProcessExecutor):
                                f"{self.namespace!r} ({exc.status} {exc.reason}): the manager's service account "
                                "needs the Role `batchmesh render k8s` emits (jobs, configmaps, pods, pods/log)"
                                ) from exc
+        except CONNECTION_ERRORS as exc:
+            raise RuntimeError(f"stage {ctx.stage!r}: executor kubernetes cannot reach the API server at "
+                               f"{self.api.configuration.host}: {exc}") from exc
 
     # -- the stage's command --------------------------------------------------------------------------------
 
@@ -214,6 +221,9 @@ class KubernetesExecutor(ProcessExecutor):
         except self.ApiException as exc:  # a failed attempt (retried by the stream), its reason on one line
             return JobOutcome(False, reason=f"Kubernetes API {exc.status} {exc.reason} for Job {name}: "
                                             f"{_api_message(exc)}")
+        except CONNECTION_ERRORS as exc:
+            return JobOutcome(False, reason=f"Kubernetes API unreachable for Job {name}: {type(exc).__name__}: "
+                                            f"{str(exc)[:STDERR_TAIL]}")
         if not (isinstance(outcome, JobOutcome) and outcome.abandoned):
             with self.settled_lock:
                 self.settled[delivery.entry_id] = name
@@ -292,7 +302,7 @@ class KubernetesExecutor(ProcessExecutor):
                     return JobOutcome(False, reason=f"Job {name} was deleted before it finished")
                 if exc.status not in TRANSIENT_STATUS:
                     raise
-            except OSError as exc:  # urllib3's connection errors: the API server restarts; read again
+            except CONNECTION_ERRORS as exc:  # the API server restarts, a connection breaks: read again
                 log.warning("cannot read a Job", extra={"event": "k8s.read_failed", "job": name,
                                                        "reason": str(exc)[:300], **self.labels})
             if time.monotonic() > give_up:

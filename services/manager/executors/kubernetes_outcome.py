@@ -17,6 +17,7 @@ owned by the Job's uid (never a same-named earlier Job's)."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +26,7 @@ from services.core.command import STDERR_TAIL, Outcome
 
 from .kubernetes_job import JobBuilder
 
+TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 LOG_LINES = 200  # of a pod's log: fetched for the result (the last JSON object line) and for a failure's reason
 
 
@@ -71,18 +73,35 @@ class OutcomeReader:
         """The Job's pods, oldest first."""
         found: list[Any] = []
         for label in ("batch.kubernetes.io/job-name", "job-name"):
-            pods = self.core.list_namespaced_pod(self.namespace, label_selector=f"{label}={name}",
-                                                 _request_timeout=self.timeout).items
+            pods = self._call(self.core.list_namespaced_pod, self.namespace, label_selector=f"{label}={name}").items
             found = [p for p in pods if any(ref.uid == uid for ref in p.metadata.owner_references or [])]
             if found:
                 break
         return sorted(found, key=lambda p: p.metadata.creation_timestamp or datetime.min.replace(tzinfo=UTC))
 
-    def _log(self, pod: str, container: str) -> str:
+    def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        """`method`, again (up to 3 times in all, 0.5 then 1 s apart) on a 429/5xx or a broken connection."""
+        import urllib3
+
+        for attempt in range(3):
+            try:
+                return method(*args, **kwargs, _request_timeout=self.timeout)
+            except (self.ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
+                status = getattr(exc, "status", None)
+                if attempt == 2 or (isinstance(exc, self.ApiException) and status not in TRANSIENT_STATUS):
+                    raise
+                time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _log(self, pod: str, container: str, *, required: bool = False) -> str:
+        """The container's last LOG_LINES lines. `required` (the result): an unreadable log raises (the attempt
+        fails and is retried), else it is described instead."""
         try:
-            return str(self.core.read_namespaced_pod_log(pod, self.namespace, container=container,
-                                                         tail_lines=LOG_LINES, _request_timeout=self.timeout) or "")
+            return str(self._call(self.core.read_namespaced_pod_log, pod, self.namespace, container=container,
+                                  tail_lines=LOG_LINES) or "")
         except self.ApiException as exc:
+            if required:
+                raise
             return f"(no log: {exc.status} {exc.reason})"
 
     def result(self, name: str, job: Any) -> Outcome:
@@ -91,7 +110,7 @@ class OutcomeReader:
             return JobOutcome(False, reason=f"Job {name} completed but its pod is gone: its result (the pod's log) "
                                             "cannot be read")
         return JobOutcome(True, result=parse_result(self._log(succeeded[-1].metadata.name,
-                                                              self.builder.main_container)))
+                                                              self.builder.main_container, required=True)))
 
     def failure(self, name: str, job: Any, cond: Any) -> str:
         failed = [p for p in self._pods(name, job.metadata.uid) if p.status and p.status.phase == "Failed"]
