@@ -2,7 +2,9 @@
 outputs and acknowledge the inputs in one MULTI/EXEC, so a crash between the two can neither lose nor
 duplicate a routed message (the keys' types are checked first and the transaction is never re-sent: see
 core.guard). Entries left pending by a dead consumer are reclaimed after a visibility timeout; an entry
-delivered more than `max_deliveries` times goes to the stage's dead-letter stream with the reason."""
+delivered more than `max_deliveries` times goes to the stage's dead-letter stream with the reason. A failed
+delivery waits for its retry in the stage's retry set, with backoff (core.retry); the items of entries deleted
+while pending are recovered from the held index (core.held)."""
 
 from __future__ import annotations
 
