@@ -336,3 +336,20 @@ def test_at_most_concurrency_jobs_and_bounded_polling(client: redis.Redis, pipel
     state["go"] = True
     wait_for(lambda: counts(client, pipeline_name)["done"] == 5, what="5 done")
     assert most[0] <= 2
+
+
+# -- start-up errors name the cause ----------------------------------------------------------------------------
+
+def test_no_cluster_or_no_rbac_is_a_clear_error_at_start(client: redis.Redis, settings: Settings, tmp_path: Path,
+                                                         pipeline_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_spec(tmp_path / "p.yaml", pipeline_name, {"command": ["python", "work.py"]})
+    pipeline = load_pipeline(path)
+    ctx = StageContext(client, pipeline, "w", stage_settings(pipeline, "w", settings), path)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    with pytest.raises(RuntimeError, match="finds no cluster"):
+        KubernetesExecutor(ctx)
+    cluster = FakeCluster(echo)
+    cluster.faults = [("GET", f"/namespaces/{NS}/jobs", 403)]
+    with pytest.raises(RuntimeError, match="cannot list Jobs in namespace 'batchmesh' \\(403 .*needs the Role"):
+        KubernetesExecutor(ctx, api_client=api_client(cluster))
