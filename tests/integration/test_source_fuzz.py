@@ -93,3 +93,16 @@ def test_case_count() -> None:
     total = sum(COUNTS.values())
     print(f"\nsource API fuzzing: {total} cases, {dict(COUNTS)}, statuses {dict(sorted(STATUSES.items()))}")
     assert total >= MIN_TOTAL, dict(COUNTS)
+
+
+def test_the_fuzzed_sources_serve_only_safe_names() -> None:
+    """What the fuzzing ran against: the hostile JSONL lines and files are skipped (reported), never served."""
+    from fastapi.testclient import TestClient
+
+    body = TestClient(JSONL_APP).get("/api/v1/items", params={"limit": 100}).json()
+    assert sorted(item["name"] for item in body["items"]) == ["$(id)", "b/c", "ok-" + "z" * 900, "ü n"]  # keep: i%4
+    reasons = {record["record"]: record["detail"] for record in body["skipped"]}
+    assert set(reasons) == {f"line {n}" for n in (5, 6, 7, 8, 9, 11, 12)}, reasons  # ../, /abs, NUL, \n, surrogate, ...
+    body = TestClient(APP).get("/api/v1/items", params={"limit": 100}).json()
+    names = [item["name"] for item in body["items"]]
+    assert "escape" not in names and "dollar$(id)" in names and "sub/deeper/d.bin" in names
