@@ -75,3 +75,16 @@ def test_progress_of_a_status_snapshot() -> None:
     snap = {"stages": {"a": {"out": 2, "failed": 1, "dead": 1}, "r": {"out": 3, "filtered": 4}},
             "counts": {"done": 5, "dead": 1}}
     assert progress_of(snap) == {"a": 4, "r": 7, "": 17}
+
+
+def test_the_runner_gives_up_only_above_every_stage_s_max_deliveries() -> None:
+    from services.core.spec import Pipeline
+    from services.runner.run import give_up_after
+
+    def pipeline(stage_cap: int | None) -> Pipeline:
+        work = {"input": "source", "command": ["true"], **({"max_deliveries": stage_cap} if stage_cap else {})}
+        return Pipeline.model_validate({"apiVersion": "batchmesh/v1", "name": "g", "source": {"path": "."},
+                                        "stages": {"w": {"work": work}}})
+
+    assert give_up_after(pipeline(None)) == 5, "max(5, 3 + 2)"
+    assert give_up_after(pipeline(10)) == 12, "a poison item may crash its worker 10 times before its dead letter"
