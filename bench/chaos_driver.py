@@ -6,10 +6,12 @@ p = (items dispatched + items folded by the reduce) / (2 × items), read from Re
 reducer's stage stats); each kill waits a further 0-0.2 s at random. So kills land while the manager lists, while
 the map runs and while the barriers fold, wherever the batch spends its time, whatever its speed.
 
-Victims: a role class first (worker, router, manager, reducer, joiner, source — uniformly among the classes that
-have a live process), then one of its processes. `max_per_role` caps the kills of one role name: today's local
-supervisor gives up on a role after 5 restarts (services/runner/supervisor.py), so the cap (4) keeps the harness
-testing recovery rather than that limit."""
+Victims: a role class first, in rounds: each round is the six classes (worker, router, manager, reducer, joiner,
+source) in a random order, so 20 kills hit every class three times or more (a class with no live process at that
+moment is passed over), then one of its live processes at random. `max_per_role` (4) caps the kills of one
+role name, so that they spread over the roles; the local supervisor restarts a role with a backoff and gives it up
+only after GIVE_UP_AFTER crashes in a row without progress (services/runner/supervisor.py), which the cap keeps
+the harness clear of."""
 
 from __future__ import annotations
 
@@ -82,6 +84,7 @@ class Driver:
         thresholds = sorted(rnd.uniform(0.02, 0.97) for _ in range(self.kills))
         began = time.monotonic()
         per_role: Counter[str] = Counter()
+        order: list[str] = []
         for threshold in thresholds:
             while not stop.is_set() and not self.done():
                 try:
@@ -96,8 +99,12 @@ class Driver:
             candidates = [c for c in self.find() if per_role[c[2]] < self.max_per_role]
             if not candidates:
                 continue
-            classes = sorted({c[1] for c in candidates})
-            chosen = rnd.choice(classes)
+            live = {c[1] for c in candidates}
+            if not order:
+                order = rnd.sample(CLASSES, len(CLASSES))
+            chosen = next((cls for cls in order if cls in live), None) or rnd.choice(sorted(live))
+            if chosen in order:
+                order.remove(chosen)
             pid, cls, role = rnd.choice(sorted(c for c in candidates if c[1] == chosen))
             if self.kill(pid):
                 per_role[role] += 1
