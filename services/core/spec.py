@@ -52,6 +52,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+def _k8s_name(name: str) -> str:
+    if not re.match(_NAME, name):
+        raise ValueError(f"bad name {name[:80]!r}: 1-50 lowercase letters, digits and '-', starting and ending with a "
+                         "letter or digit (it becomes Kubernetes and compose names)")
+    return name
+
+
+K8sName = Annotated[str, AfterValidator(_k8s_name)]
+
+
 class SourceSpec(Strict):
     type: Literal["directory", "jsonl"] = "directory"
     path: str
@@ -75,7 +85,7 @@ class SourceSpec(Strict):
 
 
 class AfterSpec(Strict):
-    pipeline: str = Field(pattern=_NAME)
+    pipeline: K8sName
     stage: str | None = Field(default=None, description="Only this barrier's events (default: any of them).")
 
 
@@ -239,7 +249,7 @@ StageName = Annotated[str, AfterValidator(_stage_name)]  # a dict key: its error
 class Pipeline(Strict):
     api_version: Literal["batchmesh/v1"] = Field(alias="apiVersion")
     kind: Literal["Pipeline"] = "Pipeline"
-    name: str = Field(pattern=_NAME)
+    name: K8sName
     source: SourceSpec
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     defaults: Defaults = Field(default_factory=Defaults)

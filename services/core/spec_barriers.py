@@ -4,6 +4,7 @@ and keep their state in Redis per batch; expressions are JMESPath over the item 
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -56,8 +57,7 @@ class ReduceSpec(_OneInput):
     kind: ClassVar[str] = "reduce"
     fold: dict[str, FoldSpec] = Field(min_length=1)
     top: int | None = Field(default=None, ge=1, le=10_000, description="Also list the k largest of each object.")
-    write: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$",
-                              description="File name in the out dir for the aggregate (JSON).")
+    write: str | None = Field(default=None, description="File name in the out dir for the aggregate (JSON).")
     every: float = Field(default=1.0, gt=0, description="Seconds between running-aggregate writes.")
 
     @field_validator("every", mode="before")
@@ -66,6 +66,14 @@ class ReduceSpec(_OneInput):
         from .spec import parse_duration
 
         return parse_duration(value)
+
+    @field_validator("write")
+    @classmethod
+    def _file_name(cls, name: str | None) -> str | None:
+        if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,120}", name):
+            raise ValueError(f"bad file name {name[:80]!r}: one file in the out dir (letters, digits, '.', '_', '-'; "
+                             "no '/', at most 121 characters)")
+        return name
 
     @field_validator("fold")
     @classmethod
