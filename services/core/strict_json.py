@@ -65,17 +65,6 @@ def _replace(value: Any) -> Any:
     return value
 
 
-def non_finite_paths(value: Any, path: str = "$") -> list[str]:
-    """JSONPath-style paths (`$.data.mean`, `$.values[2]`) of the non-finite floats in `value`, for messages."""
-    if isinstance(value, float):
-        return [] if math.isfinite(value) else [path]
-    if isinstance(value, dict):
-        return [p for k, v in value.items() for p in non_finite_paths(v, f"{path}.{k}")]
-    if isinstance(value, list | tuple):
-        return [p for i, v in enumerate(value) for p in non_finite_paths(v, f"{path}[{i}]")]
-    return []
-
-
 def dumps(value: Any, *, indent: int | None = None, sort_keys: bool = False, ensure_ascii: bool = False,
           default: Callable[[Any], Any] | None = None, separators: tuple[str, str] | None = None) -> str:
     """`value` as strict JSON text (compact unless `indent` or `separators`). Non-finite floats follow the rule

@@ -30,7 +30,6 @@ def test_non_finite_floats_become_strings_everything_else_is_unchanged() -> None
     out = node_parse(strict_json.encode(value))
     assert out == {"mean": "NaN", "hi": "Infinity", "lo": [1, "-Infinity", 2.5], "n": 2**70, "s": "NaN",
                    "t": [1.0]}
-    assert strict_json.non_finite_paths(value) == ["$.mean", "$.hi", "$.lo[1]"]
 
 
 def test_the_formats_we_write_keep_their_options() -> None:
