@@ -302,7 +302,8 @@ class Autoscaler:
                     "event": "autoscale.change", "stage": name, "from": self.last.get(name), "to": d.desired,
                     "recommended": d.recommended, "arrival_rate": round(d.arrival_rate, 3),
                     "service_s": None if d.service_s is None else round(d.service_s, 4), "backlog": d.backlog,
-                    "concurrency": d.concurrency, "policy": self.policy, **_rule_fields(self.rule)})
+                    "concurrency": d.concurrency, "policy": self.policy, **_rule_fields(self.rule),
+                    **({"lag_count": scaler.lag_count} if isinstance(scaler, LagScaler) else {})})
                 self.last[name] = d.desired
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(self.keys.autoscale(), mapping={name: d.as_json() for name, d in decisions.items()})
