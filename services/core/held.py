@@ -48,20 +48,23 @@ class Held:
         """In the commit acknowledging `entry_ids`: they are no longer held."""
         pipe.hdel(self.key, *entry_ids)
 
-    def recover(self, consumer: StreamConsumer, entry_ids: list[bytes]) -> int:
-        """Fail the items of lost entries (retry or dead-letter, with the reason). Returns how many were found."""
+    def recover(self, consumer: StreamConsumer, entry_ids: list[bytes], *, still_pending: bool = False) -> set[bytes]:
+        """Fail the items of lost entries (retry or dead-letter, with the reason), acknowledging them in the same
+        commit if `still_pending` (else they are gone from the pending list already). Returns the ids handled."""
         from .stage import Commit, Delivery
 
         if not entry_ids:
-            return 0
-        commit = Commit(gone=set(entry_ids))  # no longer pending anywhere: acknowledged by nobody
+            return set()
+        commit = Commit(gone=set() if still_pending else set(entry_ids))
+        handled: set[bytes] = set()
         for entry_id, raw in zip(entry_ids, self.client.hmget(self.key, entry_ids), strict=True):
             if raw is None:
                 continue
+            handled.add(entry_id)
             try:
                 item = WorkItem.decode({FIELD: raw})
             except MalformedItem:
-                commit.also(lambda pipe, e=entry_id: pipe.hdel(self.key, e))
+                commit.acks.append(entry_id)  # nothing to retry: acknowledged (if still pending) and released
                 continue
             delivery = Delivery(entry_id, item, item.attempts + 1, raw)
             if item.data.get("_held_truncated"):
@@ -70,7 +73,7 @@ class Held:
                 commit.fail(delivery, LOST)
         if commit:
             consumer.commit(commit)
-        return len(commit.retries) + len(commit.dead)
+        return handled
 
 
 def _kept(delivery: Delivery) -> bytes:

@@ -250,20 +250,23 @@ class StreamConsumer:
         times = {rows[0]["message_id"]: rows[0]["times_delivered"] for rows in pipe.execute() if rows}
         lost = self._lost(start, cursor, {e for e, _ in live}) if len(live) < len(claimed) else []
         if lost:
-            self.client.xack(self.stream_key, self.group, *lost)
-            self._count_lost(lost)
+            self._count_lost(lost, still_pending=True)
         batch = [self._delivery(entry_id, fields, times.get(entry_id, 2)) for entry_id, fields in self._ours(live)]
         self.m_reclaimed.inc(len(batch))
         self.m_in.inc(len(batch))
         return self._cap_deliveries(batch)
 
-    def _count_lost(self, entry_ids: list[bytes]) -> None:
+    def _count_lost(self, entry_ids: list[bytes], still_pending: bool = False) -> None:
         """Entries deleted (XDEL, an outside MAXLEN) while pending: their items, known from the held index
-        (core.held), are put back or dead-lettered with the reason, so neither the item nor a barrier waits."""
+        (core.held), are put back or dead-lettered with the reason, so neither the item nor a barrier waits.
+        `still_pending` (Redis 6.2: nil entries stay in our pending list): the retry's commit acknowledges them,
+        in one MULTI; the others (no held item) are acknowledged apart."""
         self.m_lost.inc(len(entry_ids))
         log.warning("pending entries were deleted before processing", extra={
             "event": "stage.lost", "stage": self.stage, "count": len(entry_ids)})
-        self.held.recover(self, entry_ids)
+        found = self.held.recover(self, entry_ids, still_pending=still_pending)
+        if still_pending and (rest := [e for e in entry_ids if e not in found]):
+            self.client.xack(self.stream_key, self.group, *rest)
 
     def _lost(self, start: bytes | str, cursor: bytes | str, live: set[bytes]) -> list[bytes]:
         """Ids of entries the claim returned as nil: ours now, in the scanned range, gone from the stream."""
