@@ -10,10 +10,18 @@ When a reclaim reports entries lost, their items are read from here and failed l
 the reason "entry lost: ...": retried with backoff (core.retry) while deliveries remain, else dead-lettered with
 that reason, which tells the barriers downstream not to wait for it (core.deadletter). An item too large to be
 kept whole is dead-lettered at once (a replay of it would have no data). Entries lost at routers have no index
-and are only counted (batchmesh_items_lost_total)."""
+and are only counted (batchmesh_items_lost_total).
+
+Redis 7's XAUTOCLAIM drops a deleted entry from the pending list itself, so a consumer dying between that reclaim
+and the retry's commit would leave the item held and nowhere else. So a consumer also sweeps the index now and
+then (`sweep`, one script per page): an entry still indexed but neither pending nor in the stream can only be such
+an orphan (a commit acknowledges and un-indexes in one MULTI), and once it has been one for ORPHAN_AGE_S the
+script puts its item into the retry set, due at once, and un-indexes it, in one step (the delivery cap is not
+charged for a deletion the item did not cause). An item kept without its data is left for the log."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from redis import Redis
@@ -22,6 +30,39 @@ from redis.client import Pipeline
 from .item import FIELD, MalformedItem, WorkItem
 from .keys import Keys
 from .progress import RUNNING
+
+# KEYS: held hash, stream, retry set, suspects hash. ARGV: group, min age (ms), entry ids...
+# An orphan is requeued on the first sweep that finds it orphaned for min age already (the first sighting only
+# notes it in the suspects hash): a live consumer's own recovery, between its reclaim and its commit, takes
+# milliseconds, so the two never both requeue an item. Returns how many orphans were requeued.
+_SWEEP = """
+local t = redis.call('TIME')
+local now, moved = t[1] * 1000 + math.floor(t[2] / 1000), 0
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local raw = redis.call('HGET', KEYS[1], id)
+  if raw and #redis.call('XPENDING', KEYS[2], ARGV[1], id, id, 1) == 0
+      and #redis.call('XRANGE', KEYS[2], id, id) == 0 then
+    local seen = redis.call('HGET', KEYS[4], id)
+    if not seen then
+      redis.call('HSET', KEYS[4], id, now)
+    elseif now - tonumber(seen) >= tonumber(ARGV[2]) then
+      if not string.find(raw, '"_held_truncated":true', 1, true) then
+        redis.call('ZADD', KEYS[3], now, raw)
+        moved = moved + 1
+      end
+      redis.call('HDEL', KEYS[1], id)
+      redis.call('HDEL', KEYS[4], id)
+    end
+  else
+    redis.call('HDEL', KEYS[4], id)
+  end
+end
+return moved
+"""
+SWEEP_PAGE = 500
+SWEEP_EVERY_S = 10.0  # how often one consumer sweeps a page of the index
+ORPHAN_AGE_S = 5.0  # an orphan is requeued once it has been one this long
 
 if TYPE_CHECKING:
     from .stage import Delivery, StreamConsumer
@@ -32,7 +73,26 @@ LOST = "entry lost: deleted from the stream while pending (XDEL or MAXLEN trimmi
 
 class Held:
     def __init__(self, client: Redis, keys: Keys, stage: str) -> None:
-        self.client, self.key = client, f"{keys.prefix}:held:{stage}"
+        from .retry import retry_key
+
+        self.client, self.key, self.retry_key = client, f"{keys.prefix}:held:{stage}", retry_key(keys, stage)
+        self._sweep = client.register_script(_SWEEP)
+        self._cursor, self._next_sweep = 0, 0.0
+
+    def maybe_sweep(self, stream_key: str, group: str) -> int:
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return 0
+        self._next_sweep = now + SWEEP_EVERY_S
+        return self.sweep(stream_key, group)
+
+    def sweep(self, stream_key: str, group: str, min_age_s: float = ORPHAN_AGE_S) -> int:
+        """Requeue one page of orphaned held items (see the module docstring). Returns how many."""
+        self._cursor, page = self.client.hscan(self.key, self._cursor, count=SWEEP_PAGE)
+        if not page:
+            return 0
+        return int(self._sweep(keys=[self.key, stream_key, self.retry_key, self.key + ":suspects"],
+                               args=[group, int(min_age_s * 1000), *page]))
 
     def hold(self, consumer: StreamConsumer, deliveries: list[Delivery]) -> None:
         """The items are being processed: mark them running and index their entries (one round trip)."""

@@ -228,6 +228,8 @@ class StreamConsumer:
         7 drops them from the pending list itself and lists their ids in a third element of the reply. Either
         way they are counted and logged as lost."""
         start = self._reclaim_cursor
+        if start in (b"0-0", "0-0"):  # a scan begins: now and then, orphans of lost entries too (core.held)
+            self.held.maybe_sweep(self.stream_key, self.group)
         try:
             reply = self.client.xautoclaim(
                 self.stream_key, self.group, self.consumer, self.settings.visibility_timeout_ms,
@@ -257,10 +259,9 @@ class StreamConsumer:
         return self._cap_deliveries(batch)
 
     def _count_lost(self, entry_ids: list[bytes], still_pending: bool = False) -> None:
-        """Entries deleted (XDEL, an outside MAXLEN) while pending: their items, known from the held index
-        (core.held), are put back or dead-lettered with the reason, so neither the item nor a barrier waits.
-        `still_pending` (Redis 6.2: nil entries stay in our pending list): the retry's commit acknowledges them,
-        in one MULTI; the others (no held item) are acknowledged apart."""
+        """Entries deleted (XDEL, an outside MAXLEN) while pending: their items (core.held) are retried or dead-
+        lettered with the reason. `still_pending` (6.2: nil claims stay in our pending list): acknowledged by the
+        retry's commit, in its MULTI; those without a held item apart."""
         self.m_lost.inc(len(entry_ids))
         log.warning("pending entries were deleted before processing", extra={
             "event": "stage.lost", "stage": self.stage, "count": len(entry_ids)})

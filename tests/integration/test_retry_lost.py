@@ -78,3 +78,20 @@ def test_a_lost_entry_without_deliveries_left_is_dead_lettered_with_the_reason(c
     assert letter.reason.startswith("entry lost"), letter.reason
     assert Progress(client, keys).state_of("a") == DEAD
     assert client.sismember(keys.batch_dead("b1", "work"), "a"), "a barrier downstream stops waiting for it"
+
+
+def test_an_orphan_of_a_lost_entry_is_swept_back(client: redis.Redis, settings: Settings) -> None:
+    """Redis 7 drops a deleted entry from the pending list in the reclaim itself: a consumer dying right after that
+    leaves the item only in the held index. The sweep requeues it (here XDEL + XACK stand for that reclaim)."""
+    keys = Keys(settings.pipeline)
+    rescuer, lost = _lose_one(client, settings)
+    client.xack(keys.stream("in"), "work", lost)  # what XAUTOCLAIM did before its consumer died
+    assert rescuer.held.sweep(keys.stream("in"), "work", min_age_s=0.2) == 0, "first sighting: only noted"
+    time.sleep(0.25)
+    assert rescuer.held.sweep(keys.stream("in"), "work", min_age_s=0.2) == 1
+    assert rescuer.held.sweep(keys.stream("in"), "work", min_age_s=0.2) == 0, "once"
+    deadline, back = time.monotonic() + 5, []
+    while "a" not in back and time.monotonic() < deadline:
+        back += [d.item.id for d in rescuer.read(block_ms=50) if d.item]
+    assert back.count("a") == 1, back
+    assert client.hexists(f"{keys.prefix}:held:work", lost) == 0
