@@ -33,6 +33,7 @@ from .view import RunView, filter_notes
 
 log = logging.getLogger(__name__)
 EXIT_DEAD, EXIT_TIMEOUT = 1, 3
+STARTUP_RESTARTS = 3  # restarts of a role dying before the source is healthy, then the run gives up
 
 
 @contextmanager
@@ -99,7 +100,9 @@ def _wait_healthy(url: str, supervisor: Supervisor, timeout_s: float = 30) -> No
                 return
         except httpx.TransportError:
             pass
-        if supervisor.restart_dead(max_restarts=0):
+        # A role that dies while we wait (SIGKILLed, OOM) is restarted with its backoff like any crashed role; one
+        # that cannot start at all is given up after a few tries (bench/chaos.py found a kill here giving up).
+        if supervisor.restart_dead(max_restarts=STARTUP_RESTARTS):
             break
         time.sleep(0.1)
     raise RuntimeError(f"{url} did not become healthy; logs in {supervisor.log_dir}")

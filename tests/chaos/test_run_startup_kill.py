@@ -1,0 +1,52 @@
+"""A role SIGKILLed while `batchmesh run` is starting (found by the handed chaos case: its first kill, 4 s in, hit
+the source before it was healthy on a loaded machine): the run restarts it like any crashed role, instead of
+giving up at once with "did not become healthy" (a traceback, exit 1, nothing processed)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.chaos import ROOT, SPEC, _role_env, generate
+
+
+def _source_of(run_pid: int) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == run_pid and b"services.cli" in argv and b"source" in argv:
+                return int(entry.name)
+    return None
+
+
+@pytest.mark.timeout(120)
+def test_a_source_killed_before_it_is_healthy_is_restarted(tmp_path: Path) -> None:
+    items = generate(tmp_path / "items.jsonl", 50, 1)
+    run = subprocess.Popen([sys.executable, "-m", "services.cli", "run", str(SPEC), "--input", str(items), "--out",
+                            str(tmp_path / "out"), "--quiet", "--timeout", "90"], cwd=ROOT,
+                           env=_role_env(tmp_path / "state"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    killed, deadline = 0, time.monotonic() + 30
+    while killed < 2 and time.monotonic() < deadline and run.poll() is None:  # twice: at start and the restart
+        pid = _source_of(run.pid)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)  # well before it serves /healthz: it is still importing
+            killed += 1
+            while _source_of(run.pid) == pid:
+                time.sleep(0.01)
+        time.sleep(0.01)
+    out, _ = run.communicate(timeout=110)
+    text = out.decode(errors="replace")
+    assert killed == 2, text[-2000:]
+    assert run.returncode == 0, text[-2000:]
+    assert "did not become healthy" not in text and "Traceback" not in text, text[-2000:]
+    assert (tmp_path / "out" / "totals.json").exists()
