@@ -133,7 +133,8 @@ def test_the_keeper_restarts_an_embedded_server_that_died_on_the_same_port(
         wait_for("a new server on the same URL", lambda: int(client.info("server")["process_id"]) != pid,
                  timeout_s=15)
         assert client.get("acknowledged") == b"yes"
-        assert int((tmp_path / "d" / "redis.pid").read_text()) == int(client.info("server")["process_id"])
+        wait_for("the new pid recorded", lambda: int((tmp_path / "d" / "redis.pid").read_text()) == int(
+            client.info("server")["process_id"]), timeout_s=5)
 
 
 def _add(client: redis.Redis, keys: Keys, item_id: str, version: str | None = None) -> bytes:
@@ -158,18 +159,32 @@ def test_a_re_created_group_skips_finished_items_and_hands_out_the_rest(client: 
                                         "published": "running", "newer": "running"})
     client.hset(keys.versions(), mapping={"done": "v1", "changed": "v1", "dead": "", "todo": ""})
 
-    assert create_group(client, keys, stream, "work") == (3, 4)
+    # the group starts after `done`; `dead` and `published` are read and acknowledged, the unfinished entries read
+    # with them handed back; `newer`, after the last finished one, is delivered as usual
+    assert create_group(client, keys, stream, "work") == (3, 3)
     assert create_group(client, keys, stream, "work") is None  # it exists now: nothing happens
     pending = client.xpending_range(stream, "work", "-", "+", 10)
-    assert sorted(p["message_id"] for p in pending) == sorted([changed, todo, bad, newer])
+    assert sorted(p["message_id"] for p in pending) == sorted([changed, todo, bad])
     assert {p["consumer"] for p in pending} == {RECONCILER.encode()} and all(
         p["times_delivered"] == 0 for p in pending)  # no delivery counted against them
 
     consumer = StreamConsumer(client, settings, stage="work", input_stream="source", consumer="w1")
     got = consumer.read()  # the next reclaim takes them at once (idle for ever), as first deliveries
-    assert sorted(d.entry_id for d in got) == sorted([changed, todo, bad, newer])
+    assert sorted(d.entry_id for d in got) == sorted([changed, todo, bad])
     assert all(d.deliveries == 1 for d in got)
+    got += consumer.read(block_ms=0)
+    assert [d.entry_id for d in got[3:]] == [newer]
     assert not {done, dead, published} & {d.entry_id for d in got}
+
+
+def test_a_group_made_over_unfinished_entries_reads_nothing(client: redis.Redis, settings: Settings) -> None:
+    """The usual case (entries dispatched before a stage's first consumer): no finished entry, the group at 0."""
+    keys = Keys(settings.pipeline)
+    for i in range(3):
+        _add(client, keys, f"i{i}")
+    assert create_group(client, keys, keys.stream("source"), "work") == (0, 0)
+    [group] = client.xinfo_groups(keys.stream("source"))
+    assert group["pending"] == 0 and group["consumers"] == 0 and group["last-delivered-id"] == b"0-0"
 
 
 def test_a_commit_of_entries_no_longer_ours_is_refused_whole(client: redis.Redis, settings: Settings) -> None:
@@ -195,20 +210,21 @@ def test_a_commit_of_entries_no_longer_ours_is_refused_whole(client: redis.Redis
 
 def test_a_worker_thread_rides_out_a_stale_commit(client: redis.Redis, settings: Settings, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """The loop treats StaleCommit as the connection loss it follows: the step is abandoned, the worker lives on
-    and the item is processed (and published) once."""
+    """The loop abandons the step of a refused commit: the worker lives on and the item is processed and published
+    to the next stage once."""
     from services.core.spec import Pipeline
     from services.workers import run_worker
 
     keys = Keys(settings.pipeline)
     pipeline = Pipeline.model_validate({
         "apiVersion": "batchmesh/v1", "name": settings.pipeline, "source": {"path": "."},
-        "stages": {"work": {"work": {"input": "source", "worker": "echo"}}}})
+        "stages": {"work": {"work": {"input": "source", "worker": "echo"}},
+                   "sink": {"work": {"input": "work", "worker": "noop"}}}})
     real = StreamConsumer.commit
     stolen: list[bytes] = []
 
     def steal_first(self: StreamConsumer, commit: Commit) -> None:
-        if not stolen and commit.acks:  # another consumer takes the entry just before the first commit
+        if self.stage == "work" and not stolen and commit.acks:  # taken over just before the first commit
             stolen.append(commit.acks[0])
             client.xclaim(self.stream_key, self.group, "thief", 0, [commit.acks[0]])
         real(self, commit)
@@ -216,16 +232,21 @@ def test_a_worker_thread_rides_out_a_stale_commit(client: redis.Redis, settings:
     cfg = settings.model_copy(update={"out_dir": tmp_path / "out", "max_deliveries": 5})
     stop = threading.Event()
     monkeypatch.setattr(StreamConsumer, "commit", steal_first)
-    thread = threading.Thread(target=run_worker, args=(pipeline, "work", cfg, stop), daemon=True)
-    thread.start()
+    threads = [threading.Thread(target=run_worker, args=(pipeline, stage, cfg, stop), daemon=True)
+               for stage in ("work", "sink")]
+    for t in threads:
+        t.start()
     try:
-        wait_for("the group", lambda: client.xinfo_groups(keys.stream("source")))
+        wait_for("the groups", lambda: client.xinfo_groups(keys.stream("source")) and client.xinfo_groups(
+            keys.stream("work")))
         _add(client, keys, "x")
-        wait_for("the item's result, once the thief's claim went idle", lambda: client.hget(keys.results(), "x"),
-                 timeout_s=15)
-        assert stolen and thread.is_alive()
+        wait_for("the item's result at the sink, once the thief's claim went idle", lambda: client.hget(
+            keys.results(), "x"), timeout_s=20)
+        assert stolen and all(t.is_alive() for t in threads)
         time.sleep(0.3)
+        assert int(client.hget(keys.arrivals(), keys.stream("work")) or 0) == 1  # published once
         assert int(client.hget(keys.stage_stats("work"), "out") or 0) == 1
     finally:
         stop.set()
-        thread.join(10)
+        for t in threads:
+            t.join(10)
