@@ -40,9 +40,10 @@ log = logging.getLogger(__name__)
 RECONCILER = "bm-reconcile"  # the consumer name the re-creation script reads as
 CHUNK = 1000  # entries per XRANGE inside the script
 LIMIT = 200_000  # entries reconciled by one re-creation; the rest are delivered as usual (see create_group)
+UNFINISHED_RUN = 10_000  # the scan stops this many unfinished entries past the last finished one
 
 # KEYS: stream, states, versions, arrivals. ARGV: group, reconciler consumer name, chunk, limit, the group's own
-# output stream key, the prefix of its named outputs ("<key>.").
+# output stream key, the prefix of its named outputs ("<key>."), UNFINISHED_RUN.
 # Returns {-1, 0, 0} if the group existed, else {skipped, handed, more (1 if entries past the limit are left)}.
 # (The output streams are found in the arrivals hash, every stream ever added to: keys of one hash tag, one slot.)
 _CREATE = """
@@ -70,7 +71,9 @@ local function scan(key, visit)  -- XRANGE in chunks, at most `limit` entries; t
   while seen < limit do
     local rows = redis.call('XRANGE', key, cursor, '+', 'COUNT', ARGV[3])
     if #rows == 0 then return true end
-    for _, e in ipairs(rows) do visit(e) end
+    for _, e in ipairs(rows) do
+      if visit(e) then return false end
+    end
     seen = seen + #rows
     cursor = '(' .. rows[#rows][1]
   end
@@ -106,17 +109,16 @@ local whole = scan(KEYS[1], function(e)
     if prefix == n - 1 then prefix = n end
   end
   if n == prefix then prefix_id = e[1] end  -- the last id of the leading run of finished entries
+  return n - last > tonumber(ARGV[7])  -- that far past the last finished entry: a backlog of work, stop looking
 end)
 -- The group starts after the leading finished entries (nothing delivered, nothing pending)...
 if prefix > 0 then
   local made = false
-  if whole then  -- Redis 7 counts lag from entries read: say how many the group has "read"
-    local info = redis.call('XINFO', 'STREAM', KEYS[1])
-    for i = 1, #info, 2 do
-      if info[i] == 'entries-added' then
-        made = pcall(redis.call, 'XGROUP', 'CREATE', KEYS[1], ARGV[1], prefix_id, 'ENTRIESREAD',
-                     info[i + 1] - (n - prefix))
-      end
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])  -- Redis 7 counts lag from entries read: say how many
+  for i = 1, #info, 2 do
+    if info[i] == 'entries-added' then
+      made = pcall(redis.call, 'XGROUP', 'CREATE', KEYS[1], ARGV[1], prefix_id, 'ENTRIESREAD',
+                   info[i + 1] - (redis.call('XLEN', KEYS[1]) - prefix))
     end
   end
   if not made then redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[1], prefix_id) end
@@ -163,7 +165,7 @@ def create_group(client: Redis, keys: Keys, stream_key: str, group: str) -> tupl
     own = keys.stream(group)
     skipped, handed, more = (int(v) for v in client.eval(
         _CREATE, 4, stream_key, keys.states(), keys.versions(), keys.arrivals(), group, RECONCILER, CHUNK, LIMIT,
-        own, own + "."))
+        own, own + ".", UNFINISHED_RUN))
     if skipped < 0:
         return None
     if skipped or handed:
