@@ -4,6 +4,7 @@ giving up at once with "did not become healthy" (a traceback, exit 1, nothing pr
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from bench.chaos import ROOT, SPEC, _role_env, generate
+from bench.chaos import ROOT, _role_env, generate
+
+SPEC = """\
+apiVersion: batchmesh/v1
+name: startup
+source: {type: jsonl, path: ./items.jsonl}
+stages:
+  work: {work: {input: source, worker: noop}}
+"""
 
 
 def _source_of(run_pid: int) -> int | None:
@@ -32,8 +41,9 @@ def _source_of(run_pid: int) -> int | None:
 @pytest.mark.timeout(120)
 def test_a_source_killed_before_it_is_healthy_is_restarted(tmp_path: Path) -> None:
     items = generate(tmp_path / "items.jsonl", 50, 1)
-    run = subprocess.Popen([sys.executable, "-m", "services.cli", "run", str(SPEC), "--input", str(items), "--out",
-                            str(tmp_path / "out"), "--quiet", "--timeout", "90"], cwd=ROOT,
+    (tmp_path / "startup.yaml").write_text(SPEC)  # three roles: source, manager, one worker
+    run = subprocess.Popen([sys.executable, "-m", "services.cli", "run", str(tmp_path / "startup.yaml"), "--input",
+                            str(items), "--out", str(tmp_path / "out"), "--quiet", "--timeout", "90"], cwd=ROOT,
                            env=_role_env(tmp_path / "state"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     killed, deadline = 0, time.monotonic() + 30
     while killed < 2 and time.monotonic() < deadline and run.poll() is None:  # twice: at start and the restart
@@ -49,4 +59,4 @@ def test_a_source_killed_before_it_is_healthy_is_restarted(tmp_path: Path) -> No
     assert killed == 2, text[-2000:]
     assert run.returncode == 0, text[-2000:]
     assert "did not become healthy" not in text and "Traceback" not in text, text[-2000:]
-    assert (tmp_path / "out" / "totals.json").exists()
+    assert len(json.loads((tmp_path / "out" / "manifest.json").read_text())["results"]) == 50  # every item done
