@@ -32,6 +32,7 @@ from .autoscale_live import downs_per_window, live
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK_WINDOW_S = 30.0
+RATIOS = {"book_replica_s_ratio", "replica_s_vs_book"}  # computed over the medians, never read back
 
 
 def policy_args(policy: str) -> tuple[list[str], float]:
@@ -63,7 +64,7 @@ def earlier(path: Path, policies: list[str]) -> list[dict[str, Any]]:
             if row["run"] == "median" or row["policy"] not in policies:
                 continue
             out.append({k: (row[k] if k == "policy" else None if row[k] in ("", "None") else float(row[k]))
-                        for k in row if k != "book_replica_s_ratio"} | {"run": int(row["run"])})
+                        for k in row if k not in RATIOS} | {"run": int(row["run"])})
     return out
 
 
@@ -72,8 +73,8 @@ def medians(rows: list[dict[str, Any]], policies: list[str]) -> list[dict[str, A
     for p in policies:
         mine = [r for r in rows if r["policy"] == p]
         med: dict[str, Any] = {"policy": p, "run": "median"}
-        for k in mine[0]:
-            if k in ("policy", "run"):
+        for k in dict.fromkeys(k for r in mine for k in r):
+            if k in ("policy", "run") or not all(k in r for r in mine):
                 continue
             values = [r[k] for r in mine]
             med[k] = None if any(v is None for v in values) else statistics.median(values)
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
           if not fails else "aim NOT met: " + "; ".join(fails))
     title = (f"batchmesh run, live: the book's rule vs KEDA's ceil(lag / lagCount); a subprocess per item "
              f"({a.item_s:g}s), concurrency 2, replicas 1..{a.max}\nbursts of {a.bursts} files over {a.burst_s:g}s "
-             f"(grey), then {a.quiet:g}s quiet; the last of {a.runs} run(s) per policy")
+             f"(grey), then {a.quiet:g}s quiet; run {first + a.runs - 1} of each policy (the last)")
     plot(last, Path(a.png), title)
     print(f"table: {out}; plot: {a.png}")
     return 0 if not fails else 1
