@@ -4,8 +4,9 @@ The child generates the listing page by page (1000 items a page, the fields the 
 hands each page to the manager's real `Dispatcher`, as `Manager.poll` does with each page it lists:
 - pass 1, every item new: all are dispatched (checked: the source stream holds n entries afterwards);
 - passes 2.., every item known (the steady state of a manager re-polling an unchanged source): none is.
-Only the time inside `Dispatcher.dispatch` counts; making the listing's dicts (the lister's job: HTTP + JSON in
-production) is timed apart. Peak RSS is the child's own ru_maxrss (interpreter and imports included).
+Only the time inside `Dispatcher.dispatch` counts (wall, and for the first pass also the CPU seconds of this
+process and of redis-server: on a loaded machine those are the stable figures); making the listing's dicts (the
+lister's job: HTTP + JSON in production) is timed apart. Peak RSS is the child's own ru_maxrss (interpreter and imports included).
 
     python -m bench.diff_million --url redis://... --n 1000000 [--passes 3]   # prints one JSON line"""
 
@@ -25,20 +26,33 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _pass(dispatcher: Any, n: int) -> tuple[float, float, int]:
-    """One listing pass: (seconds inside dispatch, seconds making pages, items dispatched)."""
+def _redis_cpu_s(client: Any) -> float:
+    """The redis-server's own CPU seconds so far (user + system, INFO cpu)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _pass(dispatcher: Any, n: int, cpu: dict[str, float] | None = None) -> tuple[float, float, int]:
+    """One listing pass: (seconds inside dispatch, seconds making pages, items dispatched). With `cpu`, the CPU
+    seconds inside dispatch of this process ("python") and of the redis-server ("redis") are added to it: on a
+    shared, loaded machine those say what the pass costs when wall time mostly says how busy the others were."""
     from .common import listing_item
 
-    diff = listing = 0.0
+    diff = listing = python = 0.0
     new = 0
+    redis0 = _redis_cpu_s(dispatcher.client) if cpu is not None else 0.0
     for first in range(0, n, 1000):
         t0 = time.perf_counter()
         page = [listing_item(i) for i in range(first, min(first + 1000, n))]
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         stats = dispatcher.dispatch(page)
         diff += time.perf_counter() - t1
+        python += time.process_time() - c1
         listing += t1 - t0
         new += stats.new
+    if cpu is not None:
+        cpu["python"] = cpu.get("python", 0.0) + python
+        cpu["redis"] = cpu.get("redis", 0.0) + _redis_cpu_s(dispatcher.client) - redis0
     return diff, listing, new
 
 
@@ -55,7 +69,9 @@ def run_child(url: str, n: int, passes: int) -> dict[str, Any]:
     keys = Keys(name)
     dispatcher = Dispatcher(client, keys, Progress(client, keys), batch="bench")
     try:
-        first_s, first_listing_s, dispatched = _pass(dispatcher, n)
+        load = os.getloadavg()[0]
+        first_cpu: dict[str, float] = {}
+        first_s, first_listing_s, dispatched = _pass(dispatcher, n, first_cpu)
         stream_len = int(client.xlen(keys.stream("source")))
         steady = [_pass(dispatcher, n) for _ in range(passes)]
         maxrss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
@@ -66,6 +82,9 @@ def run_child(url: str, n: int, passes: int) -> dict[str, Any]:
         "n": n,
         "first_pass_s": first_s,
         "first_pass_dispatched": dispatched,
+        "first_pass_python_cpu_s": first_cpu["python"],  # CPU of the dispatching process inside dispatch
+        "first_pass_redis_cpu_s": first_cpu["redis"],  # CPU of the redis-server meanwhile (INFO cpu)
+        "load_average_1m": load,
         "stream_len": stream_len,
         "steady_pass_s": statistics.median(s for s, _, _ in steady),
         "steady_passes_s": [s for s, _, _ in steady],

@@ -8,6 +8,7 @@ item, and the version, the stream entry, the state and the counts change togethe
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -20,30 +21,50 @@ from services.core.item import FIELD
 
 log = logging.getLogger(__name__)
 
+# The longest item id the model takes (characters), read from the model itself.
+MAX_ID = next(m.max_length for m in WorkItem.model_fields["id"].metadata if hasattr(m, "max_length"))
+
 # KEYS: versions, states, counts, stream, the batch's item set, arrivals hash. ARGV: (name, version, encoded item)
 # triples.
 # Returns {new, busy}.
 # The state change is core.progress's (states hash + counts hash in step), inlined: a script cannot call one.
+# Per call: one HMGET of the versions and one of the states for every candidate, one XADD per dispatched item, then
+# one HSET of the versions, one of the states and one SADD for all of them (a script is atomic: nobody sees the
+# stream entries before the states). A name given twice in one call is dispatched at most once: after its first
+# dispatch it is in flight (`queued`), as the per-item HGETs of a sequential check would see it.
 _DISPATCH = """
-local new, busy, left = 0, 0, {}
-for i = 1, #ARGV, 3 do
-  local name, version = ARGV[i], ARGV[i + 1]
-  if redis.call('HGET', KEYS[1], name) ~= version then
-    local old = redis.call('HGET', KEYS[2], name)
+local n = #ARGV / 3
+if n == 0 then return {0, 0} end
+local names = {}
+for i = 1, n do names[i] = ARGV[3 * i - 2] end
+local versions = redis.call('HMGET', KEYS[1], unpack(names))
+local states = redis.call('HMGET', KEYS[2], unpack(names))
+local new, busy, left, sent = 0, 0, {}, {}
+local vpairs, spairs = {}, {}
+for i = 1, n do
+  local name, version = names[i], ARGV[3 * i - 1]
+  local last, old = versions[i], states[i]
+  if sent[name] then last, old = sent[name], 'queued' end
+  if last ~= version then
     if old == 'queued' or old == 'running' or old == 'failed' then
       busy = busy + 1
     else
-      redis.call('XADD', KEYS[4], '*', 'item', ARGV[i + 2])
-      redis.call('HSET', KEYS[1], name, version)
-      redis.call('HSET', KEYS[2], name, 'queued')
-      redis.call('SADD', KEYS[5], name)
-      if old then left[old] = (left[old] or 0) + 1 end
+      redis.call('XADD', KEYS[4], '*', 'item', ARGV[3 * i])
+      sent[name] = version
       new = new + 1
+      vpairs[2 * new - 1], vpairs[2 * new] = name, version
+      spairs[2 * new - 1], spairs[2 * new] = name, 'queued'
+      if old then left[old] = (left[old] or 0) + 1 end
     end
   end
 end
-for state, n in pairs(left) do redis.call('HINCRBY', KEYS[3], state, -n) end
 if new > 0 then
+  redis.call('HSET', KEYS[1], unpack(vpairs))
+  redis.call('HSET', KEYS[2], unpack(spairs))
+  local members = {}
+  for i = 1, new do members[i] = vpairs[2 * i - 1] end
+  redis.call('SADD', KEYS[5], unpack(members))
+  for state, k in pairs(left) do redis.call('HINCRBY', KEYS[3], state, -k) end
   redis.call('HINCRBY', KEYS[3], 'queued', new)
   redis.call('HINCRBY', KEYS[6], KEYS[4], new)
 end
@@ -65,6 +86,31 @@ class DiffStats:
         for name in ("listed", "new", "known", "busy", "invalid"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         return self
+
+
+# Compact strict JSON (core.strict_json's form) from the C encoder, built once: the dispatch of a million items
+# spends most of its Python time here.
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _fast_encode(name: str, version: str, item: dict[str, Any], batch: str | None) -> bytes | None:
+    """The item's stream encoding, byte for byte what `WorkItem(id=name, data=item, version=version or None,
+    batch=batch).encode()[FIELD]` gives, without building the model: or None when the item is not of the common
+    shape this shortcut can vouch for (a name the model refuses, a non-string key, a non-finite float, a value JSON
+    cannot hold, text that is not UTF-8): the caller then builds the model, which decides."""
+    if len(name) > MAX_ID or not all(isinstance(key, str) for key in item):
+        return None
+    work: dict[str, Any] = {"id": name}
+    if item:
+        work["data"] = item
+    if version:
+        work["version"] = version
+    if batch is not None:
+        work["batch"] = batch
+    try:
+        return _JSON.encode(work).encode()
+    except (ValueError, TypeError, RecursionError):  # NaN/Infinity (ValueError), a set or bytes, lone surrogates
+        return None
 
 
 def version_of(item: dict[str, Any]) -> str:
@@ -89,17 +135,20 @@ class Dispatcher:
             return stats
         seen = self.client.hmget(self.keys.versions(), [name for name, _, _ in named])
         args: list[str | bytes] = []
+        batch = self.batch
         for (name, version, item), last in zip(named, seen, strict=True):
             if last is not None and last.decode() == version:
                 continue
-            try:
-                work = WorkItem(id=name, data=item, version=version or None, batch=self.batch)
-            except ValidationError as exc:
-                stats.invalid += 1
-                log.warning("listed item is not a valid work item", extra={
-                    "event": "dispatch.invalid", "item": name[:200], "reason": str(exc.errors()[0]["msg"])})
-                continue
-            args += [name, version, work.encode()[FIELD]]
+            encoded = _fast_encode(name, version, item, batch)
+            if encoded is None:  # not the common shape: the model decides (and says why an item is invalid)
+                try:
+                    encoded = WorkItem(id=name, data=item, version=version or None, batch=batch).encode()[FIELD]
+                except ValidationError as exc:
+                    stats.invalid += 1
+                    log.warning("listed item is not a valid work item", extra={
+                        "event": "dispatch.invalid", "item": name[:200], "reason": str(exc.errors()[0]["msg"])})
+                    continue
+            args += [name, version, encoded]
         keys = [self.keys.versions(), self.progress.keys.states(), self.progress.keys.counts(),
                 self.keys.stream("source"), self.keys.batch_items(self.batch), self.keys.arrivals()]
         step = 3 * SCRIPT_CHUNK
