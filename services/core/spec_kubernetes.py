@@ -43,7 +43,7 @@ def _quantity(value: Any, where: str) -> str:
 
 class StageKubernetes(BaseModel):
     """The Job each item of a `kubernetes` stage runs as. Its pod is hardened like every rendered pod
-    (services/render/k8s_objects.py: non-root, read-only root filesystem, no privilege escalation, every capability
+    (services/core/k8s_objects.py: non-root, read-only root filesystem, no privilege escalation, every capability
     dropped, RuntimeDefault seccomp, no service-account token); writable: only WORK_OUTPUT_DIR and /tmp (emptyDirs)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -61,7 +61,7 @@ class StageKubernetes(BaseModel):
                                                                   "mounted.")
     resources: dict[str, dict[str, str]] | None = Field(
         default=None, description="requests / limits (cpu, memory, ephemeral-storage) of each container. Default: the "
-                                  "rendered workers' (services/render/k8s_objects.py RESOURCES['worker']).")
+                                  "rendered workers' (services/core/k8s_objects.py RESOURCES['worker']).")
     user: int = Field(default=DEFAULT_UID, ge=1, description="runAsUser / runAsGroup / fsGroup (never 0).")
     network: bool = Field(default=False, description="false: `batchmesh render k8s` adds a NetworkPolicy denying the "
                                                      "Job pods all traffic (as the docker executor's network: none).")

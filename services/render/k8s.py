@@ -30,9 +30,9 @@ from typing import Any
 
 import yaml
 
+from services.core import k8s_objects as obj
 from services.core.spec import Pipeline, load_pipeline
 
-from . import k8s_objects as obj
 from . import k8s_rbac as rbac
 from . import k8s_scaledjob as scaledjob
 from . import k8s_scalers as scalers

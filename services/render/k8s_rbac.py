@@ -21,9 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.core.k8s_objects import NAMESPACE, labels, meta, selector
 from services.core.spec import Pipeline, WorkSpec
-
-from .k8s_objects import NAMESPACE, labels, meta, selector
 
 API_SERVER_PORTS = (443, 6443)
 EXECUTOR_LABEL = "batchmesh.io/executor"  # on the kubernetes executor's Jobs and pods (executors/kubernetes_job.py)

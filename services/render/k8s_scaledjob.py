@@ -22,7 +22,7 @@ long-lived stream stage, and every role reads the same spec otherwise. Stages wh
 their own (`kubernetes.images`) need the manager's multi-container Job and get no ScaledJob.
 
 The pod is the stage's worker pod (services/render/k8s.py: the same environment, spec mount, volumes and restricted
-securityContext from services/render/k8s_objects.py) in the stage's `kubernetes.image` (which must carry batchmesh
+securityContext from services/core/k8s_objects.py) in the stage's `kubernetes.image` (which must carry batchmesh
 here: the pod runs `batchmesh worker`), with the stage's `kubernetes.resources` and `user`."""
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ from typing import Any
 
 import yaml
 
+from services.core import k8s_objects as obj
 from services.core.keys import Keys
 from services.core.spec import Pipeline, WorkSpec
 from services.core.spec_yaml import read_yaml
 
-from . import k8s_objects as obj
 from .k8s_scalers import POLLING_S, REDIS_ADDRESS, TRIGGER_AUTH
 
 JOB_ITEMS = 1  # entries per Job: its pod's --max-items, the trigger's lagCount

@@ -6,10 +6,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.core.k8s_objects import (
+    MONITORING_NAMESPACE,
+    NAMESPACE,
+    REDIS_SECRET,
+    labels,
+    meta,
+    network_policy,
+    selector,
+)
 from services.core.keys import Keys
 from services.core.spec import Pipeline, WorkSpec
-
-from .k8s_objects import MONITORING_NAMESPACE, NAMESPACE, REDIS_SECRET, labels, meta, network_policy, selector
 
 REDIS_ADDRESS = f"redis.{NAMESPACE}.svc:6379"  # as KEDA's operator (namespace keda) reaches it
 KEDA_NAMESPACE = "keda"

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from k8s_checks import have_kubectl, kustomize, need
 
-from services.core import Keys
+from services.core import Keys, k8s_objects
 from services.core.spec import load_pipeline
-from services.render import k8s, k8s_objects, k8s_scaledjob, k8s_scalers
+from services.render import k8s, k8s_scaledjob, k8s_scalers
 from services.render.roles import role_env
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 TIMEOUT = (5, 30)  # every API call: connect, read (seconds)
 GRACE_S = 120  # the manager gives up on a Job this long after its activeDeadlineSeconds (a stuck controller)
 NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-DEFAULT_NAMESPACE = "batchmesh"  # services/render/k8s_objects.py NAMESPACE
+DEFAULT_NAMESPACE = "batchmesh"  # services/core/k8s_objects.py NAMESPACE
 CONNECTION_ERRORS = (OSError, urllib3.exceptions.HTTPError)  # urllib3's own (MaxRetryError ...) are no OSErrors
 
 

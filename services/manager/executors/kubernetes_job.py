@@ -1,13 +1,13 @@
 """The objects the `kubernetes` executor sends, as plain dicts (pure functions: no API calls here): one Job per item
 and the ConfigMap holding its item document. Hardened like every pod `batchmesh render k8s` emits: the
-securityContext and default resources come from services/render/k8s_objects.py (a dependency-free module of dicts,
+securityContext and default resources come from services/core/k8s_objects.py (a dependency-free module of dicts,
 shared so a Job pod and a rendered Deployment can never drift apart).
 
 **Names.** `job_name`: `bm-<stage>-<16 hex>`, the hex a SHA-256 of (pipeline, stage, item id, item version): the same
 for every delivery of one item version (a restarted manager finds the Job it made: AlreadyExists means adopt), a
 new one for a new version. At most 63 characters (the Job controller puts it in the pods' `job-name` label), a
 DNS-1123 label. The item id itself goes in the annotation `batchmesh.io/item`, with its version and stream entry.
-Labels: services/render/k8s_objects.labels (role `job`) + `batchmesh.io/executor: kubernetes`; the pods have no
+Labels: services/core/k8s_objects.labels (role `job`) + `batchmesh.io/executor: kubernetes`; the pods have no
 `app.kubernetes.io/part-of: batchmesh` (the mesh's Redis NetworkPolicy admits those; a Job runs the user's code).
 
 **The item.** In a ConfigMap of the Job's name (key `item.json`, plus `pipeline.yaml` when the pod runs
@@ -50,11 +50,11 @@ import math
 import re
 from typing import Any
 
+from services.core import k8s_objects as hardening
 from services.core.command import item_document
 from services.core.item import WorkItem
 from services.core.spec import WorkSpec
 from services.core.spec_kubernetes import StageKubernetes
-from services.render import k8s_objects as hardening
 
 PREFIX = "batchmesh.io"
 EXECUTOR_LABEL = f"{PREFIX}/executor"
