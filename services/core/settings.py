@@ -45,6 +45,9 @@ class Settings(BaseSettings):
         default=30_000, ge=1, description="Pending entries idle this long are reclaimed from crashed consumers."
     )
     max_deliveries: int = Field(default=3, ge=1, description="Deliveries before an item is dead-lettered.")
+    dead_letter_maxlen: int = Field(
+        default=100_000, ge=0, description="Dead letters kept per stage; beyond it the oldest are dropped, counted "
+        "and logged (core.trim.DeadLetterCap: the policy). 0 = keep every one.")
     metrics_port: int = Field(default=0, ge=0, description="Port of /metrics; 0 = no metrics server.")
     log_level: str = Field(default="INFO")
     log_json: bool | None = Field(default=None, description="JSON logs; default: when stderr is not a TTY.")
