@@ -29,7 +29,7 @@ from .progress import DEAD, DONE, FAILED, Progress
 from .retry import RetryQueue, RetrySpec
 from .rewind import create_group
 from .settings import Settings
-from .trim import SafeTrim
+from .trim import DeadLetterCap, SafeTrim
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ class StreamConsumer:
         self.held = Held(client, self.keys, stage)
         self._next_move, self._due_at = 0.0, None  # next look at the retry set; when a retry is known due
         self._trim = SafeTrim(client)
+        self._cap_dead = DeadLetterCap(client, self.keys, stage, settings.dead_letter_maxlen)
         self._reclaim_cursor: bytes | str = b"0-0"
         self._next_reclaim = 0.0
         self._reclaimed_last = False  # the last read() returned reclaimed entries: the next one reads new ones
@@ -387,6 +388,7 @@ class StreamConsumer:
             try:
                 self.heartbeat()
                 self._trim(self.stream_key)
+                self._cap_dead()  # the dead-letter policy (core.trim.DeadLetterCap)
                 self.m_backlog.set(self.client.xlen(self.stream_key))
             except RedisError as exc:
                 log.warning("trim failed", extra={"event": "stage.trim_failed", "stage": self.stage,
