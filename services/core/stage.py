@@ -20,6 +20,7 @@ from redis.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
 from . import metrics
+from .batch_decode import decode_many
 from .deadletter import add_dead_letter
 from .guard import CommitError, check_key_types, require_no_retry
 from .held import Held
@@ -196,7 +197,7 @@ class StreamConsumer:
             return []
         if not reply:
             return []
-        batch = [self._delivery(entry_id, fields, 1) for entry_id, fields in self._ours(reply[0][1])]
+        batch = self._deliveries(self._ours(reply[0][1]), {})
         self.m_in.inc(len(batch))
         return batch
 
@@ -254,7 +255,7 @@ class StreamConsumer:
         lost = self._lost(start, cursor, {e for e, _ in live}) if len(live) < len(claimed) else []
         if lost:
             self._count_lost(lost, still_pending=True)
-        batch = [self._delivery(entry_id, fields, times.get(entry_id, 2)) for entry_id, fields in self._ours(live)]
+        batch = self._deliveries(self._ours(live), times, 2)
         self.m_reclaimed.inc(len(batch))
         self.m_in.inc(len(batch))
         return self._cap_deliveries(batch)
@@ -292,13 +293,19 @@ class StreamConsumer:
             self.commit(commit)
         return [d for d in batch if d.deliveries <= self.settings.max_deliveries]
 
-    def _delivery(self, entry_id: bytes, fields: dict[bytes, bytes], times_delivered: int) -> Delivery:
-        raw = fields.get(FIELD, b"") if fields else b""
-        try:
-            item = WorkItem.decode(fields)
-        except MalformedItem as exc:
-            return Delivery(entry_id, None, times_delivered, raw, f"malformed item: {exc}")
-        return Delivery(entry_id, item, item.attempts + times_delivered, raw)
+    @staticmethod
+    def _deliveries(entries: list[tuple[bytes, dict[bytes, bytes]]], times: dict[bytes, int],
+                    default_times: int = 1) -> list[Delivery]:
+        """The entries as deliveries, decoded in one call (core.batch_decode); `times`: deliveries per entry id."""
+        batch = []
+        for (entry_id, fields), item in zip(entries, decode_many([f for _, f in entries]), strict=True):
+            raw = fields.get(FIELD, b"") if fields else b""
+            n = times.get(entry_id, default_times)
+            if isinstance(item, MalformedItem):
+                batch.append(Delivery(entry_id, None, n, raw, f"malformed item: {item}"))
+            else:
+                batch.append(Delivery(entry_id, item, item.attempts + n, raw))
+        return batch
 
     # -- committing ----------------------------------------------------------------------------------------
 

@@ -80,9 +80,15 @@ def dumps(value: Any, *, indent: int | None = None, sort_keys: bool = False, ens
         return json.dumps(_replace(value), **kw)
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)  # dumps()'s defaults
+
+
 def encode(value: Any) -> bytes:
     """Compact strict JSON as UTF-8 bytes: what stream entries, item files and results hold."""
-    return dumps(value).encode()
+    try:  # what dumps(value) does, without building an encoder per call (the per-item hot path)
+        return _COMPACT.encode(value).encode()
+    except ValueError:  # a non-finite float: dumps applies the rule above
+        return dumps(value).encode()
 
 
 def _refuse_constant(token: str) -> Any:
