@@ -5,11 +5,14 @@ Exit 0 = done, anything else (or the timeout) = failed. argv only: item data nev
 from __future__ import annotations
 
 import atexit
+import errno
+import functools
 import itertools
 import logging
 import os
 import selectors
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -54,25 +57,58 @@ def read_result(stdout: bytes, output_dir: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"result": value}
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """An item made ready for its command (before the command starts: the process executor prepares the next
+    item while the current one runs): WORK_OUTPUT_DIR made and rid of an earlier attempt's result.json, the item
+    in its private WORK_ITEM_FILE, the child's environment (core.masking.command_env plus the stage's env)."""
+
+    item: WorkItem
+    output_dir: Path
+    item_file: Path
+    env: dict[str, str]
+
+    def discard(self) -> None:
+        """Remove the item file (the command ran, or will not)."""
+        self.item_file.unlink(missing_ok=True)
+
+
+def prepare(item: WorkItem, output_dir: Path, env: dict[str, str] | None = None, *,
+            base: dict[str, str] | None = None) -> Prepared:
+    """Write what the command of `item` reads. `base`: the environment to add `env` to, when the caller keeps
+    command_env() (it is the same for every item of a stage). Raises OSError when the output dir or the item file
+    cannot be made."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "result.json").unlink(missing_ok=True)  # a stale result of an earlier attempt must not count
+    item_file = _write_item_file(item)
+    return Prepared(item, output_dir, item_file, {**(command_env() if base is None else base), **(env or {}),
+                                                  "WORK_ITEM_FILE": str(item_file), "WORK_OUTPUT_DIR": str(output_dir)})
+
+
+def _spawn(argv: list[str], prepared: Prepared) -> subprocess.Popen[bytes]:
+    """Start the command in its own session (its own process group: killed as a whole when the item ends), stdin
+    from /dev/null, stdout and stderr piped. Raises OSError when it cannot be started."""
+    proc = subprocess.Popen(argv, env=prepared.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    with _running_lock:
+        _running.add(proc.pid)
+    return proc
+
+
+def _cannot_start(argv: list[str], exc: OSError) -> Outcome:
+    return Outcome(False, reason=f"cannot start {argv[0]!r}: {exc.strerror or exc}")
+
+
 def run_command(
     argv: list[str], item: WorkItem, output_dir: Path, *, timeout: float, env: dict[str, str] | None = None
 ) -> Outcome:
     """Run `argv` for `item`. The output dir is derived from the item, so a retry overwrites, never duplicates."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "result.json").unlink(missing_ok=True)  # a stale result of an earlier attempt must not count
-    item_file = _write_item_file(item)
+    prepared = prepare(item, output_dir, env)
     try:
-        child_env = {**command_env(), **(env or {}), "WORK_ITEM_FILE": str(item_file),
-                     "WORK_OUTPUT_DIR": str(output_dir)}
         try:
-            proc = subprocess.Popen(
-                argv, env=child_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                start_new_session=True,  # its own process group: killed as a whole when the item ends
-            )
+            proc = _spawn(argv, prepared)
         except OSError as exc:
-            return Outcome(False, reason=f"cannot start {argv[0]!r}: {exc.strerror or exc}")
-        with _running_lock:
-            _running.add(proc.pid)
+            return _cannot_start(argv, exc)
         try:
             output = _communicate(proc, timeout)
         finally:
@@ -83,22 +119,124 @@ def run_command(
                 _running.discard(proc.pid)
         if output is None:
             return Outcome(False, reason=f"timed out after {timeout:g}s")
-        stdout, stderr = output
     finally:
-        item_file.unlink(missing_ok=True)
-    if proc.returncode != 0:
+        prepared.discard()
+    return _outcome(argv, item, output_dir, proc.returncode, *output)
+
+
+def _outcome(argv: list[str], item: WorkItem, output_dir: Path, returncode: int, stdout: bytes,
+             stderr: bytes) -> Outcome:
+    if returncode != 0:
         tail = stderr.decode(errors="replace").strip()[-STDERR_TAIL:]
-        return Outcome(False, reason=f"exit code {proc.returncode}: {tail}" if tail else f"exit code {proc.returncode}")
+        return Outcome(False, reason=f"exit code {returncode}: {tail}" if tail else f"exit code {returncode}")
     if stderr.strip():  # a successful worker's warnings are kept too (the role log; `batchmesh run -v` shows them)
         log.info("worker stderr", extra={"event": "worker.stderr", "item": item.id, "command": argv[0],
                                          "stderr": stderr_tail(stderr)})
     return Outcome(True, result=read_result(stdout, output_dir))
 
 
+class Child:
+    """A command started for one prepared item whose pipes and exit (a pidfd) the caller watches in its own
+    selector, beside other children: `fds` to register, `feed(fd)` when one is readable (True: that fd is done,
+    unregister it), `outcome()` once `finished` (or at `deadline`: then it is killed). What run_command does,
+    without a thread per command, started with posix_spawn (vfork + exec in libc: no page tables copied; the same
+    child as run_command's: its own session, stdin /dev/null, stdout/stderr piped, SIGPIPE and SIGXFSZ back to
+    their defaults, argv[0] looked up in the child env's PATH). Linux >= 5.3 (pidfd_open); raises OSError when
+    the command cannot be started."""
+
+    def __init__(self, argv: list[str], prepared: Prepared, timeout: float) -> None:
+        self.argv, self.prepared, self.timeout = argv, prepared, timeout
+        self.deadline = time.monotonic() + timeout
+        self.returncode: int | None = None
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            self.pid = os.posix_spawn(_executable(argv[0], prepared.env.get("PATH")), argv, prepared.env,
+                                      file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                                                    (os.POSIX_SPAWN_DUP2, out_w, 1),
+                                                    (os.POSIX_SPAWN_DUP2, err_w, 2)],
+                                      setsid=True, setsigdef=_DEFAULT_SIGNALS)
+        except BaseException:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        with _running_lock:
+            _running.add(self.pid)
+        self.chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+        except OSError:
+            self._reap(kill=True)
+            raise
+        self.open = {*self.chunks, self.pidfd}
+
+    @property
+    def fds(self) -> tuple[int, ...]:
+        return (*self.chunks, self.pidfd)
+
+    @property
+    def finished(self) -> bool:
+        return not self.open
+
+    def feed(self, fd: int) -> bool:
+        """Read what `fd` has; True once it is at its end (EOF, or the process exited)."""
+        data = os.read(fd, 65536) if fd != self.pidfd else b""
+        if data:
+            self.chunks[fd].append(data)
+            return False
+        self.open.discard(fd)
+        if fd == self.pidfd:  # what it left in its group ends now (and lets go of the pipes)
+            lifeline.kill_group(self.pid)
+        return True
+
+    def outcome(self) -> Outcome:
+        """The item's outcome: call once `finished`, or to end it (a timeout: its group and descendants killed)."""
+        timed_out = not self.finished
+        self._reap(kill=timed_out)
+        os.close(self.pidfd)
+        if timed_out:
+            return Outcome(False, reason=f"timed out after {self.timeout:g}s")
+        stdout, stderr = (b"".join(c) for c in self.chunks.values())
+        assert self.returncode is not None
+        return _outcome(self.argv, self.prepared.item, self.prepared.output_dir, self.returncode, stdout, stderr)
+
+    def _reap(self, *, kill: bool) -> None:
+        try:
+            if kill:  # its group and descendants go, then it is reaped
+                lifeline.kill_tree(self.pid)
+            # it has exited (and its group was killed then, before this reap: the id could not be reused)
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        finally:
+            for fd in self.chunks:
+                os.close(fd)
+            with _running_lock:
+                _running.discard(self.pid)
+            self.prepared.discard()
+
+
 def stderr_tail(stderr: bytes) -> str:
     """The last STDERR_LINES lines (at most STDERR_TAIL characters) of a command's stderr."""
     lines = stderr.decode(errors="replace").rstrip().splitlines()[-STDERR_LINES:]
     return "\n".join(lines)[-STDERR_TAIL:]
+
+
+_DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
+
+
+@functools.lru_cache(maxsize=64)
+def _executable(name: str, path: str | None) -> str:
+    """argv[0] as subprocess finds it: as is when it holds a '/', else in the child env's PATH (os.defpath if
+    unset). FileNotFoundError when it is nowhere."""
+    if "/" in name:
+        return name
+    for directory in (path if path is not None else os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
 
 
 # Item files live in one private directory (mode 0700) per process, one file (mode 0600) per run: a directory per

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
+import selectors
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from services.core import Commit, Delivery, StreamConsumer
 from services.core import metrics as core_metrics
-from services.core.command import Outcome, run_command
+from services.core.command import Child, Outcome, Prepared, prepare, run_command
+from services.core.masking import command_env
 from services.core.results import finish
 from services.core.retry import retry_policy
 
@@ -51,6 +55,9 @@ class ProcessExecutor(Executor):
         return min(MAX_READ_AHEAD, max(self.slots, math.ceil(self.slots * READ_AHEAD_S / self.avg_s)))
 
     def run(self) -> None:
+        if type(self).execute is ProcessExecutor.execute and hasattr(os, "pidfd_open"):
+            self._run_inline()  # the commands run here: no thread per item, no hop back with each result
+            return
         ctx = self.ctx
         self.consumer = c = StreamConsumer(ctx.client, ctx.settings, stage=ctx.stage, input_stream=ctx.work.input,
                                            retry=retry_policy(ctx.pipeline, ctx.stage))
@@ -145,3 +152,123 @@ class ProcessExecutor(Executor):
             finish(self.consumer, commit, delivery, outcome.result or {}, output=self.ctx.output)
         else:
             commit.fail(delivery, outcome.reason)
+
+    # -- the inline loop: one thread starts the commands, watches them in one selector and commits ----------------
+
+    def _run_inline(self) -> None:
+        """The loop of `run` for commands run by this process: up to `slots` children at once, each watched by its
+        pipes and pidfd in one selector (no thread per item, no queue hop per result); while they run, the next
+        items' files are prepared (core.command.prepare), entries read ahead and results committed in batches."""
+        ctx = self.ctx
+        self.consumer = c = StreamConsumer(ctx.client, ctx.settings, stage=ctx.stage, input_stream=ctx.work.input,
+                                           retry=retry_policy(ctx.pipeline, ctx.stage))
+        self.processing = core_metrics.PROCESSING.labels(**self.labels)
+        held: dict[bytes, Delivery] = {}  # read and not yet finished: waiting, prepared or running
+        waiting: deque[Delivery] = deque()
+        ready: deque[tuple[Delivery, Prepared | Outcome]] = deque()  # prepared (or already failed), not started
+        running: dict[Child, tuple[Delivery, float]] = {}
+        commit, first_result = Commit(), 0.0
+        beat_every = ctx.settings.visibility_timeout_ms / 3000
+        next_beat = time.monotonic() + beat_every
+        workers = core_metrics.WORKERS.labels(**self.labels)
+        workers.set(self.slots)
+        selector = selectors.DefaultSelector()
+        self._base_env = command_env()  # the same for every item: computed once, not per spawn
+
+        def settle(delivery: Delivery, outcome: Outcome, began: float) -> None:
+            nonlocal first_result
+            first_result = first_result or time.monotonic()
+            self._settle(commit, held, (delivery, outcome, time.perf_counter() - began))
+
+        def start() -> None:
+            """Fill the free slots, then prepare the next items while those run."""
+            while len(running) < self.slots and (ready or waiting):
+                delivery, prepared = ready.popleft() if ready else self._prepare(waiting.popleft())
+                began = time.perf_counter()
+                if isinstance(prepared, Outcome):
+                    settle(delivery, prepared, began)
+                    continue
+                try:
+                    child = Child(self.argv, prepared, timeout=ctx.work.timeout)
+                except OSError as exc:
+                    prepared.discard()
+                    settle(delivery, Outcome(False, reason=f"cannot start {self.argv[0]!r}: "
+                                                           f"{exc.strerror or exc}"), began)
+                    continue
+                running[child] = (delivery, began)
+                for fd in child.fds:
+                    selector.register(fd, selectors.EVENT_READ, child)
+            while waiting and len(ready) < self.slots:
+                ready.append(self._prepare(waiting.popleft()))
+
+        def end(child: Child) -> None:
+            for fd in child.open:
+                selector.unregister(fd)
+            delivery, began = running.pop(child)
+            settle(delivery, child.outcome(), began)
+
+        def watch(timeout: float) -> None:
+            for key, _ in selector.select(timeout):
+                child = key.data
+                if child in running and child.feed(key.fd):
+                    selector.unregister(key.fd)
+                    if child.finished:
+                        end(child)
+            now = time.monotonic()
+            for child in [ch for ch in running if ch.deadline <= now]:
+                end(child)  # timed out: killed with its group
+
+        try:
+            while not self.stopping.is_set():
+                ahead = self.read_ahead()
+                if len(held) <= self.slots + ahead // 2:
+                    block = 0 if held or commit else None  # block only when there is nothing else to do
+                    batch = c.read(count=self.slots + ahead - len(held), block_ms=block)
+                    waiting.extend(self._hold(batch, held, commit))
+                start()
+                now = time.monotonic()
+                if commit and (not held or commit.completed + len(commit.retries) >= ahead
+                               or now - first_result >= FLUSH_AFTER_S):
+                    self.commit(commit)
+                    commit, first_result = Commit(), 0.0
+                if held and now >= next_beat:
+                    c.client.xclaim(c.stream_key, c.group, c.consumer, min_idle_time=0, message_ids=list(held),
+                                    justid=True)  # reset idle time; JUSTID leaves the delivery count alone
+                    next_beat = now + beat_every
+                if running:
+                    wait = 0.01 if len(running) < self.slots else beat_every  # idle slots: poll the stream soon
+                    if commit:
+                        wait = min(wait, first_result + FLUSH_AFTER_S - now)
+                    wait = min(wait, min(ch.deadline for ch in running) - now)
+                    watch(max(0.0, wait))
+                    start()
+        finally:
+            # Items not started stay pending in the stream (a restarted manager reclaims them); running ones end.
+            for _, prepared in ready:
+                if isinstance(prepared, Prepared):
+                    prepared.discard()
+            while running:
+                watch(max(0.0, min(ch.deadline for ch in running) - time.monotonic()))
+            selector.close()
+            self.commit(commit)
+            workers.set(0)
+
+    def _hold(self, batch: list[Delivery], held: dict[bytes, Delivery], commit: Commit) -> list[Delivery]:
+        started = []
+        for delivery in batch:
+            if delivery.item is None:
+                commit.dead_letter(delivery, delivery.malformed or "malformed item")
+                continue
+            started.append(delivery)
+        self.consumer.held.hold(self.consumer, started)  # running, and indexed should an entry be deleted
+        for delivery in started:
+            held[delivery.entry_id] = delivery
+        return started
+
+    def _prepare(self, delivery: Delivery) -> tuple[Delivery, Prepared | Outcome]:
+        item = delivery.item
+        assert item is not None
+        try:
+            return delivery, prepare(item, self.ctx.out_dir / item.dirname, self.env, base=self._base_env)
+        except Exception as exc:  # e.g. the output dir cannot be written: a failed attempt, not a crash
+            return delivery, Outcome(False, reason=f"{type(exc).__name__}: {exc}")
