@@ -112,8 +112,8 @@ def _produce(url: str, key: str, rate: int, seconds: float) -> None:
 def _receive(client: redis.Redis, outputs: dict[str, Any], total: int, start: float, hops: list[float]) -> int:
     """Read the router's outputs until `total` arrived; hop times (ms) after the first second go to `hops`."""
     received = 0
-    while received < total:
-        reply = client.xread(outputs, block=2000)
+    while received < total:  # the first wait covers the producer process's start (slow on a loaded machine)
+        reply = client.xread(outputs, block=2000 if received else 30_000)
         if not reply:
             break
         now = time.time()

@@ -46,6 +46,8 @@ SHARD_HEALTHY = Gauge("batchmesh_shard_healthy", "1 while a shard takes its own 
 DropHook = Callable[[Pipeline, list[str]], None]  # (the commit's transaction, ids of the dropped items)
 
 ROUTERS: dict[str, type[Router]] = {}
+CALL_BUDGET_MS = 2.0  # Redis time one script call may take under a backlog (issue 12: 1000 entries ~ 6 ms)
+MAX_LUA_COUNT = 4096  # entries per input per call at most, whatever the budget would allow
 
 
 def register(cls: type[Router]) -> type[Router]:
@@ -90,6 +92,9 @@ class Router:
             raise ValueError(f"stage {stage!r} cannot run server-side: {why}")
         self.server_side = possible if server_side is None else server_side
         self.count = self.batch_count()
+        self.lua_count = self.count  # sized by each call's measured cost (_size_batch)
+        self._entry_us: float | None = None  # Redis time per entry of a script call, moving average
+        self._seen: dict[str, bytes] = {}  # input -> the group's last-delivered id, when the last call caught up
         self._program = expr.program_json if expr is not None else ""
         self._script = RouteScript(client) if self.server_side else None
         self._tail = [self.keys.dead_letters(stage), self.keys.stage_stats(stage), self.keys.states(),
@@ -117,8 +122,12 @@ class Router:
         return {}
 
     def batch_count(self) -> int:
-        """Entries read per input per step."""
+        """Entries read per input per step (the Python path; the first script call's count)."""
         return self.settings.batch_size
+
+    def max_lua_count(self) -> int:
+        """The most entries per input one script call may take under a backlog (see _size_batch)."""
+        return max(self.count, MAX_LUA_COUNT)
 
     def before_step(self) -> None:
         """Called before every batch (the sharder refreshes its shards' health here, when it is due)."""
@@ -172,15 +181,22 @@ class Router:
         taken = self._reclaim_if_due()
         start, self._round = self._round % len(self.consumers), self._round + 1  # the same rotation as in Python
         order = self.consumers[start:] + self.consumers[:start]
+        inputs = [c.stream_key for c in order]
+        # Caught up last time: wait inside Redis, in the same round trip as the call (scripts.RouteScript), from
+        # where the group was. A backlog (or a step that must not block) calls at once.
+        wait = ({k: self._seen[k] for k in inputs}, block_ms) if block_ms and self._seen and not taken else None
+        began, count = time.perf_counter(), self.lua_count
         try:
-            r = self._script(inputs=[c.stream_key for c in order], outputs=self.output_keys, tail=self._tail,
-                             group=self.stage, count=self.count, mode=self.mode, program=self._program,
-                             drop_state=self.drop_state or "", conf={**self.lua_conf(), **self._skip_conf})
+            r = self._script(inputs=inputs, outputs=self.output_keys, tail=self._tail,
+                             group=self.stage, count=count, mode=self.mode, program=self._program,
+                             drop_state=self.drop_state or "", conf={**self.lua_conf(), **self._skip_conf},
+                             wait=wait)
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             for c in self.consumers:  # an input was deleted (or its group destroyed) under us: start again
                 c.ensure_group()
+            self._seen = {}
             return taken
         first = self.consumers[0]  # every consumer of this router has the same metric labels
         first.m_in.inc(r.read)
@@ -189,11 +205,28 @@ class Router:
         self._account(r.filtered, r.spilled)
         for c in self.consumers:
             c.maybe_trim()
-        taken += r.read + r.skipped
-        if block_ms and taken < self.count:  # not a full batch: caught up, so wait for more, from where the
-            # group is now (no second, empty script call first: at a steady trickle that halves the round trips)
-            self._wait(dict(zip([c.stream_key for c in order], r.seen, strict=True)), block_ms)
+        got = r.read + r.skipped
+        wall_us = (time.perf_counter() - began) * 1e6 if wait is None else 0.0  # a wait is no cost of the call
+        self._size_batch(got, count, r.elapsed_us or wall_us)
+        taken += got
+        # Not a full batch: caught up, so the next step waits first (from where the group is now); a full one
+        # leaves a backlog behind it, routed at once.
+        self._seen = dict(zip(inputs, r.seen, strict=True)) if got < count else {}
         return taken
+
+    def _size_batch(self, entries: int, count: int, elapsed_us: float) -> None:
+        """The next call's count per input under a backlog: past the configured batch (`batch_count()`, the floor:
+        a step always takes that many when they are there) as far as `CALL_BUDGET_MS` of Redis time allows at the
+        cost per entry measured so far (a moving average: one call slowed by the machine must not undo the next),
+        up to `max_lua_count()`. A script blocks every other client while it runs: the budget keeps a backlog's
+        calls short; at a trickle a call takes what is there, whatever the count. A call of fewer entries than
+        min(32, count) is not measured: its fixed cost would pass for a per-entry one."""
+        if entries < min(32, count) or elapsed_us <= 0:
+            return
+        cost = elapsed_us / entries
+        self._entry_us = cost if self._entry_us is None else 0.75 * self._entry_us + 0.25 * cost
+        fit = int(CALL_BUDGET_MS * 1000 / self._entry_us) // len(self.consumers)
+        self.lua_count = max(self.count, min(self.max_lua_count(), fit))
 
     def _reclaim_if_due(self) -> int:
         """Entries a crashed consumer of this stage left pending (the Python path's: a script never leaves any)

@@ -1,7 +1,8 @@
 """The merger: N streams into one, <stage> (`merge: {inputs: [a, b]}`), fair across inputs: every round reads at
 most `per_input` entries from each input (rotating which goes first), so a busy input cannot starve a quiet one —
 a 10-entry input is drained in the first round even behind a 10,000-entry one. Server-side, one script call reads
-all inputs and publishes and acknowledges every entry read."""
+all inputs and publishes and acknowledges every entry read (at most `per_input` per input, fewer when a call
+would take longer than its time budget: base.CALL_BUDGET_MS)."""
 
 from __future__ import annotations
 
@@ -24,3 +25,7 @@ class Merger(Router):
     def batch_count(self) -> int:
         # A round reads about one batch in all: each input gets its share, at least one entry.
         return self.per_input or max(1, self.settings.batch_size // len(self.spec.inputs))
+
+    def max_lua_count(self) -> int:
+        # The share is the fairness unit: a call may take fewer under its time budget, never more.
+        return self.count

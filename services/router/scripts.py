@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import NoScriptError
 
 from services.core.item import MAX_ITEM_BYTES
 
@@ -29,14 +30,21 @@ from services.core.item import MAX_ITEM_BYTES
 #       from them: an item of batch B whose outputs are all '1' in a mask is added to the set head..B..tail, a
 #       barrier's `skipped` set. Those keys are named by the items' batches, so they are not in KEYS: every key of
 #       a pipeline carries its hash tag, so they are in the same Cluster slot as KEYS).
-# Returns {read, completed, filtered, dead, skipped, {spilled per shard}, {the group's last-delivered id per input}}.
+# Returns {read, completed, filtered, dead, skipped, {spilled per shard}, {the group's last-delivered id per input},
+#          microseconds the call took (by the server's clock)}.
 ROUTE_LUA = r"""
+local t0 = redis.call('TIME')  -- how long this call held Redis goes back to the caller (the next batch's size)
+local function elapsed_us()
+  local t = redis.call('TIME')
+  return (tonumber(t[1]) - tonumber(t0[1])) * 1000000 + tonumber(t[2]) - tonumber(t0[2])
+end
 local group, count, nin = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local mode, drop_state = ARGV[4], ARGV[6]
 local nout = #KEYS - nin - 5
 local tail = nin + nout
 local dlq, stats, states, counts = KEYS[tail + 1], KEYS[tail + 2], KEYS[tail + 3], KEYS[tail + 4]
-local arrivals, added = KEYS[#KEYS], {}
+local arrivals, added, okeys = KEYS[#KEYS], {}, {}
+for t = 1, nout do okeys[t], added[t] = KEYS[nin + t], 0 end
 for i = 1, #KEYS do
   local want = i <= nin + nout + 1 and 'stream' or 'hash'
   local t = redis.call('TYPE', KEYS[i])['ok']
@@ -99,7 +107,16 @@ end
 
 -- The item document, or nil and why: a JSON object, a non-empty string id of at most 1024 characters, and an
 -- object (or no) data. cjson decodes [] and {} alike, so an empty data table is checked in the raw text.
+local function ascii(s)  -- no byte >= 0x80: math.max over string.byte in C-sized slices, twice as fast as a
+  local n = #s           -- pattern scan ('[\128-\255]' tests every byte against a class)
+  for j = 1, n, 4000 do
+    if math.max(string.byte(s, j, math.min(j + 3999, n))) > 127 then return false end
+  end
+  return true
+end
+
 local function valid_utf8(s)  -- cjson passes any byte through: refuse what Python's decoder refuses
+  if ascii(s) then return true end  -- almost every item
   local i, n = 1, #s
   while true do
     i = string.find(s, '[\128-\255]', i)  -- skip the ASCII runs
@@ -142,28 +159,33 @@ local health, healthy, nshards = conf.health or '', {}, nout
 if mode == 'shard' then
   for i = 1, nshards do if string.sub(health, i, i) == '1' then healthy[#healthy + 1] = i end end
 end
-local spilled, every = {}, {}
+local spilled, every, single, none = {}, {}, {}, {}  -- target lists are shared and never written
 for i = 1, nshards do spilled[i] = 0 end
-for i = 1, nout do every[i] = i end
+for i = 1, nout do every[i] = i; single[i] = {i} end
+local home_of, spill_of = {}, {}  -- a key's two hash parts: a batch's repeated keys hash once
 
 local function decide(doc)  -- output indexes (1-based); empty = dropped
   if mode == 'all' then
     return every
   elseif mode == 'filter' then
-    if truthy(ev(prog, doc)) then return {1} end
-    return {}
+    if truthy(ev(prog, doc)) then return single[1] end
+    return none
   elseif mode == 'split' then
     local k = key_of(ev(prog, doc))
-    return {(k and conf.routes[k]) or conf.default}
+    return single[(k and conf.routes[k]) or conf.default]
   end
   local k = key_of(ev(prog, doc)) or doc.id
-  local h = redis.sha1hex(k)
-  local home = tonumber(string.sub(h, 1, 8), 16) % nshards + 1
+  local home = home_of[k]
+  if home == nil then
+    local h = redis.sha1hex(k)
+    home = tonumber(string.sub(h, 1, 8), 16) % nshards + 1
+    home_of[k], spill_of[k] = home, tonumber(string.sub(h, 9, 16), 16)
+  end
   if #healthy > 0 and string.sub(health, home, home) ~= '1' then
     spilled[home] = spilled[home] + 1
-    return {healthy[tonumber(string.sub(h, 9, 16), 16) % #healthy + 1]}
+    return single[healthy[spill_of[k] % #healthy + 1]]
   end
-  return {home}
+  return single[home]
 end
 
 local batches, total, from = {}, 0, {}
@@ -182,7 +204,7 @@ for i = 1, nin do
   total = total + #batches[i]
 end
 if total == 0 then  -- idle: the caller waits for entries newer than what the group has seen
-  return {0, 0, 0, 0, 0, spilled, from}
+  return {0, 0, 0, 0, 0, spilled, from, elapsed_us()}
 end
 local seen = {}
 for i = 1, nin do seen[i] = #batches[i] > 0 and batches[i][#batches[i]][1] or from[i] end
@@ -191,12 +213,14 @@ local read, completed, filtered, dead, skipped = 0, 0, 0, 0, 0
 -- First every decision, writing nothing: a skipped set an item is recorded in is named by the item's batch, so
 -- its type is checked here, before the first write (see the module's docstring).
 local skips, away, away_keys = conf.skips or {}, {}, {}
-local acts = {}
+local a_in, a_raw, a_doc, a_to, nacts = {}, {}, {}, {}, 0  -- per routed entry
 for i = 1, nin do
   for _, entry in ipairs(batches[i]) do
     local f, raw, to = entry[2], nil, nil
-    for j = 1, #f, 2 do
-      if f[j] == 'item' then raw = f[j + 1] elseif f[j] == 'to' then to = f[j + 1] end
+    if f[1] == 'item' and f[3] == nil then raw = f[2] else  -- the common entry: just the item
+      for j = 1, #f, 2 do
+        if f[j] == 'item' then raw = f[j + 1] elseif f[j] == 'to' then to = f[j + 1] end
+      end
     end
     if to ~= nil and to ~= group then
       skipped = skipped + 1  -- a retry or replay addressed to another reader of this stream
@@ -204,7 +228,8 @@ for i = 1, nin do
       read = read + 1
       local doc, why = document(raw)
       local targets = doc and decide(doc)
-      acts[#acts + 1] = {i, raw, doc, targets or why}
+      nacts = nacts + 1
+      a_in[nacts], a_raw[nacts], a_doc[nacts], a_to[nacts] = i, raw, doc, targets or why
       local batch = doc and doc.batch
       if #skips > 0 and type(batch) == 'string' and batch ~= '' then
         for _, s in ipairs(skips) do  -- {key head, key tail, '1' per output leading away from that barrier}
@@ -233,23 +258,25 @@ for i = 1, nin do
   end
 end
 local at = nil
-for _, act in ipairs(acts) do
-  local i, raw, doc = act[1], act[2], act[3]
+for n = 1, nacts do
+  local i, raw, doc = a_in[n], a_raw[n], a_doc[n]
   if doc == nil then
     if at == nil then
       local t = redis.call('TIME')
       at = t[1] .. '.' .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
     end
-    redis.call('XADD', dlq, '*', 'item', raw or '', 'reason', 'malformed item: ' .. act[4],
+    redis.call('XADD', dlq, '*', 'item', raw or '', 'reason', 'malformed item: ' .. a_to[n],
                'stream', KEYS[i], 'deliveries', '1', 'at', at)
     dead = dead + 1
   else
-    local targets = act[4]
-    for _, t in ipairs(targets) do
-      redis.call('XADD', KEYS[nin + t], '*', 'item', raw)
-      added[t] = (added[t] or 0) + 1
+    local targets = a_to[n]
+    local nt = #targets
+    for j = 1, nt do
+      local t = targets[j]
+      redis.call('XADD', okeys[t], '*', 'item', raw)
+      added[t] = added[t] + 1
     end
-    if #targets > 0 then
+    if nt > 0 then
       completed = completed + 1
     else
       filtered = filtered + 1
@@ -276,11 +303,11 @@ for _, key in ipairs(away_keys) do  -- in the call that routes them: a barrier c
 end
 local nspilled = 0
 for i = 1, nshards do nspilled = nspilled + spilled[i] end
-for t, n in pairs(added) do redis.call('HINCRBY', arrivals, KEYS[nin + t], n) end
+for t = 1, nout do if added[t] > 0 then redis.call('HINCRBY', arrivals, okeys[t], added[t]) end end
 for name, n in pairs({out = completed, dead = dead, filtered = filtered, spilled = nspilled}) do
   if n > 0 then redis.call('HINCRBY', stats, name, n) end
 end
-return {read, completed, filtered, dead, skipped, spilled, seen}
+return {read, completed, filtered, dead, skipped, spilled, seen, elapsed_us()}
 """.replace("MAX_ITEM_BYTES", str(MAX_ITEM_BYTES))  # the one cap (core.item)
 
 
@@ -295,20 +322,40 @@ class Routed:
     skipped: int
     spilled: list[int]
     seen: list[bytes]  # per input, the group's last-delivered id now: newer entries are still to be routed
+    elapsed_us: int  # how long the call held Redis, by the server's clock (0 where a server freezes TIME)
 
 
 class RouteScript:
+    """One route call per batch. With `wait`, the call waits inside Redis first: an XREAD BLOCK for entries newer
+    than the given ids, then the script, pipelined in one round trip. Redis runs a blocked client's next command
+    as soon as the XREAD is served, so an entry arriving while the router waits is routed in the same event-loop
+    turn as its XADD, without a round trip to the router process (and its scheduling) in between."""
+
     def __init__(self, client: Redis) -> None:
+        self.client = client
         self._script = client.register_script(ROUTE_LUA)
 
     def __call__(
         self, *, inputs: list[str], outputs: list[str], tail: list[str], group: str, count: int,
         mode: str, program: str = "", drop_state: str = "", conf: dict[str, Any] | None = None,
+        wait: tuple[dict[str, bytes], int] | None = None,
     ) -> Routed:
-        """`tail` = [dead-letter stream, stage stats, progress states, progress counts, arrivals hash]."""
+        """`tail` = [dead-letter stream, stage stats, progress states, progress counts, arrivals hash]; `wait` =
+        ({input: id}, block ms) to wait for an entry newer than those ids first (XREAD consumes nothing)."""
+        keys = [*inputs, *outputs, *tail]
         args = [group, count, len(inputs), mode, program, drop_state,
                 json.dumps(conf or {}, separators=(",", ":"))]
-        reply = self._script(keys=[*inputs, *outputs, *tail], args=args)
-        read, completed, filtered, dead, skipped, spilled, seen = reply
+        reply = None
+        if wait is not None:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.xread(wait[0], count=1, block=wait[1])
+            pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+            try:
+                reply = pipe.execute()[1]
+            except NoScriptError:  # a restarted or flushed Redis: the call below loads the script again
+                reply = None
+        if reply is None:
+            reply = self._script(keys=keys, args=args)
+        read, completed, filtered, dead, skipped, spilled, seen, elapsed = reply
         return Routed(int(read), int(completed), int(filtered), int(dead), int(skipped),
-                      [int(n) for n in spilled], list(seen))
+                      [int(n) for n in spilled], list(seen), int(elapsed))
