@@ -14,7 +14,7 @@ from bench.chaos_wordcount import run_wordcount
 
 @pytest.mark.timeout(120)
 def test_wordcount_is_exact_through_kills(tmp_path: Path) -> None:
-    f = run_wordcount(200, 8, workdir=tmp_path, seed=2, delay_ms=30, timeout=90)
+    f = run_wordcount(200, 8, workdir=tmp_path, seed=2, delay_ms=30, timeout=90, visibility_timeout=5)
     report = f"{ {k: v for k, v in f.items() if k != 'kill_log'} }"
     assert f["kills"] >= 5, report
     assert f["run_exit"] == 0, report
