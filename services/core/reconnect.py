@@ -7,7 +7,12 @@ a Redis restarted without persistence lost) and carries on with a *new* step. So
 MULTI/EXEC) is never re-sent: if the connection broke during EXEC, the entries were either committed or are still
 pending under this consumer, and XAUTOCLAIM hands them out again after the visibility timeout — no loss, no
 duplicate output (see core.guard). A commit refused because its entries are no longer this consumer's (a Redis
-restarted from an older state, core.rewind) only abandons the step: Redis answers, nothing is marked down."""
+restarted from an older state, core.rewind) only abandons the step: Redis answers, nothing is marked down.
+
+Waiting is for outages only. A connection error that is a configuration mistake (wrong credentials, an ACL that
+forbids a command, a certificate that does not verify: core.redis_connect.explain_security's exit-2 kinds) would
+never heal by waiting, so it is raised: the role exits 2 with one line, and its supervisor (or Kubernetes) shows
+a crash loop with the reason instead of a role that looks alive and does nothing."""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import redis
 from redis import Redis
 
 from .health import RoleHealth
+from .redis_connect import explain_security
 from .rewind import StaleCommit
 
 log = logging.getLogger(__name__)
@@ -28,6 +34,16 @@ T = TypeVar("T")
 
 TRANSIENT: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
 """Errors that mean "Redis is unreachable or not ready": BusyLoadingError is a ConnectionError subclass."""
+
+
+def is_misconfigured(exc: BaseException) -> bool:
+    """A TRANSIENT-looking error that waiting cannot fix: credentials refused, no ACL permission, TLS that fails
+    verification or wants a client certificate."""
+    if isinstance(exc, redis.AuthenticationError | redis.AuthenticationWrongNumberOfArgsError
+                  | redis.exceptions.NoPermissionError):
+        return True
+    verdict = explain_security(exc, "")
+    return verdict is not None and verdict[1] == 2
 
 
 def is_nogroup(exc: BaseException) -> bool:
@@ -62,14 +78,19 @@ class Reconnect:
 
     def recover(self, exc: BaseException, then: Callable[[], None] | None = None) -> bool:
         """After `exc` (a TRANSIENT error): mark Redis down, wait until it answers a PING and `then` succeeds.
-        True once it does; False if `stop` was set meanwhile (the caller returns)."""
+        True once it does; False if `stop` was set meanwhile (the caller returns). Raises a misconfiguration
+        (is_misconfigured) at once, whether it is `exc` or what a PING answers meanwhile."""
         self.health.redis_down(exc)
+        if is_misconfigured(exc):
+            raise exc
         while not self.stop.wait(self.backoff.next()):
             try:
                 self.client.ping()
                 if then is not None:
                     then()
-            except TRANSIENT:
+            except TRANSIENT as again:
+                if is_misconfigured(again):
+                    raise
                 continue
             self.backoff.reset()
             self.health.redis_up()
