@@ -93,7 +93,7 @@ class Router:
         self.server_side = possible if server_side is None else server_side
         self.count = self.batch_count()
         self.lua_count = self.count  # sized by each call's measured cost (_size_batch)
-        self._entry_us: float | None = None  # Redis time per entry of a script call, moving average
+        self._entry_us: float | None = None  # Redis time per entry of a script call (_size_batch)
         self._seen: dict[str, bytes] = {}  # input -> the group's last-delivered id, when the last call caught up
         self._program = expr.program_json if expr is not None else ""
         self._script = RouteScript(client) if self.server_side else None
@@ -217,14 +217,15 @@ class Router:
     def _size_batch(self, entries: int, count: int, elapsed_us: float) -> None:
         """The next call's count per input under a backlog: past the configured batch (`batch_count()`, the floor:
         a step always takes that many when they are there) as far as `CALL_BUDGET_MS` of Redis time allows at the
-        cost per entry measured so far (a moving average: one call slowed by the machine must not undo the next),
+        cost per entry measured so far (the least recent calls took, see below),
         up to `max_lua_count()`. A script blocks every other client while it runs: the budget keeps a backlog's
         calls short; at a trickle a call takes what is there, whatever the count. A call of fewer entries than
         min(32, count) is not measured: its fixed cost would pass for a per-entry one."""
         if entries < min(32, count) or elapsed_us <= 0:
             return
-        cost = elapsed_us / entries
-        self._entry_us = cost if self._entry_us is None else 0.75 * self._entry_us + 0.25 * cost
+        cost = elapsed_us / entries  # the lower envelope: a call stretched by a busy machine (Redis descheduled
+        # mid-script) says nothing about the work a call is; a real rise (bigger items) is followed at 10% a call
+        self._entry_us = cost if self._entry_us is None else min(cost, self._entry_us * 1.1)
         fit = int(CALL_BUDGET_MS * 1000 / self._entry_us) // len(self.consumers)
         self.lua_count = max(self.count, min(self.max_lua_count(), fit))
 
