@@ -19,7 +19,7 @@ from services.core.masking import SecretFileError
 from services.core.settings import Settings
 from services.core.spec import Pipeline, SpecError, load_pipeline
 
-EXIT_USAGE = 2
+EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
 def _load(path: str, input_path: str | None = None) -> Pipeline:
@@ -101,6 +101,7 @@ def _interrupt(*_: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from services.runner import run_pipeline
+    from services.runner.run import StartupFailed
 
     pipeline = _load(args.pipeline, args.input)
     _preflight(pipeline, input_given=bool(args.input), require_source=True)  # a missing input: one line, exit 2
@@ -113,6 +114,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         return run_pipeline(pipeline, Path(args.pipeline), Path(args.out), timeout=args.timeout,
                             input_path=args.input, quiet=args.quiet, watch=args.watch)
+    except StartupFailed as exc:  # one line, never a traceback: which role, its exit code and last log line
+        print(f"batchmesh: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         if tail is not None:
             tail.stop()

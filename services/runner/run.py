@@ -34,6 +34,11 @@ from .view import RunView, filter_notes
 log = logging.getLogger(__name__)
 EXIT_DEAD, EXIT_TIMEOUT = 1, 3
 STARTUP_RESTARTS = 3  # error exits of a role before the source is healthy, then the run gives up
+STARTUP_TIMEOUT_S = 60.0
+
+
+class StartupFailed(RuntimeError):
+    """The source never answered /healthz (a role cannot start): one line for the user, exit 1."""
 
 
 @contextmanager
@@ -92,7 +97,7 @@ def targets_path(settings: Settings, pipeline: str) -> Path:
     return settings.data_dir / "run" / pipeline / "targets.json"
 
 
-def _wait_healthy(url: str, supervisor: Supervisor, timeout_s: float = 60) -> None:
+def _wait_healthy(url: str, supervisor: Supervisor, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -104,10 +109,12 @@ def _wait_healthy(url: str, supervisor: Supervisor, timeout_s: float = 60) -> No
         # yet: None); killed by a signal (SIGKILL, OOM) it is never given up before the deadline, while one that
         # exits with an error STARTUP_RESTARTS times cannot start at all (bench/chaos.py found the first).
         supervisor.restart_dead(None)
-        if any(r.restarts >= STARTUP_RESTARTS and (r.last_code or 0) > 0 for r in supervisor.roles.values()):
-            break
+        if failing := [name for name, r in supervisor.roles.items()
+                       if r.restarts >= STARTUP_RESTARTS and (r.last_code or 0) > 0]:
+            raise StartupFailed(f"a role cannot start ({STARTUP_RESTARTS} exits): "
+                                f"{'; '.join(map(supervisor.describe_exit, failing))}; logs in {supervisor.log_dir}")
         time.sleep(0.1)
-    raise RuntimeError(f"{url} did not become healthy; logs in {supervisor.log_dir}")
+    raise StartupFailed(f"the source did not answer {url} within {timeout_s:g} s; logs in {supervisor.log_dir}")
 
 
 def give_up_after(pipeline: Pipeline) -> int:

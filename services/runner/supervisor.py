@@ -157,6 +157,11 @@ class Supervisor:
         self.sweep(dirs=died)
         return failed
 
+    def describe_exit(self, name: str) -> str:
+        """`name: exited with code N; last log line: …` (the last line of its log, if any)."""
+        role, tail = self.roles[name], _last_line(self.roles[name].log_file)
+        return f"{name}: exited with code {role.last_code}" + (f"; last log line: {tail}" if tail else "")
+
     def describe_given_up(self, names: list[str]) -> str:
         """One line per role given up: how it crashed and the last line of its log."""
         lines = []

@@ -60,3 +60,19 @@ def test_a_source_killed_before_it_is_healthy_is_restarted(tmp_path: Path) -> No
     assert run.returncode == 0, text[-2000:]
     assert "did not become healthy" not in text and "Traceback" not in text, text[-2000:]
     assert len(json.loads((tmp_path / "out" / "manifest.json").read_text())["results"]) == 50  # every item done
+
+
+@pytest.mark.timeout(120)
+def test_a_source_that_cannot_start_ends_the_run_with_one_line(tmp_path: Path) -> None:
+    """Its error exits (here: an unreadable token file, exit 2) are counted; after STARTUP_RESTARTS the run says
+    which role, its exit code and last log line, and exits 1, without a traceback."""
+    items = generate(tmp_path / "items.jsonl", 5, 1)
+    (tmp_path / "startup.yaml").write_text(SPEC)
+    env = {**_role_env(tmp_path / "state"), "BATCHMESH_SOURCE_TOKEN_FILE": str(tmp_path / "missing-token")}
+    run = subprocess.run([sys.executable, "-m", "services.cli", "run", str(tmp_path / "startup.yaml"), "--input",
+                          str(items), "--out", str(tmp_path / "out"), "--quiet", "--timeout", "90"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=110)
+    errors = [line for line in run.stderr.splitlines() if line.startswith("batchmesh:")]
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and len(errors) == 1, run.stderr[-2000:]
+    assert "source: exited with code 2" in errors[0] and "missing-token" in errors[0], errors
