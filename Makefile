@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= out
 
-.PHONY: venv demo test test-fast bench lint images compose-up compose-down clean
+.PHONY: venv demo test test-fast bench reliability lint images compose-up compose-down clean
 
 $(BIN)/batchmesh: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 2; }
@@ -33,6 +33,13 @@ test: venv $(BIN)/checkov lint
 
 bench: venv
 	$(BIN)/python -m bench
+
+# The long fault-injection runs behind the README's Reliability table (the short ones are in `make test`).
+reliability: venv
+	$(BIN)/python -m bench.chaos --items 200000 --kills 20
+	$(BIN)/python -m bench.chaos_compose --items 10000 --kills 20
+	$(BIN)/python -m bench.poison --items 5000
+	$(BIN)/python -m bench.redis_faults --items 400 --outage 30 --docker
 
 lint: venv
 	$(BIN)/ruff check services tests bench examples
