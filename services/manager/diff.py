@@ -2,9 +2,11 @@
 differs from the one last dispatched (a changed file is work again), unless it is still in flight (queued,
 running, or failed and waiting for a retry): its change is picked up by a later poll, once it has settled.
 
-Per page: one HMGET finds the candidates (no Python set of every name: memory stays bounded by a page), then
-one server-side script re-checks each candidate and dispatches it, so two managers cannot both dispatch an
-item, and the version, the stream entry, the state and the counts change together."""
+Per page: one HMGET finds the candidates (no Python set of every name: memory stays bounded by a page; skipped
+while pages come all new, as in a first pass), then one server-side script per 1000 candidates re-checks each
+and dispatches it, so two managers cannot both dispatch an item, and the version, the stream entry, the state
+and the counts change together. Only candidates are encoded (a prebuilt C JSON encoder, the model only for an
+item of an unusual shape): a re-poll of a known listing costs an HMGET per page and no encoding."""
 
 from __future__ import annotations
 
@@ -125,6 +127,10 @@ class Dispatcher:
         self.progress = progress  # its keys name the states and counts hashes the script keeps in step
         self.batch = batch  # the manager opens a new batch per listing pass: items carry it to the barriers
         self._script = client.register_script(_DISPATCH)
+        # The last page was all new (a first pass): the next one most likely is too, so its HMGET pre-check is
+        # skipped and every item goes to the script, which checks each anyway. A wrong guess costs one page's
+        # encoding; the page after it is pre-checked again.
+        self._all_new = False
 
     def dispatch(self, page: list[dict[str, Any]]) -> DiffStats:
         stats = DiffStats(listed=len(page))
@@ -133,7 +139,8 @@ class Dispatcher:
         stats.invalid = len(page) - len(named)
         if not named:
             return stats
-        seen = self.client.hmget(self.keys.versions(), [name for name, _, _ in named])
+        seen: list[bytes | None] = ([None] * len(named) if self._all_new
+                                    else self.client.hmget(self.keys.versions(), [name for name, _, _ in named]))
         args: list[str | bytes] = []
         batch = self.batch
         for (name, version, item), last in zip(named, seen, strict=True):
@@ -157,4 +164,5 @@ class Dispatcher:
             stats.new += int(new)
             stats.busy += int(busy)
         stats.known = stats.listed - stats.invalid - stats.new
+        self._all_new = stats.new == len(named) > 1
         return stats
