@@ -28,7 +28,7 @@ from __future__ import annotations
 # after the batch fired is late: folded all the same (once per id), counted in the batch's `state` (`late`) and
 # the stage's stats (`late`, every batch).
 # Returns {newly folded, fired (0/1), newly folded late, dead-lettered here}.
-STEP = """
+_STEP_HEAD = """
 local stream, stats, seen, agg, held, state = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local n = tonumber(ARGV[5])
 if n > 0 then
@@ -36,6 +36,9 @@ if n > 0 then
   redis.call('HINCRBY', stats, 'in', n)
 end
 
+"""
+# the numeric rule: exact integers (decimal beyond int64), doubles that stay finite; `add` applies one increment
+_NUMBERS = """
 local function digits(s)  -- sign, magnitude without leading zeros
   local neg = string.sub(s, 1, 1) == '-'
   local m = string.gsub(neg and string.sub(s, 2) or s, '^0+', '')
@@ -105,6 +108,8 @@ local function add(op, field, amount)  -- nil, or why it cannot be added (then i
   return nil
 end
 
+"""
+_STEP_ITEMS = """
 local fired = redis.call('HEXISTS', state, 'fired') == 1
 local folded, dead, i, at = 0, 0, 6 + n, nil
 local k = 0
@@ -175,6 +180,9 @@ while i <= #ARGV do
   end
   i = i + 5 + 3 * m
 end
+"""
+# fire once the batch is complete (both scripts end so)
+_FIRE = """
 if folded > 0 then redis.call('HINCRBY', stats, 'out', folded) end
 if dead > 0 then redis.call('HINCRBY', stats, 'dead', dead) end
 if fired then
@@ -203,6 +211,108 @@ if resolved < expected then return {folded, 0, 0, dead} end
 redis.call('HSET', state, 'fired', ARGV[3], 'expected', expected, 'arrived', arrived)
 return {folded, 1, 0, dead}
 """
+STEP = _STEP_HEAD + _NUMBERS + _STEP_ITEMS + _FIRE
+
+
+# The fast path of STEP for a chunk of items whose increments are all integers below 1e299 in magnitude (summed
+# here, in Python, per field: one HINCRBY per field of the chunk, not per item and field). Same KEYS as STEP.
+# ARGV: 1-4 as STEP, 5 n, 6..5+n entry ids, then u = number of distinct item ids, the u ids (each once), then
+#       m, then m (field, integer sum of the chunk's increments of it, in decimal).
+# It changes nothing and returns {-1} unless the result is the one STEP would give item by item: no id of the chunk
+# was folded before (a duplicate), the batch has not fired (late items), no aggregate reached 1e300 (`huge`: then
+# increments are checked one by one) and no field holds a value batchmesh did not write; the caller then folds the
+# chunk with STEP. Integer sums are exact in any order, so summing first changes no result. It also marks the
+# items done (core.progress's rule, _SET_STATE in keep-terminal mode: done and dead stay so; a derived id is not
+# counted), in the same call: the caller adds no progress mark. Returns as STEP.
+FOLD_SUM = """
+local stream, stats, seen, agg, held, state = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local n = tonumber(ARGV[5])
+local u = tonumber(ARGV[6 + n])
+local first_id = 7 + n
+local at = first_id + u
+local m = tonumber(ARGV[at])
+local function slice(from, count, step, offset)  -- ARGV[from + offset], ARGV[from + step + offset], ...: count
+  local out = {}
+  for j = from, from + step * (count - 1), step do out[#out + 1] = ARGV[j + offset] end
+  return out
+end
+if redis.call('HEXISTS', state, 'huge') == 1 or redis.call('HEXISTS', state, 'fired') == 1 then return {-1} end
+for c = 0, u - 1, 1000 do
+  for _, member in ipairs(redis.call('SMISMEMBER', seen, unpack(slice(first_id + c, math.min(1000, u - c), 1, 0)))) do
+    if member == 1 then return {-1} end
+  end
+end
+-- Each field's new value where a double holds it exactly (the field absent, or an integer of at most 15
+-- characters, plus a sum of at most 15: below 2**53), else false: `add` (the numeric rule; it cannot fail here).
+local new = {}
+for c = 0, m - 1, 1000 do
+  local fields = slice(at + 1 + 2 * c, math.min(1000, m - c), 2, 0)
+  for f, old in ipairs(redis.call('HMGET', agg, unpack(fields))) do
+    local amount = ARGV[at + 2 * (c + f)]
+    if not old then
+      new[#new + 1] = amount
+    elseif string.find(old, '^-?%d+$') then
+      new[#new + 1] = #old <= 15 and #amount <= 15 and string.format('%d', tonumber(old) + tonumber(amount))
+    else
+      local x = tonumber(old)
+      if x == nil or x ~= x or x == math.huge or x == -math.huge then return {-1} end  -- not batchmesh's value
+      new[#new + 1] = false
+    end
+  end
+end
+if n > 0 then
+  redis.call('XACK', stream, ARGV[1], unpack(ARGV, 6, 5 + n))
+  redis.call('HINCRBY', stats, 'in', n)
+end
+""" + _NUMBERS + """
+for c = 0, u - 1, 1000 do
+  redis.call('SADD', seen, unpack(slice(first_id + c, math.min(1000, u - c), 1, 0)))
+end
+local sets = {}  -- one HSET per 1000 fields
+for f = 1, m do
+  if new[f] then
+    sets[#sets + 1], sets[#sets + 2] = ARGV[at + 2 * f - 1], new[f]
+    if #sets >= 2000 then
+      redis.call('HSET', agg, unpack(sets))
+      sets = {}
+    end
+  else
+    add('i', ARGV[at + 2 * f - 1], ARGV[at + 2 * f])
+  end
+end
+if #sets > 0 then redis.call('HSET', agg, unpack(sets)) end
+local moved, done = {}, 0  -- progress: to done, by _SET_STATE's rule
+for c = 0, u - 1, 1000 do
+  local ids = slice(first_id + c, math.min(1000, u - c), 1, 0)
+  local olds = redis.call('HMGET', KEYS[13], unpack(ids))
+  local new = {}
+  for k, id in ipairs(ids) do
+    local old = olds[k]
+    if old ~= 'done' and old ~= 'dead' then
+      new[#new + 1] = k
+    end
+  end
+  local fresh = {}
+  for _, k in ipairs(new) do if not olds[k] then fresh[#fresh + 1] = ids[k] end end
+  local derived = {}
+  if #fresh > 0 then
+    for f, member in ipairs(redis.call('SMISMEMBER', KEYS[15], unpack(fresh))) do derived[fresh[f]] = member == 1 end
+  end
+  local pairs_ = {}
+  for _, k in ipairs(new) do
+    local old, id = olds[k], ids[k]
+    if old or not derived[id] then
+      pairs_[#pairs_ + 1], pairs_[#pairs_ + 2] = id, 'done'
+      if old then moved[old] = (moved[old] or 0) + 1 end
+      done = done + 1
+    end
+  end
+  if #pairs_ > 0 then redis.call('HSET', KEYS[13], unpack(pairs_)) end
+end
+for old, k in pairs(moved) do redis.call('HINCRBY', KEYS[14], old, -k) end
+if done > 0 then redis.call('HINCRBY', KEYS[14], 'done', done) end
+local folded, dead, fired = u, 0, false
+""" + _FIRE
 
 # KEYS: 1 `state` hash, 2 output stream (= KEYS[4] when nobody reads it), 3 `held` hash, 4 pipeline events
 #       stream, 5 the pipeline's set of derived item ids, 6 the pipeline's arrivals hash, 7.. the batch's other

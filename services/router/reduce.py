@@ -25,7 +25,7 @@ from .document import document
 
 log = logging.getLogger(__name__)
 
-Increment = tuple[str, str, str]  # (op 'i' | 'f', hash field, amount)
+Increment = tuple[str, str, int | float]  # (op 'i' | 'f', hash field, amount: an int for 'i', a finite float for 'f')
 
 
 # The numeric rule of a fold. Integers are exact at any size up to MAX_DIGITS digits (Redis' HINCRBY within
@@ -35,6 +35,7 @@ Increment = tuple[str, str, str]  # (op 'i' | 'f', hash field, amount)
 # an aggregate beyond the range of a double (1e308 + 1e308) is dead-lettered with the reason, and none of its
 # increments is applied: an aggregate is never half an item.
 MAX_DIGITS = 400
+_LIMIT = 10**MAX_DIGITS  # (computed once: 10**400 per value was most of a fold's Python time)
 
 
 def _show(value: Any) -> str:
@@ -45,10 +46,13 @@ def _show(value: Any) -> str:
 
 
 def _number(value: Any, what: str) -> float | int:
+    kind = type(value)
+    if kind is int and -_LIMIT < value < _LIMIT or kind is float and math.isfinite(value):
+        return value  # the common case, first; what follows names the fault
     if isinstance(value, bool) or not isinstance(value, int | float) or (
             isinstance(value, float) and not math.isfinite(value)):
         raise ValueError(f"{what}: {_show(value)} is not a finite number")
-    if isinstance(value, int) and not -10**MAX_DIGITS < value < 10**MAX_DIGITS:
+    if isinstance(value, int) and not -_LIMIT < value < _LIMIT:
         raise ValueError(f"{what}: {_show(value)} is not a finite number a fold keeps exact (integers: at most "
                          f"{MAX_DIGITS} digits)")
     return value
@@ -63,18 +67,12 @@ def _total(values: list[Any], what: str) -> float | int:
         raise ValueError(f"{what}: the item's sum leaves the range of a double") from None
 
 
-def _small(increment: Increment) -> bool:
-    """Below 1e300 in magnitude: added to values below that, it cannot leave the range of a double."""
-    op, _, amount = increment
-    return len(amount) < 300 if op == "i" else abs(float(amount)) < 1e300
-
-
 def _increment(field: str, value: int | float) -> Increment:
     if isinstance(value, int):
-        return "i", field, str(_number(value, field.replace(SEP, ".")))
+        return "i", field, _number(value, field.replace(SEP, "."))
     if not math.isfinite(value):
         raise ValueError(f"{field.replace(SEP, '.')}: the item's sum leaves the range of a double")
-    return "f", field, repr(float(value))
+    return "f", field, float(value)
 
 
 def _bucket(value: Any, edges: list[float]) -> str:
@@ -98,17 +96,19 @@ class Folder:
     def increments(self, doc: dict[str, Any]) -> list[Increment]:
         value = self.expression.search(doc) if self.expression is not None else True
         if self.op == "count":
-            return [("i", self.name, "1")] if truthy(value) else []
+            return [("i", self.name, 1)] if truthy(value) else []
         if value is None:
             return []
         if self.op == "sum":
             what = f"sum {self.name}"
             if isinstance(value, dict):
-                return [_increment(f"{self.name}{SEP}{key}", _number(v, f"{what}.{key}")) for key, v in value.items()]
+                prefix = f"{self.name}{SEP}"
+                return [("i", prefix + key, v) if type(v) is int and -_LIMIT < v < _LIMIT  # the common case
+                        else _increment(prefix + key, _number(v, f"{what}.{key}")) for key, v in value.items()]
             values = value if isinstance(value, list) else [value]
             return [_increment(self.name, _total(values, what))]
         values = value if isinstance(value, list) else [value]
-        return [("i", f"{self.name}{SEP}{self._key(v)}", "1") for v in values if v is not None]
+        return [("i", f"{self.name}{SEP}{self._key(v)}", 1) for v in values if v is not None]
 
     def _key(self, value: Any) -> str:
         if self.spec.buckets is not None:
@@ -133,8 +133,11 @@ class Reduce(Barrier):
     def arrival(self, delivery: Delivery) -> Arrival:
         assert delivery.item is not None
         doc, _ = document(delivery)
-        increments = tuple(inc for folder in self.folders for inc in folder.increments(doc or {}))
-        return Arrival(delivery.item.id, increments=increments, small=all(map(_small, increments)))
+        doc = doc or {}
+        increments: list[Increment] = []
+        for folder in self.folders:
+            increments += folder.increments(doc)
+        return Arrival(delivery.item.id, increments=tuple(increments))
 
     def result(self, batch: str, summary: dict[str, Any], *, final: bool) -> dict[str, Any]:
         agg = aggregate(self.client, self.keys, self.stage, batch, self.operators)
