@@ -111,10 +111,12 @@ def _produce(url: str, key: str, rate: int, seconds: float) -> None:
 
 def _receive(client: redis.Redis, outputs: dict[str, Any], total: int, start: float, hops: list[float]) -> int:
     """Read the router's outputs until `total` arrived; hop times (ms) after the first second go to `hops`."""
-    received = 0
-    while received < total:  # the first wait covers the producer process's start (slow on a loaded machine)
-        reply = client.xread(outputs, block=2000 if received else 30_000)
+    received, first_by = 0, time.monotonic() + 30  # the producer process may start slowly on a loaded machine
+    while received < total:
+        reply = client.xread(outputs, block=2000)  # (under redis-py's default 5 s socket timeout)
         if not reply:
+            if not received and time.monotonic() < first_by:
+                continue
             break
         now = time.time()
         for stream, entries in reply:
