@@ -5,8 +5,10 @@ duplicated, and no entry ever crosses the network.
 It reads with XRANGE after the group's last-delivered id and then XGROUP SETID to the last entry it routed, rather
 than XREADGROUP + XACK: inside one atomic call the two are the same to every other reader of the group, and the
 entries never pass through the pending list, which was most of the per-entry cost (XREADGROUP inside a script
-is allowed on Redis 6.2 only without BLOCK anyway, so the caller blocks with XREAD between idle calls). Entries a
-Python-path consumer of the same group left pending are reclaimed by the router's periodic reclaim (see base).
+is allowed on Redis 6.2 only without BLOCK anyway, so a caught-up caller pipelines an XREAD BLOCK just before
+the call: see RouteScript). The call reports how long it held Redis; the caller sizes a backlog's calls by it
+(base.Router._size_batch). Entries a Python-path consumer of the same group left pending are reclaimed by the
+router's periodic reclaim (see base).
 
 Redis scripts have no rollback: a runtime error after a write would leave the batch half done. So every key is
 type-checked and every group looked up before anything is written, the JSON decode is protected, and the decision
