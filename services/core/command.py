@@ -148,6 +148,8 @@ class Child:
         self.argv, self.prepared, self.timeout = argv, prepared, timeout
         self.deadline = time.monotonic() + timeout
         self.returncode: int | None = None
+        self.started = time.perf_counter()
+        self.exited = 0.0  # perf_counter() when its exit was seen (0: not yet)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         try:
@@ -189,6 +191,7 @@ class Child:
             return False
         self.open.discard(fd)
         if fd == self.pidfd:  # what it left in its group ends now (and lets go of the pipes)
+            self.exited = time.perf_counter()
             lifeline.kill_group(self.pid)
         return True
 

@@ -175,10 +175,13 @@ class ProcessExecutor(Executor):
         selector = selectors.DefaultSelector()
         self._base_env = command_env()  # the same for every item: computed once, not per spawn
 
-        def settle(delivery: Delivery, outcome: Outcome, began: float) -> None:
+        def mark_first() -> None:
             nonlocal first_result
             first_result = first_result or time.monotonic()
+
+        def settle(delivery: Delivery, outcome: Outcome, began: float) -> None:
             self._settle(commit, held, (delivery, outcome, time.perf_counter() - began))
+            mark_first()
 
         def start() -> None:
             """Fill the free slots, then prepare the next items while those run."""
@@ -204,8 +207,11 @@ class ProcessExecutor(Executor):
         def end(child: Child) -> None:
             for fd in child.open:
                 selector.unregister(fd)
-            delivery, began = running.pop(child)
-            settle(delivery, child.outcome(), began)
+            delivery, _ = running.pop(child)
+            outcome = child.outcome()
+            # its own run time (spawn to exit), not how soon this loop came back to it: sizes the read-ahead
+            self._settle(commit, held, (delivery, outcome, (child.exited or time.perf_counter()) - child.started))
+            mark_first()
 
         def watch(timeout: float) -> None:
             for key, _ in selector.select(timeout):
