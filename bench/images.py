@@ -48,8 +48,9 @@ def generate(target: Path, count: int, seed: int) -> None:
                     "--seed", str(seed)], check=True, capture_output=True)
 
 
-def tree_cpu(root: int) -> float:
-    """CPU seconds (user + system) used so far by `root` and every live descendant (Linux /proc)."""
+def tree_cpu(root: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by `root` and every live descendant (Linux /proc), summed per role:
+    `worker blur-0` (its replicas together), `router fanout`, `manager`, `redis-server`, ..."""
     tick = os.sysconf("SC_CLK_TCK")
     children: dict[int, list[int]] = {}
     cpu: dict[int, float] = {}
@@ -62,15 +63,33 @@ def tree_cpu(root: int) -> float:
             continue
         children.setdefault(int(fields[1]), []).append(int(proc.name))
         cpu[int(proc.name)] = (int(fields[11]) + int(fields[12])) / tick
-    total, stack = 0.0, [root]
+    roles: dict[str, float] = {}
+    stack = [root]
     while stack:
         pid = stack.pop()
-        total += cpu.get(pid, 0.0)
+        label = "run" if pid == root else _role(pid)
+        roles[label] = roles.get(label, 0.0) + cpu.get(pid, 0.0)
         stack += children.get(pid, [])
-    return total
+    return roles
 
 
-def sequential(warm: Path, images: Path, tmp: Path) -> tuple[float, float]:
+def _role(pid: int) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return "gone"
+    if "services.cli" in argv and len(argv) > argv.index("services.cli") + 1:
+        role = argv[argv.index("services.cli") + 1]
+        return f"{role} {argv[argv.index('--stage') + 1]}" if "--stage" in argv[:-1] else role
+    named = next((a for a in argv if a.startswith("services.") or "redis" in a), argv[0])
+    return Path(named.split(" ")[0]).name  # redis-server retitles itself "redis-server HOST:PORT"
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before.get(k, 0.0) for k in after}
+
+
+def sequential(warm: Path, images: Path, tmp: Path) -> tuple[float, dict[str, float]]:
     if str(EXAMPLE) not in sys.path:
         sys.path.insert(0, str(EXAMPLE))
     from imaging.sequential import run  # the example's own package, as sequential.py imports it
@@ -78,10 +97,11 @@ def sequential(warm: Path, images: Path, tmp: Path) -> tuple[float, float]:
     run(warm, tmp / "seq-warm")
     began, cpu = time.perf_counter(), time.process_time()
     run(images, tmp / "seq")
-    return time.perf_counter() - began, time.process_time() - cpu
+    return time.perf_counter() - began, {"sequential": time.process_time() - cpu}
 
 
-def pipeline(warm: Path, images: Path, tmp: Path) -> tuple[float, float]:
+def pipeline(warm: Path, images: Path, tmp: Path) -> tuple[float, dict[str, float]]:
+    """Seconds for the timed batch and the CPU seconds each role of the pipeline used meanwhile."""
     spec = yaml.safe_load((EXAMPLE / "pipeline.yaml").read_text())
     spec["source"]["poll"] = "200ms"
     spec_path = tmp / "pipeline.yaml"
@@ -112,7 +132,7 @@ def pipeline(warm: Path, images: Path, tmp: Path) -> tuple[float, float]:
             for path in new:
                 os.rename(path, inbox / f"new-{path.name}")  # atomic: never listed half-written
             wait(finished(WARM + len(new)), run)
-            return time.perf_counter() - began, tree_cpu(run.pid) - cpu
+            return time.perf_counter() - began, cpu_delta(cpu, tree_cpu(run.pid))
     finally:
         run.terminate()  # --watch ends on SIGTERM/SIGINT like a service
         run.wait(60)
@@ -137,6 +157,7 @@ def bench_images(n: int, repeat: int, say: Callable[[str], None] | None = None) 
     os.environ.setdefault("IMAGING_CV_THREADS", "1")
     load_before = os.getloadavg()[0]
     runs: dict[str, list[tuple[float, float]]] = {"pipeline": [], "sequential": []}
+    roles: list[dict[str, float]] = []  # per pipeline run: CPU seconds per role over the timed batch
     with tempfile.TemporaryDirectory() as root:
         tmp = Path(root)
         generate(tmp / "warm", WARM, seed=101)
@@ -145,8 +166,11 @@ def bench_images(n: int, repeat: int, say: Callable[[str], None] | None = None) 
             for label, fn in (("pipeline", pipeline), ("sequential", sequential)):
                 work = tmp / f"{label}-{rep}"
                 work.mkdir()
-                seconds, cpu = fn(tmp / "warm", tmp / "images", work)
+                seconds, by_role = fn(tmp / "warm", tmp / "images", work)
+                cpu = sum(by_role.values())
                 runs[label].append((seconds, cpu))
+                if label == "pipeline":
+                    roles.append(by_role)
                 say(f"(e) run {rep + 1}/{repeat} {label:10} {n} images in {seconds:6.2f} s "
                     f"(cpu {cpu / n * 1000:5.1f} ms/image)")
     wall = {k: [s for s, _ in v] for k, v in runs.items()}
@@ -157,7 +181,9 @@ def bench_images(n: int, repeat: int, say: Callable[[str], None] | None = None) 
               rate["pipeline"], rate["sequential"])
     if load_before > 0.5:
         say(f"(e) warning: load average {load_before:.1f} before the run: something else was busy")
+    by_role = {k: round(median([r.get(k, 0.0) / n * 1000 for r in roles]), 2) for k in roles[0]} if roles else {}
     return row, {"runs": runs, "wall_s": wall, "cpu_ms_per_image": cpu, "speedup": row.ratio or 0.0,
+                 "pipeline_cpu_ms_per_image_by_role": dict(sorted(by_role.items(), key=lambda kv: -kv[1])),
                  "loadavg": [load_before, os.getloadavg()[0]]}
 
 
@@ -177,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     for label in ("pipeline", "sequential"):
         print(f"  {label:10} {median(wall[label]):6.2f} s  {[round(s, 2) for s in wall[label]]}  "
               f"cpu {cpu[label]:.1f} ms/image")
+    roles = details["pipeline_cpu_ms_per_image_by_role"]
+    print("  pipeline cpu ms/image by role: " + ", ".join(f"{k} {v:.1f}" for k, v in roles.items() if v >= 0.05))
     print(f"  speed-up {speedup:.2f}x; target >= {TARGET}x: {'met' if speedup >= TARGET else 'MISSED'}; the mesh's "
           f"CPU overhead: {cpu['pipeline'] / cpu['sequential'] - 1:+.0%}")
     if args.out:
