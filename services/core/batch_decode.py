@@ -9,10 +9,15 @@ the reason `WorkItem.decode` gives. On a read of plain entries this halves the d
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import Json, TypeAdapter, ValidationError
 
 from . import strict_json
 from .item import FIELD, MAX_ITEM_BYTES, MalformedItem, WorkItem
+
+if TYPE_CHECKING:
+    from .stage import Delivery
 
 _MANY: TypeAdapter[list[WorkItem]] = TypeAdapter(list[Json[WorkItem]])  # type: ignore[arg-type]
 
@@ -42,3 +47,20 @@ def _one(fields: dict[bytes, bytes] | None) -> WorkItem | MalformedItem:
         return WorkItem.decode(fields)
     except MalformedItem as exc:
         return exc
+
+
+def deliveries(entries: list[tuple[bytes, dict[bytes, bytes]]], times: dict[bytes, int],
+               default_times: int = 1) -> list[Delivery]:
+    """Stream entries (id, fields) as a consumer's deliveries, decoded in one call; `times`: deliveries so far per
+    entry id (`default_times` for the others). A malformed entry's delivery has no item and says why."""
+    from .stage import Delivery
+
+    batch = []
+    for (entry_id, fields), item in zip(entries, decode_many([f for _, f in entries]), strict=True):
+        raw = fields.get(FIELD, b"") if fields else b""
+        n = times.get(entry_id, default_times)
+        if isinstance(item, MalformedItem):
+            batch.append(Delivery(entry_id, None, n, raw, f"malformed item: {item}"))
+        else:
+            batch.append(Delivery(entry_id, item, item.attempts + n, raw))
+    return batch

@@ -18,6 +18,7 @@ pending and is reclaimed."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -58,6 +59,10 @@ def register_script_keys(sha: str, *types: str) -> None:
     SCRIPT_KEY_TYPES[sha] = types
 
 
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -73,9 +78,11 @@ def expected_types(commands: Iterable[tuple[Sequence[Any], Any]]) -> dict[str, s
 
     for args, _options in commands:
         name = _text(args[0]).upper()
-        if name == "EVALSHA":
+        if name in ("EVALSHA", "EVAL"):  # EVAL carries the script itself: its SHA1 is the key of the table
             nkeys = int(args[2])
-            for key, kind in zip(args[3:3 + nkeys], SCRIPT_KEY_TYPES.get(_text(args[1]), ()), strict=False):
+            body = None if name == "EVALSHA" else _bytes(args[1])
+            sha = _text(args[1]) if body is None else hashlib.sha1(body, usedforsecurity=False).hexdigest()
+            for key, kind in zip(args[3:3 + nkeys], SCRIPT_KEY_TYPES.get(sha, ()), strict=False):
                 want(key, kind)
         elif name in COMMAND_KEY_TYPES and len(args) > 1:
             want(args[1], COMMAND_KEY_TYPES[name])

@@ -18,22 +18,31 @@ STATES = (QUEUED, RUNNING, DONE, FAILED, DEAD)
 TERMINAL = (DONE, DEAD)
 
 # KEYS: states, counts, derived ids. ARGV: new state, "force" | "keep-terminal", ids...
-# Returns how many ids changed state.
+# Returns how many ids changed state. The counts change once per state for the whole call (not once per id) and
+# the states are written HSET_CHUNK fields to a call: the script is atomic, so nobody sees the steps between.
 _SET_STATE = """
-local new, mode, changed = ARGV[1], ARGV[2], 0
+local new, mode, changed, left, fields, seen = ARGV[1], ARGV[2], 0, {}, {}, {}
+local function flush()
+  if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)); fields = {} end
+end
 for i = 3, #ARGV do
-  local old = redis.call('HGET', KEYS[1], ARGV[i])
+  local old = seen[ARGV[i]] or redis.call('HGET', KEYS[1], ARGV[i])  -- a repeated id: as changed by this call
   local terminal = old == 'done' or old == 'dead'
   if old ~= new and not (terminal and mode == 'keep-terminal')
       and (old or redis.call('SISMEMBER', KEYS[3], ARGV[i]) == 0) then
-    redis.call('HSET', KEYS[1], ARGV[i], new)
-    if old then redis.call('HINCRBY', KEYS[2], old, -1) end
-    redis.call('HINCRBY', KEYS[2], new, 1)
+    seen[ARGV[i]] = new
+    fields[#fields + 1] = ARGV[i]
+    fields[#fields + 1] = new
+    if #fields >= 2 * HSET_CHUNK then flush() end
+    if old then left[old] = (left[old] or 0) + 1 end
     changed = changed + 1
   end
 end
+flush()
+for state, n in pairs(left) do redis.call('HINCRBY', KEYS[2], state, -n) end
+if changed > 0 then redis.call('HINCRBY', KEYS[2], new, changed) end
 return changed
-"""
+""".replace("HSET_CHUNK", "500")
 
 
 class Progress:
@@ -48,9 +57,13 @@ class Progress:
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}")
         if ids:
-            mode = "force" if force else "keep-terminal"
-            self._set_state(keys=[self.keys.states(), self.keys.counts(), self.keys.derived()],
-                            args=[state, mode, *ids], client=pipe)
+            keys = [self.keys.states(), self.keys.counts(), self.keys.derived()]
+            args = [state, "force" if force else "keep-terminal", *ids]
+            if pipe is None:
+                self._set_state(keys=keys, args=args)
+            else:  # EVAL, not the Script's EVALSHA: redis-py would send SCRIPT EXISTS first (one more round trip
+                # per pipeline), and a script missing at EXEC time (NOSCRIPT) would fail alone inside a MULTI
+                pipe.eval(_SET_STATE, len(keys), *keys, *args)
 
     def counts(self) -> dict[str, int]:
         raw = self.client.hgetall(self.keys.counts())

@@ -20,11 +20,11 @@ from redis.client import Pipeline
 from redis.exceptions import RedisError, ResponseError
 
 from . import metrics
-from .batch_decode import decode_many
+from .batch_decode import deliveries
 from .deadletter import add_dead_letter
 from .guard import CommitError, check_key_types, require_no_retry
 from .held import Held
-from .item import FIELD, TO, MalformedItem, WorkItem
+from .item import FIELD, TO, WorkItem
 from .keys import Keys
 from .progress import DEAD, DONE, FAILED, Progress
 from .retry import RetryQueue, RetrySpec
@@ -187,19 +187,25 @@ class StreamConsumer:
             block = 0  # a reclaim scan is under way: look for new entries without waiting, then go on with it
         elif block and due_in is not None:
             block = max(1, min(block, int(due_in * 1000) + 1))  # wake up when the next retry is due
+        return self.read_new(count, block)
+
+    def read_new(self, count: int | None = None, block_ms: int = 0) -> list[Delivery]:
+        """New entries only (no reclaim, no retry move; `block_ms` 0 = don't wait): `read` without its chores, for
+        a worker that fills one commit from several reads (workers.runtime)."""
         try:
-            reply = self.client.xreadgroup(
-                self.group, self.consumer, {self.stream_key: ">"}, count=count or self.settings.batch_size,
-                block=block or None,
-            )
+            reply = self.client.xreadgroup(self.group, self.consumer, {self.stream_key: ">"},
+                                           count=count or self.settings.batch_size, block=block_ms or None)
         except ResponseError as exc:
             self._nogroup(exc)
             return []
-        if not reply:
-            return []
-        batch = self._deliveries(self._ours(reply[0][1]), {})
+        batch = deliveries(self._ours(reply[0][1]), {}) if reply else []
         self.m_in.inc(len(batch))
         return batch
+
+    @property
+    def reclaimed_last(self) -> bool:
+        """The last `read` returned reclaimed entries (a worker keeps them in a commit of their own)."""
+        return self._reclaimed_last
 
     def _move_due(self, now: float) -> float | None:
         """Put the stage's due retries back on the stream (core.retry), at most every RETRY_POLL_S unless one is
@@ -255,7 +261,7 @@ class StreamConsumer:
         lost = self._lost(start, cursor, {e for e, _ in live}) if len(live) < len(claimed) else []
         if lost:
             self._count_lost(lost, still_pending=True)
-        batch = self._deliveries(self._ours(live), times, 2)
+        batch = deliveries(self._ours(live), times, 2)
         self.m_reclaimed.inc(len(batch))
         self.m_in.inc(len(batch))
         return self._cap_deliveries(batch)
@@ -292,20 +298,6 @@ class StreamConsumer:
                                       "died or exceeded the visibility timeout")
             self.commit(commit)
         return [d for d in batch if d.deliveries <= self.settings.max_deliveries]
-
-    @staticmethod
-    def _deliveries(entries: list[tuple[bytes, dict[bytes, bytes]]], times: dict[bytes, int],
-                    default_times: int = 1) -> list[Delivery]:
-        """The entries as deliveries, decoded in one call (core.batch_decode); `times`: deliveries per entry id."""
-        batch = []
-        for (entry_id, fields), item in zip(entries, decode_many([f for _, f in entries]), strict=True):
-            raw = fields.get(FIELD, b"") if fields else b""
-            n = times.get(entry_id, default_times)
-            if isinstance(item, MalformedItem):
-                batch.append(Delivery(entry_id, None, n, raw, f"malformed item: {item}"))
-            else:
-                batch.append(Delivery(entry_id, item, item.attempts + n, raw))
-        return batch
 
     # -- committing ----------------------------------------------------------------------------------------
 
