@@ -187,25 +187,15 @@ class StreamConsumer:
             block = 0  # a reclaim scan is under way: look for new entries without waiting, then go on with it
         elif block and due_in is not None:
             block = max(1, min(block, int(due_in * 1000) + 1))  # wake up when the next retry is due
-        return self.read_new(count, block)
-
-    def read_new(self, count: int | None = None, block_ms: int = 0) -> list[Delivery]:
-        """New entries only (no reclaim, no retry move; `block_ms` 0 = don't wait): `read` without its chores, for
-        a worker that fills one commit from several reads (workers.runtime)."""
         try:
             reply = self.client.xreadgroup(self.group, self.consumer, {self.stream_key: ">"},
-                                           count=count or self.settings.batch_size, block=block_ms or None)
+                                           count=count or self.settings.batch_size, block=block or None)
         except ResponseError as exc:
             self._nogroup(exc)
             return []
         batch = deliveries(self._ours(reply[0][1]), {}) if reply else []
         self.m_in.inc(len(batch))
         return batch
-
-    @property
-    def reclaimed_last(self) -> bool:
-        """The last `read` returned reclaimed entries (a worker keeps them in a commit of their own)."""
-        return self._reclaimed_last
 
     def _move_due(self, now: float) -> float | None:
         """Put the stage's due retries back on the stream (core.retry), at most every RETRY_POLL_S unless one is

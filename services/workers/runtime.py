@@ -41,9 +41,8 @@ from .watchdog import Watchdog
 log = logging.getLogger(__name__)
 
 COMMAND_BATCH_FACTOR = 4  # command batches hold concurrency * 4 items: a crash re-runs little work
-READS_PER_COMMIT = 4  # fast in-process items: one commit takes up to this many full reads (see _Worker._read)
 BATCH_SECONDS = 0.05  # a read takes about this much work: slow items are read (and committed) a few at a time, so
-# the next stage starts on them at once and other replicas get the rest; fast items still go 256 to a read
+# the next stage starts on them at once and other replicas get the rest; fast items still go 256 to a commit
 
 
 def run_worker(pipeline: Pipeline, stage: str, settings: Settings, stop: threading.Event, *,
@@ -131,7 +130,7 @@ class _Worker:
                 idle = [time.monotonic()]  # when an entry was last read
 
                 def step() -> None:
-                    batch = self._read()
+                    batch = c.read(self.read_count())
                     if batch:
                         self.process(batch, pool, lease)
                         self.handled += len(batch)
@@ -168,23 +167,6 @@ class _Worker:
         if self.item_s is None:
             return self._cap(least)  # the first items tell how slow they are
         return self._cap(max(least, min(self.count, int(BATCH_SECONDS / max(self.item_s, 1e-6)))))
-
-    def _read(self) -> list[Delivery]:
-        """One read, then, for fast in-process items while reads come back full, more reads without waiting, up
-        to about BATCH_SECONDS of work and READS_PER_COMMIT reads: one hold and one commit for them all (the
-        round trips per item are what a no-op pays for). Reclaimed entries stay in a batch of their own."""
-        c, asked = self.consumer, self.read_count()
-        batch = c.read(asked)
-        if len(batch) < asked or c.reclaimed_last or self.chain.has_commands or self.item_s is None:
-            return batch
-        want = self._cap(min(self.count * READS_PER_COMMIT, int(BATCH_SECONDS / max(self.item_s, 1e-6))))
-        while len(batch) < want:
-            asked = min(self.count, want - len(batch))
-            more = c.read_new(asked)
-            batch += more
-            if len(more) < asked:
-                break
-        return batch
 
     def _cap(self, count: int) -> int:
         return count if self.max_items is None else max(1, min(count, self.max_items - self.handled))
