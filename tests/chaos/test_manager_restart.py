@@ -5,13 +5,12 @@ batch fires the barriers a second time (a second batch-complete event: dependent
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from source_server import serve
 
 from services.core import Keys, Settings
 from services.core.spec import Pipeline
@@ -21,10 +20,6 @@ from services.manager.manager import Manager
 @pytest.fixture
 def source_url(tmp_path: Path) -> Iterator[str]:
     """The real source ambassador over 25 files."""
-    import socket
-
-    import uvicorn
-
     from services.source import create_app
     from services.source.backends import DirectoryBackend
 
@@ -32,19 +27,8 @@ def source_url(tmp_path: Path) -> Iterator[str]:
     root.mkdir()
     for i in range(25):
         (root / f"f{i:03d}.txt").write_text(f"file {i}")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(DirectoryBackend(root, cache_ttl=0)), port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
+    with serve(create_app(DirectoryBackend(root, cache_ttl=0))) as url:
+        yield url
 
 
 def _pipeline(name: str) -> Pipeline:

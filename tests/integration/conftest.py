@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from promql import free_port  # noqa: F401 (the integration tests import it from here)
+from source_server import serve
 
 
 @pytest.fixture
@@ -29,19 +22,8 @@ def source_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def source_url(source_dir: Path) -> Iterator[str]:
     """The real source ambassador over `source_dir` (no listing cache: new files show at once)."""
-    import uvicorn
-
     from services.source import create_app
     from services.source.backends import DirectoryBackend
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(DirectoryBackend(source_dir, cache_ttl=0)), port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
+    with serve(create_app(DirectoryBackend(source_dir, cache_ttl=0))) as url:
+        yield url

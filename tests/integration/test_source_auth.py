@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import hmac
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
-import uvicorn
-from conftest import free_port
 from pydantic import SecretStr
+from source_server import serve
 
 from services.core import Keys, Settings
 from services.core.spec import Pipeline
@@ -84,17 +82,8 @@ def test_without_a_token_the_api_is_open(source_dir: Path) -> None:
 
 @pytest.fixture
 def tokened_source(source_dir: Path) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(DirectoryBackend(source_dir, cache_ttl=0), "authrun",
-                                                      token=TOKEN), port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(5)
+    with serve(create_app(DirectoryBackend(source_dir, cache_ttl=0), "authrun", token=TOKEN)) as url:
+        yield url
 
 
 @pytest.mark.one_backend
