@@ -71,7 +71,7 @@ def plate_blur(item: dict[str, Any], output_dir: Path) -> dict[str, Any]:
     if found is None:  # used alone, without plate-detect before it
         found = [d.to_json() for d in detectors.get(PLATE_DETECTOR).detect(image)]
     blurred, boxes = anonymise(image, [b.pad(*PLATE_MARGIN) for b in _boxes(found)], cells_high=2)
-    out = write_png(blurred, output_dir / f"{path.stem}.png")
+    out = write_png(blurred, output_dir / f"{path.stem}.png", share=True)  # recognition and faces read it
     carried = _carry(item, path)
     done = [b.to_list() for b in boxes]
     return {**carried, "blurred": str(out), "plates": len(found), "boxes": done,
