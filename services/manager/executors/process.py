@@ -1,9 +1,12 @@
 """`process`: the book's one-shot worker. The manager consumes the stage's stream itself and runs every item in
 its own subprocess, `work.concurrency` at a time.
 
-Per-item overhead is kept near a bare fork+exec: entries are read ahead in batches sized to cover ~50 ms of
-work (measured), so a slot never waits for Redis; results are committed in batches (one MULTI for all that
-finished together); completions come back through one queue, not a wait over every future. Entries held longer
+Per-item overhead is kept near a bare fork+exec: entries are read ahead in batches sized to cover ~200 ms of
+work (measured: an item's own run time), so a slot never waits for Redis; results are committed in batches (one
+MULTI for all that finished together, on a committer thread). Commands this process runs itself are started with
+posix_spawn and watched, pipes and pidfd, in one selector by one thread (no thread per item, no hop per result;
+the next items' files are prepared while the current ones run); executors that run items elsewhere (docker,
+kubernetes) override `execute` and get a thread pool whose completions come back through one queue. Entries held longer
 than the visibility timeout are heartbeated (XCLAIM JUSTID), so neither this consumer's own reclaim nor another
 manager's takes a long-running item away."""
 
@@ -14,8 +17,10 @@ import math
 import os
 import queue
 import selectors
+import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from services.core import Commit, Delivery, StreamConsumer
@@ -30,7 +35,7 @@ from .base import Executor, StageContext
 log = logging.getLogger(__name__)
 
 FLUSH_AFTER_S = 0.02  # a result waits at most this long for others to share its commit
-READ_AHEAD_S = 0.05  # read ahead enough items to keep the slots busy this long
+READ_AHEAD_S = 0.2  # read ahead enough items to keep the slots busy this long (a read costs ~3 round trips)
 MAX_READ_AHEAD = 256
 
 Done = tuple[Delivery, Outcome, float]
@@ -173,6 +178,7 @@ class ProcessExecutor(Executor):
         workers = core_metrics.WORKERS.labels(**self.labels)
         workers.set(self.slots)
         selector = selectors.DefaultSelector()
+        committer = _Committer(self.commit, f"bm-{ctx.stage}-commit")
         self._base_env = command_env()  # the same for every item: computed once, not per spawn
 
         def mark_first() -> None:
@@ -235,8 +241,9 @@ class ProcessExecutor(Executor):
                 now = time.monotonic()
                 if commit and (not held or commit.completed + len(commit.retries) >= ahead
                                or now - first_result >= FLUSH_AFTER_S):
-                    self.commit(commit)
+                    committer.put(commit)  # applied on its thread: the next command does not wait for Redis
                     commit, first_result = Commit(), 0.0
+                committer.check()  # a failed commit (a Redis outage) ends the loop here: run() starts over
                 if held and now >= next_beat:
                     c.client.xclaim(c.stream_key, c.group, c.consumer, min_idle_time=0, message_ids=list(held),
                                     justid=True)  # reset idle time; JUSTID leaves the delivery count alone
@@ -256,7 +263,8 @@ class ProcessExecutor(Executor):
             while running:
                 watch(max(0.0, min(ch.deadline for ch in running) - time.monotonic()))
             selector.close()
-            self.commit(commit)
+            committer.put(commit)
+            committer.close()
             workers.set(0)
 
     def _hold(self, batch: list[Delivery], held: dict[bytes, Delivery], commit: Commit) -> list[Delivery]:
@@ -278,3 +286,39 @@ class ProcessExecutor(Executor):
             return delivery, prepare(item, self.ctx.out_dir / item.dirname, self.env, base=self._base_env)
         except Exception as exc:  # e.g. the output dir cannot be written: a failed attempt, not a crash
             return delivery, Outcome(False, reason=f"{type(exc).__name__}: {exc}")
+
+
+class _Committer:
+    """Applies the inline loop's batches of outcomes, in order, on a thread of its own: a commit's round trips never
+    hold up the start of the next command, and the hand-over is one per batch, not per item. After a failed commit
+    nothing more is applied (those items stay pending and are reclaimed, as when the loop itself fails); its error
+    is raised in the loop by `check` and by `close`."""
+
+    def __init__(self, apply: Callable[[Commit], None], name: str) -> None:
+        self.apply = apply
+        self.queue: queue.SimpleQueue[Commit | None] = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def put(self, commit: Commit) -> None:
+        if commit:
+            self.queue.put(commit)
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        """Apply what was handed over, stop the thread, raise a commit's error."""
+        self.queue.put(None)
+        self.thread.join()
+        self.check()
+
+    def _run(self) -> None:
+        while (commit := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.apply(commit)
+                except BaseException as exc:  # raised in the loop's thread
+                    self.error = exc
