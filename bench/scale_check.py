@@ -141,13 +141,13 @@ class Sampler:
 
 
 def memory_bound(client: redis.Redis, keys: Keys, base: int, per_entry: float, sampler: Sampler,
-                 n: int, *, clients: int = CLIENTS) -> dict[str, Any]:
+                 n: int, *, clients: int = CLIENTS, slack_s: float = SLACK_S) -> dict[str, Any]:
     """Judge every sample against the bound of the module docstring (call at the end, all items done); `clients`
-    replaces the CLIENTS allowance."""
+    and `slack_s` replace the CLIENTS and SLACK_S allowances."""
     end = int(client.info("memory")["used_memory"])
     in_streams = sum(int(client.memory_usage(s, samples=0) or 0) for s in sampler.streams)
     bookkeeping = max(0, end - base - in_streams)
-    slack = len(sampler.streams) * max(SLACK_MIN, SLACK_S * sampler.peak_rate())
+    slack = len(sampler.streams) * max(SLACK_MIN, slack_s * sampler.peak_rate())
     ratios, peak_bound = [], 0.0
     for s in sampler.samples:
         bound = base + bookkeeping + per_entry * (s.in_flight + slack) + clients
