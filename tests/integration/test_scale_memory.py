@@ -31,6 +31,7 @@ from services.manager.diff import Dispatcher
 from services.workers import run_worker, worker
 
 N_ITEMS = 10_000
+N_UNTRIMMED = 20_000  # the run without trimming: its 3 x N entries must outgrow the slack even at ~6k items/s
 IN_FLIGHT = 600  # the producer waits while more than this many items are dispatched and not done
 PAGE = 300
 CLIENTS = 256 * 1024  # the test's allowance for client buffers (its pages are small)
@@ -128,8 +129,8 @@ def test_the_bound_fails_when_acknowledged_entries_are_not_trimmed(tmp_path: Pat
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(SafeTrim, "__call__", lambda self, stream_key: 0)
     with own_redis(tmp_path) as client:
-        out = run_three_stages(client, tmp_path, "scale-notrim", N_ITEMS)
-    assert out["peak_stream_entries"] >= 3 * N_ITEMS  # nothing trimmed: every entry of every stream is kept
+        out = run_three_stages(client, tmp_path, "scale-notrim", N_UNTRIMMED)
+    assert out["peak_stream_entries"] >= 3 * N_UNTRIMMED  # nothing trimmed: every entry of every stream is kept
     assert not out["within_bound"], out
 
 
