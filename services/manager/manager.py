@@ -63,7 +63,8 @@ class Manager:
 
     def poll(self, *, scheduled: bool = False) -> DiffStats:
         """List every page and dispatch it as a new batch. The first pass and a `scheduled` one are always a
-        batch (maybe empty: its barriers fire at once); a re-poll is one only if it finds new work."""
+        batch (maybe empty: its barriers fire at once); a re-poll is one only if it finds new work. The first pass
+        of a restarted manager resumes the current batch if its listing was cut short, else is a re-poll."""
         total = DiffStats()
         began = time.perf_counter()
         # A restarted manager (a current batch exists: `batchmesh run` and a new deployment start without one)
