@@ -38,7 +38,9 @@ def test_an_autoscaled_stage_gets_the_autoscaler_role() -> None:
     assert "/var/run/docker.sock:/var/run/docker.sock:ro" in svc["volumes"]
     assert svc["read_only"] and svc["cap_drop"] == ["ALL"] and svc["group_add"] == ["${BATCHMESH_DOCKER_GID:-0}"]
     assert svc["depends_on"] == {"manager": {"condition": "service_healthy"}}
-    assert svc["environment"] == services["manager"]["environment"]  # the same Redis, the same pipeline
+    manager_env = dict(services["manager"]["environment"])
+    assert manager_env.pop("BATCHMESH_SOURCE_TOKEN")  # only the source and the manager hold the source's token
+    assert svc["environment"] == manager_env  # the same Redis, the same pipeline
     assert f"worker-{stage}" in services  # the service it scales, one replica to copy from
     fixed, _ = with_replicas(base, {"min": 3, "max": 3})
     assert "autoscaler" not in render.compose(Pipeline.model_validate(fixed), WORDCOUNT)["services"]
