@@ -18,7 +18,9 @@ stage (or, for a role without a stage, of any stage) completed, failed or was de
 at all (bad config, a missing dependency), and the run ends with an error naming it instead of looping. The
 runner sets `give_up_after` above every stage's max_deliveries (a poison item may crash its worker that many
 times before a commit dead-letters it). While Redis is unreachable there is no progress to judge: crashes then
-never count towards giving up."""
+never count towards giving up. Nor does a SIGKILL: a role killed from outside (an operator, the OOM killer, a
+chaos test, a poison item killing its own worker) is not a role that cannot start, and comes back with its
+backoff however often it is killed (found by the handed chaos case: five kills of a starting router in a row)."""
 
 from __future__ import annotations
 
@@ -143,7 +145,8 @@ class Supervisor:
             if progressed:
                 role.stalled = 0
             if mark is not None:
-                role.stalled += 1
+                if role.last_code != -signal.SIGKILL:
+                    role.stalled += 1
                 role.progress_mark = mark
             if role.stalled >= give_up_after:
                 failed.append(role.name)

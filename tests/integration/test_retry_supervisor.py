@@ -1,7 +1,8 @@
 """The local supervisor's restart rule (services/runner/supervisor.py), with real processes: a crashing role is
 restarted after a backoff that grows, is never given up while its stage keeps committing (a worker dying on
 poison items), and is given up after `give_up_after` crashes in a row with nothing committed in between (a role
-that cannot start: bad config), with a line naming its exit code and last log line."""
+that cannot start: bad config), with a line naming its exit code and last log line; a role SIGKILLed from outside
+never is."""
 
 from __future__ import annotations
 
@@ -67,6 +68,20 @@ def test_unknown_progress_never_counts_towards_giving_up(tmp_path: Path) -> None
     try:
         gave_up, starts = _watch(sup, None, 3, give_up_after=2)  # Redis unreachable: nothing to judge by
         assert gave_up == [] and len(starts) >= 3, starts
+    finally:
+        sup.stop_all(grace_s=1)
+
+
+def test_a_role_sigkilled_from_outside_is_never_given_up(tmp_path: Path) -> None:
+    """Killed (SIGKILL) every time before it commits anything (the handed chaos case's five kills of a starting
+    router): not a role that cannot start, so it keeps coming back with its backoff."""
+    sup = Supervisor({}, tmp_path / "logs")
+    sup.start_argv("w", [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"],
+                   labels={"role": "worker", "stage": "w"})
+    try:
+        gave_up, starts = _watch(sup, {"w": 7, "": 7}, 4, give_up_after=2)
+        assert gave_up == [] and len(starts) >= 4, starts
+        assert sup.roles["w"].last_code == -9
     finally:
         sup.stop_all(grace_s=1)
 
