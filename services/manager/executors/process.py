@@ -120,15 +120,7 @@ class ProcessExecutor(Executor):
 
     def _submit(self, pool: ThreadPoolExecutor, batch: list[Delivery], held: dict[bytes, Delivery],
                 commit: Commit) -> None:
-        started = []
-        for delivery in batch:
-            if delivery.item is None:
-                commit.dead_letter(delivery, delivery.malformed or "malformed item")
-                continue
-            started.append(delivery)
-        self.consumer.held.hold(self.consumer, started)  # running, and indexed should an entry be deleted
-        for delivery in started:  # submitted after: a fast item's commit must not come before its hold
-            held[delivery.entry_id] = delivery
+        for delivery in self._hold(batch, held, commit):  # after the hold: no commit may come before it
             pool.submit(self._run_one, delivery)
 
     def _run_one(self, delivery: Delivery) -> None:
