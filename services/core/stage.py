@@ -117,7 +117,6 @@ class StreamConsumer:
         self.progress = Progress(client, self.keys)
         self.retry, self.isolate_reclaimed = retry, isolate_reclaimed
         self.retries = RetryQueue(client, self.keys, stage, self.stream_key)
-        self._known_groups: set[bytes] = set()  # the stream's groups, for entries addressed with `to` (_ours)
         self.held = Held(client, self.keys, stage)
         self._next_move, self._due_at = 0.0, None  # next look at the retry set; when a retry is known due
         self._trim = SafeTrim(client)
@@ -209,31 +208,14 @@ class StreamConsumer:
 
     def _ours(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """Drop (and acknowledge) entries addressed to another stage: retries and replays of a stream's other
-        readers, which must not run here a second time. A `to` naming no group of the stream (a foreign writer's
-        typo) addresses nobody, so it is ignored: the entry is for every reader, as one without `to` is, never
-        acknowledged unread by all of them (which would lose the item without a dead letter)."""
+        readers, which must not run here a second time."""
         group = self.group.encode()
-        addressed = [(entry_id, fields[TO]) for entry_id, fields in entries if fields.get(TO, group) != group]
-        if not addressed:
-            return entries
-        groups = self._groups(refresh=any(to not in self._known_groups for _, to in addressed))
-        foreign = [entry_id for entry_id, to in addressed if to in groups]
-        if len(foreign) < len(addressed):
-            log.warning("entries addressed to no consumer group of the stream; read as for every reader", extra={
-                "event": "stage.unknown_to", "stage": self.stage, "stream": self.stream_key,
-                "to": sorted({to.decode(errors="replace")[:100] for _, to in addressed if to not in groups})})
+        foreign = [entry_id for entry_id, fields in entries if fields.get(TO, group) != group]
         if not foreign:
             return entries
         self.client.xack(self.stream_key, self.group, *foreign)
         skip = set(foreign)
         return [(entry_id, fields) for entry_id, fields in entries if entry_id not in skip]
-
-    def _groups(self, refresh: bool) -> set[bytes]:
-        """The stream's consumer group names (XINFO GROUPS), cached; read again when `refresh`."""
-        if refresh:
-            self._known_groups = {g["name"] if isinstance(g["name"], bytes) else str(g["name"]).encode()
-                                  for g in self.client.xinfo_groups(self.stream_key)}
-        return self._known_groups
 
     def reclaim(self, count: int | None = None) -> list[Delivery]:
         """XAUTOCLAIM entries idle past the visibility timeout, resuming from the last cursor.

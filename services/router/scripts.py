@@ -190,15 +190,13 @@ local function decide(doc)  -- output indexes (1-based); empty = dropped
   return single[home]
 end
 
-local batches, total, from, groups_of = {}, 0, {}, {}
+local batches, total, from = {}, 0, {}
 for i = 1, nin do
-  groups_of[i] = {}
   for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[i])) do
     local name, last = nil, nil
     for j = 1, #g, 2 do
       if g[j] == 'name' then name = g[j + 1] elseif g[j] == 'last-delivered-id' then last = g[j + 1] end
     end
-    if name ~= nil then groups_of[i][name] = true end
     if name == group then from[i] = last end
   end
   if from[i] == nil then return redis.error_reply('NOGROUP no group ' .. group .. ' on ' .. KEYS[i]) end
@@ -226,9 +224,8 @@ for i = 1, nin do
         if f[j] == 'item' then raw = f[j + 1] elseif f[j] == 'to' then to = f[j + 1] end
       end
     end
-    if to ~= nil and to ~= group and groups_of[i][to] then
-      skipped = skipped + 1  -- a retry or replay addressed to another reader of this stream (a `to` naming no
-                             -- group addresses nobody: the entry is for every reader, as core.stage reads it)
+    if to ~= nil and to ~= group then
+      skipped = skipped + 1  -- a retry or replay addressed to another reader of this stream
     else
       read = read + 1
       local doc, why = document(raw)

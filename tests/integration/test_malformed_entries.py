@@ -44,8 +44,7 @@ def good_entry(item_id: str, batch: str | None = None) -> dict[bytes, bytes]:
 
 
 def feed(client: redis.Redis, stream: str, batch: str | None = None) -> None:
-    """Good entries before, between and after the garbage. The last good one is addressed (`to`) to a consumer
-    group the stream does not have: it addresses nobody, so every reader takes it (it is never dropped unread)."""
+    """Good entries before, between and after the garbage."""
     pipe = client.pipeline()
     pipe.xadd(stream, good_entry(GOOD[0], batch))
     pipe.xadd(stream, good_entry(GOOD[1], batch))
@@ -55,7 +54,7 @@ def feed(client: redis.Redis, stream: str, batch: str | None = None) -> None:
             pipe.xadd(stream, good_entry(GOOD[2], batch))
             pipe.xadd(stream, good_entry(GOOD[3], batch))
     pipe.xadd(stream, good_entry(GOOD[4], batch))
-    pipe.xadd(stream, {**good_entry(GOOD[5], batch), b"to": b"no-such-stage"})
+    pipe.xadd(stream, good_entry(GOOD[5], batch))
     pipe.execute()
 
 
