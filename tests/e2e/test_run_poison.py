@@ -62,6 +62,6 @@ def test_poison_items_that_kill_the_worker_are_dead_lettered_and_the_rest_finish
     good = {f"item{i:02d}" for i in range(63)} - set(POISON)
     assert set(manifest["results"]) == good, sorted(good - set(manifest["results"]))
     ran = (tmp_path / "ran.log").read_text().split()
-    for name in POISON:
-        assert ran.count(name) == 3, f"{name} ran {ran.count(name)} times; max_deliveries is 3"
+    for name in POISON:  # a delivery counts even if its worker died (of another poison item) before running it
+        assert 1 <= ran.count(name) <= 3, f"{name} ran {ran.count(name)} times; max_deliveries is 3"
     assert set(ran) == good | set(POISON)
