@@ -57,6 +57,18 @@ def _pass(dispatcher: Any, n: int, cpu: dict[str, float] | None = None) -> tuple
     return diff, listing, new
 
 
+
+def _peak_rss_kb() -> int:
+    """This process's peak RSS in KiB since its exec: VmHWM. (ru_maxrss survives exec on Linux, so a child of a
+    big parent, such as a long pytest run, would report the parent's size.)"""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
 def run_child(url: str, n: int, passes: int) -> dict[str, Any]:
     import redis
 
@@ -75,7 +87,7 @@ def run_child(url: str, n: int, passes: int) -> dict[str, Any]:
         first_s, first_listing_s, dispatched = _pass(dispatcher, n, first_cpu)
         stream_len = int(client.xlen(keys.stream("source")))
         steady = [_pass(dispatcher, n) for _ in range(passes)]
-        maxrss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        maxrss_kb = _peak_rss_kb()
     finally:
         drop_pipeline(client, name)
         client.close()

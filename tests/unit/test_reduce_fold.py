@@ -12,8 +12,14 @@ from services.core.spec_barriers import FoldSpec
 from services.router.reduce import Folder, _bucket
 
 
+class _Folder(Folder):
+    def increments(self, doc: dict[str, Any]) -> list[Any]:
+        """As the fold script receives them: every amount a string (integers are carried as Python ints)."""
+        return [(kind, field, str(amount)) for kind, field, amount in super().increments(doc)]
+
+
 def folder(name: str = "x", **fold: Any) -> Folder:
-    return Folder(name, FoldSpec(**fold))
+    return _Folder(name, FoldSpec(**fold))
 
 
 def doc(**data: Any) -> dict[str, Any]:
