@@ -34,6 +34,8 @@ import redis
 from services.core import Keys
 from services.core.spec import Pipeline
 
+from .role_procs import role_processes
+
 CLASSES = ("worker", "router", "manager", "reducer", "joiner", "source")
 _RECLAIMED = re.compile(r'^batchmesh_items_reclaimed_total\{([^}]*)\} ([0-9.e+]+)$', re.M)
 
@@ -122,24 +124,12 @@ class Driver:
 def local_roles(run_pid: int, pipeline: Pipeline) -> list[tuple[int, str, str]]:
     """The role processes the run's supervisor started: children of `run_pid` running `services.cli <role>`."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid != run_pid:
-                continue
-            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except (OSError, ValueError, IndexError):
-            continue
-        if "services.cli" not in argv:
-            continue
-        command = argv[argv.index("services.cli") + 1] if argv.index("services.cli") + 1 < len(argv) else ""
-        stage = argv[argv.index("--stage") + 1] if "--stage" in argv else None
+    for pid, rest in role_processes(run_pid).items():
+        command = rest[0] if rest else ""
+        stage = rest[rest.index("--stage") + 1] if "--stage" in rest[:-1] else None
         cls = role_class(pipeline, command, stage)
         if cls is not None:
-            found.append((int(entry.name), cls, f"{command}/{stage}" if stage else command))
+            found.append((pid, cls, f"{command}/{stage}" if stage else command))
     return found
 
 

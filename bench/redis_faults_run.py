@@ -15,6 +15,7 @@ from pathlib import Path
 import redis
 
 from .redis_servers import NAME, EmbeddedServer, RedisProcess
+from .role_procs import role_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,18 +118,7 @@ class Run:
     def role_pids(self) -> dict[int, str]:
         """pid -> argv of the run's role processes (`batchmesh <role> ...` children of the runner)."""
         assert self.process is not None
-        out = {}
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                argv = [a.decode() for a in (proc / "cmdline").read_bytes().split(b"\0") if a]
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == self.process.pid and "services.cli" in argv:
-                out[int(proc.name)] = " ".join(argv[argv.index("services.cli") + 1:])
-        return out
+        return {pid: " ".join(rest) for pid, rest in role_processes(self.process.pid).items()}
 
     def _sample_pids(self) -> None:
         while not self._stop.wait(0.2):

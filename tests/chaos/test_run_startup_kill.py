@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench.chaos import ROOT, _role_env, generate
+from bench.role_procs import role_processes
 
 SPEC = """\
 apiVersion: batchmesh/v1
@@ -26,16 +27,7 @@ stages:
 
 
 def _source_of(run_pid: int) -> int | None:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except (OSError, ValueError, IndexError):
-                continue
-            if ppid == run_pid and b"services.cli" in argv and b"source" in argv:
-                return int(entry.name)
-    return None
+    return next((pid for pid, rest in role_processes(run_pid).items() if rest[:1] == ["source"]), None)
 
 
 @pytest.mark.timeout(120)

@@ -18,6 +18,7 @@ import httpx
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.role_procs import role_processes
 from services.core.embedded import redis_server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,17 +123,7 @@ def healthz(target: str) -> int:
 def role_pids(run_pid: int) -> dict[str, int]:
     """`batchmesh <role> --stage S` children of the run: "worker:S" / "router:S" / "manager" / "source" -> pid."""
     out = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = [a.decode() for a in (proc / "cmdline").read_bytes().split(b"\0") if a]
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid != run_pid or "services.cli" not in argv:
-            continue
-        role = argv[argv.index("services.cli") + 1]
-        stage = argv[argv.index("--stage") + 1] if "--stage" in argv else ""
-        out[f"{role}:{stage}" if stage else role] = int(proc.name)
+    for pid, rest in role_processes(run_pid).items():
+        stage = rest[rest.index("--stage") + 1] if "--stage" in rest[:-1] else ""
+        out[f"{rest[0]}:{stage}" if stage else rest[0]] = pid
     return out
