@@ -209,8 +209,10 @@ def bench_routers(url: str, n: int, runs: int, say: Any = None,
         if "msg_s" not in first or first["path"] != ("python" if first["router"].endswith("(jmespath)") else "lua"):
             continue
         ours, raw = [r[i]["msg_s"] for r in results], [r[i]["raw_xadd_msg_s"] for r in results]
+        server_side = first["path"] == "lua"  # the issue's >= 1.2x is asked of the server-side routers only
         rows.append(Row(f"(r) router {first['router']} ({first['path']}), n={n:,}", statistics.median(ours),
-                        "items/s", statistics.median(raw), "pipelined XADD loop", "ratio>=", RATIO_TARGET, ours, raw))
+                        "items/s", statistics.median(raw), "pipelined XADD loop",
+                        "ratio>=" if server_side else "info", RATIO_TARGET if server_side else None, ours, raw))
     hop = {r["path"]: i for i, r in enumerate(results[0]) if "p99_ms" in r}
     p99 = {path: [r[i]["p99_ms"] for r in results] for path, i in hop.items()}
     rate = results[0][hop["lua"]]["rate"]
