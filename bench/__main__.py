@@ -3,14 +3,18 @@
     python -m bench [--quick] [--only a,b,c] [--n N] [--runs R] [--out out/bench.json]
 
 (a) no-op work queue, items/s: the `stream` executor (manager Dispatcher -> one `batchmesh worker` process)
-    vs RQ SimpleWorker vs Celery on a Redis broker; the same n items each, repetitions interleaved
-    (ours, rq, celery, ours, ...) so drift hits all three alike. Targets: >= 50x RQ, >= 10x Celery.
+    vs RQ SimpleWorker vs Celery on a Redis broker vs the client's raw pipelined XADD loop; the same n items
+    each, repetitions interleaved (ours, rq, celery, raw, ours, ...) so drift hits all alike.
+    Targets (issue 12): >= 150x RQ, >= 50x Celery, >= 0.5x raw XADD.
 (b) `process` executor, wall time per item of /bin/true at concurrency 1, vs `subprocess.run` of it
     (and `os.posix_spawn` + waitpid, for information), interleaved. Target: <= 1.5x.
-(c) manager diff of a 1,000,000-item listing in a subprocess of its own: steady state (every item known; the
-    figure judged against <= 5 s), first pass (every item new; information), peak RSS (<= 300 MB).
-(d) barriers: last map result -> final aggregate at N=100,000, reduce vs join-then-aggregate (<= 50 ms); see
-    bench/barriers.py.
+(c) manager diff of a 1,000,000-item listing in a subprocess of its own: steady state (every item known,
+    <= 5 s), first pass (every item new, dispatched, <= 10 s), peak RSS (<= 300 MB).
+(d) barriers at N=100,000: last map result -> final aggregate, reduce vs join-then-aggregate (<= 50 ms), and
+    one reducer's fold capacity with an unpaced map (>= 30,000 items/s); see bench/barriers.py.
+(e) the image pipeline on 2 cores vs a sequential script of the same functions (>= 1.7x); see bench/images.py.
+(r) server-side routers vs the raw pipelined XADD loop (>= 1.2x each) and the hop latency p99 through a
+    splitter at a paced 10k msg/s (<= 2 ms, <= 1.3x the raw hop); see bench/routers.py.
 Figures are medians over the repetitions; the table goes to stdout, progress to stderr, everything to --out."""
 
 from __future__ import annotations
