@@ -50,7 +50,7 @@ NOTES = {
     "b": "(b) ours: items dispatched first, timed from executor start to all done (item file, output dir, pipes, "
          "own session, batched commits); ratio = median(ours) / median(baseline).",
     "c": "(c) time inside Dispatcher.dispatch only (making the listing dicts is the lister's, timed apart); "
-         "target judged on the steady-state pass; RSS = ru_maxrss of the diff subprocess.",
+         "both passes judged; RSS = the diff subprocess's own peak (VmHWM).",
     "e": "(e) see bench/images.py: both sides warm, pinned to 2 CPUs, OpenCV single-threaded.",
     "r": "(r) see bench/routers.py: input pre-filled, router stepped until drained; raw XADD re-measured beside "
          "each router; latency: a paced producer process, a router process, receive - send time.",
