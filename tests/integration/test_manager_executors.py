@@ -26,7 +26,7 @@ OK = ["echo", '{"ok": true}']
 FAIL = ["sh", "-c", "echo 'no such frobnicator' >&2; exit 3"]
 
 
-def wait_for(check: Callable[[], bool], timeout: float = 20.0) -> None:
+def wait_for(check: Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
