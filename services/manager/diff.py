@@ -3,16 +3,20 @@ differs from the one last dispatched (a changed file is work again), unless it i
 running, or failed and waiting for a retry): its change is picked up by a later poll, once it has settled.
 
 Per page: one HMGET finds the candidates (no Python set of every name: memory stays bounded by a page; skipped
-while pages come all new, as in a first pass), then one server-side script per 1000 candidates re-checks each
+while pages come all new, as in a first pass), then one server-side script per 250 candidates re-checks each
 and dispatches it, so two managers cannot both dispatch an item, and the version, the stream entry, the state
-and the counts change together. Only candidates are encoded (a prebuilt C JSON encoder, the model only for an
-item of an unusual shape): a re-poll of a known listing costs an HMGET per page and no encoding."""
+and the counts change together (atomic per call). A page's calls are pipelined on one connection
+(manager.script_pipe): Redis runs call k while this process encodes the candidates of call k+1, and serves other
+clients between calls. Only candidates are encoded (a prebuilt C JSON encoder, the model only for an item of an
+unusual shape; an item neither can encode is counted invalid and logged): a re-poll of a known listing costs an
+HMGET per page and no encoding."""
 
 from __future__ import annotations
 
 import json
 import logging
 from dataclasses import dataclass
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from pydantic import ValidationError
@@ -21,13 +25,15 @@ from redis import Redis
 from services.core import Keys, Progress, WorkItem
 from services.core.item import FIELD
 
+from .script_pipe import ScriptPipe
+
 log = logging.getLogger(__name__)
 
 # The longest item id the model takes (characters), read from the model itself.
 MAX_ID = next(m.max_length for m in WorkItem.model_fields["id"].metadata if hasattr(m, "max_length"))
 
-# KEYS: versions, states, counts, stream, the batch's item set, arrivals hash. ARGV: (name, version, encoded item)
-# triples.
+# KEYS: versions, states, counts, stream, the batch's item set, arrivals hash. ARGV: the n names, then their n
+# versions, then their n encoded items (names first: the HMGETs take them straight from ARGV, no table is built).
 # Returns {new, busy}.
 # The state change is core.progress's (states hash + counts hash in step), inlined: a script cannot call one.
 # Per call: one HMGET of the versions and one of the states for every candidate, one XADD per dispatched item, then
@@ -37,23 +43,23 @@ MAX_ID = next(m.max_length for m in WorkItem.model_fields["id"].metadata if hasa
 _DISPATCH = """
 local n = #ARGV / 3
 if n == 0 then return {0, 0} end
-local names = {}
-for i = 1, n do names[i] = ARGV[3 * i - 2] end
-local versions = redis.call('HMGET', KEYS[1], unpack(names))
-local states = redis.call('HMGET', KEYS[2], unpack(names))
+local versions = redis.call('HMGET', KEYS[1], unpack(ARGV, 1, n))
+local states = redis.call('HMGET', KEYS[2], unpack(ARGV, 1, n))
 local new, busy, left, sent = 0, 0, {}, {}
-local vpairs, spairs = {}, {}
+local vpairs, spairs, members = {}, {}, {}
+local stream = KEYS[4]
 for i = 1, n do
-  local name, version = names[i], ARGV[3 * i - 1]
+  local name, version = ARGV[i], ARGV[n + i]
   local last, old = versions[i], states[i]
   if sent[name] then last, old = sent[name], 'queued' end
   if last ~= version then
     if old == 'queued' or old == 'running' or old == 'failed' then
       busy = busy + 1
     else
-      redis.call('XADD', KEYS[4], '*', 'item', ARGV[3 * i])
+      redis.call('XADD', stream, '*', 'item', ARGV[2 * n + i])
       sent[name] = version
       new = new + 1
+      members[new] = name
       vpairs[2 * new - 1], vpairs[2 * new] = name, version
       spairs[2 * new - 1], spairs[2 * new] = name, 'queued'
       if old then left[old] = (left[old] or 0) + 1 end
@@ -63,8 +69,6 @@ end
 if new > 0 then
   redis.call('HSET', KEYS[1], unpack(vpairs))
   redis.call('HSET', KEYS[2], unpack(spairs))
-  local members = {}
-  for i = 1, new do members[i] = vpairs[2 * i - 1] end
   redis.call('SADD', KEYS[5], unpack(members))
   for state, k in pairs(left) do redis.call('HINCRBY', KEYS[3], state, -k) end
   redis.call('HINCRBY', KEYS[3], 'queued', new)
@@ -73,7 +77,13 @@ end
 return {new, busy}
 """
 
-SCRIPT_CHUNK = 1000  # candidates per script call: keeps each call short, so Redis never stalls on a huge page
+# Candidates per script call. Short calls let Redis interleave other clients (a worker's reads and commits) between
+# them, and let this process encode chunk k+1 while Redis runs chunk k: a page's calls are pipelined on one
+# connection, so the first pass costs about max(Python, Redis) per item instead of their sum.
+SCRIPT_CHUNK = 250
+# A page's first call is smaller: Redis idles while it is encoded, and from then on it runs one call while the next
+# is encoded (Redis is the slower side on a first pass).
+FIRST_CHUNK = 50
 
 
 @dataclass
@@ -82,7 +92,7 @@ class DiffStats:
     new: int = 0
     known: int = 0
     busy: int = 0  # changed but still in flight (counted in `known`); dispatched by a later poll
-    invalid: int = 0  # listed entries that are not valid items (no name, name too long)
+    invalid: int = 0  # listed entries that are not valid items (no name, name too long, not encodable)
 
     def __iadd__(self, other: DiffStats) -> DiffStats:
         for name in ("listed", "new", "known", "busy", "invalid"):
@@ -90,9 +100,21 @@ class DiffStats:
         return self
 
 
-# Compact strict JSON (core.strict_json's form) from the C encoder, built once: the dispatch of a million items
-# spends most of its Python time here.
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# Compact strict JSON (core.strict_json's form) from the C encoder, built once and called directly (what
+# `json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode` runs, without its Python
+# wrapper per call): the dispatch of a million items spends most of its Python time here. No circular-reference
+# table: a listing comes from JSON, and a cycle would end in RecursionError, which sends the item to the model.
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_C_ENCODE = (c_make_encoder(None, _not_json, encode_basestring, None, ":", ",", False, False, False)
+             if c_make_encoder is not None else None)
+
+
+def _encode_json(work: dict[str, Any]) -> str:
+    return "".join(_C_ENCODE(work, 0)) if _C_ENCODE is not None else _JSON.encode(work)
 
 
 def _fast_encode(name: str, version: str, item: dict[str, Any], batch: str | None) -> bytes | None:
@@ -100,7 +122,11 @@ def _fast_encode(name: str, version: str, item: dict[str, Any], batch: str | Non
     batch=batch).encode()[FIELD]` gives, without building the model: or None when the item is not of the common
     shape this shortcut can vouch for (a name the model refuses, a non-string key, a non-finite float, a value JSON
     cannot hold, text that is not UTF-8): the caller then builds the model, which decides."""
-    if len(name) > MAX_ID or not all(isinstance(key, str) for key in item):
+    if len(name) > MAX_ID:
+        return None
+    try:
+        "".join(item)  # every top-level key is a str (TypeError otherwise): one C loop, no generator
+    except TypeError:
         return None
     work: dict[str, Any] = {"id": name}
     if item:
@@ -110,7 +136,7 @@ def _fast_encode(name: str, version: str, item: dict[str, Any], batch: str | Non
     if batch is not None:
         work["batch"] = batch
     try:
-        return _JSON.encode(work).encode()
+        return _encode_json(work).encode()
     except (ValueError, TypeError, RecursionError):  # NaN/Infinity (ValueError), a set or bytes, lone surrogates
         return None
 
@@ -126,7 +152,6 @@ class Dispatcher:
         self.keys = keys
         self.progress = progress  # its keys name the states and counts hashes the script keeps in step
         self.batch = batch  # the manager opens a new batch per listing pass: items carry it to the barriers
-        self._script = client.register_script(_DISPATCH)
         # The last page was all new (a first pass): the next one most likely is too, so its HMGET pre-check is
         # skipped and every item goes to the script, which checks each anyway. A wrong guess costs one page's
         # encoding; the page after it is pre-checked again.
@@ -141,28 +166,39 @@ class Dispatcher:
             return stats
         seen: list[bytes | None] = ([None] * len(named) if self._all_new
                                     else self.client.hmget(self.keys.versions(), [name for name, _, _ in named]))
-        args: list[str | bytes] = []
+        keys = (self.keys.versions(), self.progress.keys.states(), self.progress.keys.counts(),
+                self.keys.stream("source"), self.keys.batch_items(self.batch), self.keys.arrivals())
+        names: list[str] = []
+        versions: list[str] = []
+        encoded: list[bytes] = []
         batch = self.batch
-        for (name, version, item), last in zip(named, seen, strict=True):
-            if last is not None and last.decode() == version:
-                continue
-            encoded = _fast_encode(name, version, item, batch)
-            if encoded is None:  # not the common shape: the model decides (and says why an item is invalid)
-                try:
-                    encoded = WorkItem(id=name, data=item, version=version or None, batch=batch).encode()[FIELD]
-                except ValidationError as exc:
-                    stats.invalid += 1
-                    log.warning("listed item is not a valid work item", extra={
-                        "event": "dispatch.invalid", "item": name[:200], "reason": str(exc.errors()[0]["msg"])})
+        chunk = FIRST_CHUNK
+        with ScriptPipe(self.client, _DISPATCH, keys) as pipe:
+            for (name, version, item), last in zip(named, seen, strict=True):
+                if last is not None and last.decode() == version:
                     continue
-            args += [name, version, encoded]
-        keys = [self.keys.versions(), self.progress.keys.states(), self.progress.keys.counts(),
-                self.keys.stream("source"), self.keys.batch_items(self.batch), self.keys.arrivals()]
-        step = 3 * SCRIPT_CHUNK
-        for start in range(0, len(args), step):
-            new, busy = self._script(keys=keys, args=args[start:start + step])
-            stats.new += int(new)
-            stats.busy += int(busy)
+                data = _fast_encode(name, version, item, batch)
+                if data is None:  # not the common shape: the model decides (and says why an item is invalid)
+                    try:
+                        data = WorkItem(id=name, data=item, version=version or None, batch=batch).encode()[FIELD]
+                    except ValueError as exc:  # a ValidationError, or text the model takes but UTF-8 cannot hold
+                        stats.invalid += 1
+                        reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+                        log.warning("listed item is not a valid work item", extra={
+                            "event": "dispatch.invalid", "item": name[:200], "reason": reason[:300]})
+                        continue
+                names.append(name)
+                versions.append(version)
+                encoded.append(data)
+                if len(names) == chunk:  # sent now: Redis runs it while the next chunk is encoded
+                    pipe.send([*names, *versions, *encoded])
+                    names, versions, encoded = [], [], []
+                    chunk = SCRIPT_CHUNK
+            if names:
+                pipe.send([*names, *versions, *encoded])
+            for new, busy in pipe.replies():
+                stats.new += int(new)
+                stats.busy += int(busy)
         stats.known = stats.listed - stats.invalid - stats.new
         self._all_new = stats.new == len(named) > 1
         return stats
