@@ -15,7 +15,7 @@ FIELD = b"item"
 # that other stages may read too; they acknowledge it unprocessed, so only the stage that failed it runs it again.
 TO = b"to"
 # The largest `item` field any consumer decodes (bytes): a bigger entry is dead-lettered unread, by the Python
-# stages and the Lua router alike (services/router/scripts.py gets it as a constant).
+# stages and the Lua router alike (services/router/route_lua.py gets it as a constant).
 MAX_ITEM_BYTES = 4 * 1024 * 1024
 
 

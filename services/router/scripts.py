@@ -10,9 +10,9 @@ the call: see RouteScript). The call reports how long it held Redis; the caller 
 (base.Router._size_batch). Entries a Python-path consumer of the same group left pending are reclaimed by the
 router's periodic reclaim (see base).
 
-Redis scripts have no rollback: a runtime error after a write would leave the batch half done. So every key is
-type-checked and every group looked up before anything is written, the JSON decode is protected, and the decision
-code touches no keys."""
+Redis scripts have no rollback: a runtime error after a write would leave the batch half done. So every key the
+call writes is type-checked and every group looked up before anything is written, the JSON decode is protected,
+and the decision code touches no keys. The script itself is ROUTE_LUA (route_lua.py)."""
 
 from __future__ import annotations
 
@@ -21,296 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
-from services.core.item import MAX_ITEM_BYTES
-
-# KEYS: inputs (nin), outputs, dead-letter stream, stage stats, progress states, progress counts, arrivals hash.
-# ARGV: group, count per input, nin, mode (all|filter|split|shard), program (JSON or ''),
-#       drop state ('' = leave), conf JSON ({"routes": {value: output}, "default": output} | {"health": "1011"},
-#       and "skips": [[key head, key tail, mask]], "ttl": seconds when the router tells barriers what it sends away
-#       from them: an item of batch B whose outputs are all '1' in a mask is added to the set head..B..tail, a
-#       barrier's `skipped` set. Those keys are named by the items' batches, so they are not in KEYS: every key of
-#       a pipeline carries its hash tag, so they are in the same Cluster slot as KEYS).
-# Returns {read, completed, filtered, dead, skipped, {spilled per shard}, {the group's last-delivered id per input},
-#          microseconds the call took (by the server's clock)}.
-ROUTE_LUA = r"""
-local t0 = redis.call('TIME')  -- how long this call held Redis goes back to the caller (the next batch's size)
-local function elapsed_us()
-  local t = redis.call('TIME')
-  return (tonumber(t[1]) - tonumber(t0[1])) * 1000000 + tonumber(t[2]) - tonumber(t0[2])
-end
-local group, count, nin = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local mode, drop_state = ARGV[4], ARGV[6]
-local nout = #KEYS - nin - 5
-local tail = nin + nout
-local dlq, stats, states, counts = KEYS[tail + 1], KEYS[tail + 2], KEYS[tail + 3], KEYS[tail + 4]
-local arrivals, added, okeys = KEYS[#KEYS], {}, {}
-for t = 1, nout do okeys[t], added[t] = KEYS[nin + t], 0 end
-for i = 1, #KEYS do
-  local want = i <= nin + nout + 1 and 'stream' or 'hash'
-  local t = redis.call('TYPE', KEYS[i])['ok']
-  if t ~= want and t ~= 'none' then
-    return redis.error_reply('WRONGTYPE key ' .. KEYS[i] .. ' holds a ' .. t .. ', not a ' .. want ..
-                             ': nothing was routed')
-  end
-end
-local prog = ARGV[5] ~= '' and cjson.decode(ARGV[5]) or nil
-local conf = cjson.decode(ARGV[7])
-local NULL = cjson.null
-
-local function truthy(v)
-  if v == nil or v == NULL or v == false or v == '' then return false end
-  if type(v) == 'table' then return next(v) ~= nil end
-  return true
-end
-
-local function key_of(v)
-  local t = type(v)
-  if t == 'string' then return v end
-  if t == 'boolean' then return v and 'true' or 'false' end
-  if t == 'number' and v == math.floor(v) and math.abs(v) < 9007199254740992 then
-    if v == 0 then return '0' end  -- not '-0'
-    return string.format('%.0f', v)
-  end
-  return nil
-end
-
-local EMPTY = {}  -- a missing data is {}; shared, never written
-local function path(doc, segs)
-  local first, cur = segs[1], nil
-  if first == 'name' then cur = doc.id elseif first == 'data' then cur = doc.data or EMPTY else cur = doc[first] end
-  for i = 2, #segs do
-    if type(cur) ~= 'table' then return NULL end
-    cur = cur[segs[i]]
-  end
-  if cur == nil then return NULL end
-  return cur
-end
-
-local function same(a, b)  -- one side is always a scalar literal (see core.spec_routers)
-  return type(a) == type(b) and type(a) ~= 'table' and a == b
-end
-
-local function ev(n, doc)
-  if n.p then return path(doc, n.p) end
-  if n.v ~= nil then return n.v end
-  local op = n.op
-  if op == 'not' then return not truthy(ev(n.a, doc)) end
-  if op == 'and' then local a = ev(n.a, doc); if not truthy(a) then return a end; return ev(n.b, doc) end
-  if op == 'or' then local a = ev(n.a, doc); if truthy(a) then return a end; return ev(n.b, doc) end
-  local a, b = ev(n.a, doc), ev(n.b, doc)
-  if op == 'eq' then return same(a, b) end
-  if op == 'ne' then return not same(a, b) end
-  if type(a) ~= 'number' or type(b) ~= 'number' then return NULL end
-  if op == 'lt' then return a < b elseif op == 'lte' then return a <= b
-  elseif op == 'gt' then return a > b else return a >= b end
-end
-
--- The item document, or nil and why: a JSON object, a non-empty string id of at most 1024 characters, and an
--- object (or no) data. cjson decodes [] and {} alike, so an empty data table is checked in the raw text.
-local function ascii(s)  -- no byte >= 0x80: math.max over string.byte in C-sized slices, twice as fast as a
-  local n = #s           -- pattern scan ('[\128-\255]' tests every byte against a class)
-  for j = 1, n, 4000 do
-    if math.max(string.byte(s, j, math.min(j + 3999, n))) > 127 then return false end
-  end
-  return true
-end
-
-local function valid_utf8(s)  -- cjson passes any byte through: refuse what Python's decoder refuses
-  if ascii(s) then return true end  -- almost every item
-  local i, n = 1, #s
-  while true do
-    i = string.find(s, '[\128-\255]', i)  -- skip the ASCII runs
-    if not i then return true end
-    local c, len = string.byte(s, i), 0
-    if c >= 0xC2 and c <= 0xDF then len = 1 elseif c >= 0xE0 and c <= 0xEF then len = 2
-    elseif c >= 0xF0 and c <= 0xF4 then len = 3 else return false end
-    if i + len > n then return false end
-    for j = 1, len do
-      local cc = string.byte(s, i + j)
-      if cc < 0x80 or cc > 0xBF then return false end
-    end
-    local c1 = string.byte(s, i + 1)  -- overlong forms, surrogates, beyond U+10FFFF
-    if (c == 0xE0 and c1 < 0xA0) or (c == 0xED and c1 > 0x9F) or (c == 0xF0 and c1 < 0x90)
-        or (c == 0xF4 and c1 > 0x8F) then return false end
-    i = i + len + 1
-  end
-end
-
-local function document(raw)
-  if raw == nil then return nil, "entry has no 'item' field" end
-  if #raw > MAX_ITEM_BYTES then
-    return nil, 'item is larger than MAX_ITEM_BYTES bytes (' .. #raw .. ' bytes)'
-  end
-  if not valid_utf8(raw) then return nil, 'item is not a JSON object' end
-  local ok, doc = pcall(cjson.decode, raw)
-  if not ok or type(doc) ~= 'table' then return nil, 'item is not a JSON object' end
-  local id = doc.id
-  if type(id) ~= 'string' or id == '' then return nil, 'id: not a non-empty string' end
-  if #id > 1024 and select(2, string.gsub(id, '[^\128-\191]', '')) > 1024 then return nil, 'id: too long' end
-  local data = doc.data
-  if data ~= nil and (type(data) ~= 'table' or data[1] ~= nil
-      or (next(data) == nil and string.find(raw, '[^\\]"data"%s*:%s*%['))) then
-    return nil, 'data: not an object'
-  end
-  return doc  -- absent fields read as null (see path)
-end
-
-local health, healthy, nshards = conf.health or '', {}, nout
-if mode == 'shard' then
-  for i = 1, nshards do if string.sub(health, i, i) == '1' then healthy[#healthy + 1] = i end end
-end
-local spilled, every, single, none = {}, {}, {}, {}  -- target lists are shared and never written
-for i = 1, nshards do spilled[i] = 0 end
-for i = 1, nout do every[i] = i; single[i] = {i} end
-local home_of, spill_of = {}, {}  -- a key's two hash parts: a batch's repeated keys hash once
-
-local function decide(doc)  -- output indexes (1-based); empty = dropped
-  if mode == 'all' then
-    return every
-  elseif mode == 'filter' then
-    if truthy(ev(prog, doc)) then return single[1] end
-    return none
-  elseif mode == 'split' then
-    local k = key_of(ev(prog, doc))
-    return single[(k and conf.routes[k]) or conf.default]
-  end
-  local k = key_of(ev(prog, doc)) or doc.id
-  local home = home_of[k]
-  if home == nil then
-    local h = redis.sha1hex(k)
-    home = tonumber(string.sub(h, 1, 8), 16) % nshards + 1
-    home_of[k], spill_of[k] = home, tonumber(string.sub(h, 9, 16), 16)
-  end
-  if #healthy > 0 and string.sub(health, home, home) ~= '1' then
-    spilled[home] = spilled[home] + 1
-    return single[healthy[spill_of[k] % #healthy + 1]]
-  end
-  return single[home]
-end
-
-local batches, total, from = {}, 0, {}
-for i = 1, nin do
-  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[i])) do
-    local name, last = nil, nil
-    for j = 1, #g, 2 do
-      if g[j] == 'name' then name = g[j + 1] elseif g[j] == 'last-delivered-id' then last = g[j + 1] end
-    end
-    if name == group then from[i] = last end
-  end
-  if from[i] == nil then return redis.error_reply('NOGROUP no group ' .. group .. ' on ' .. KEYS[i]) end
-end
-for i = 1, nin do
-  batches[i] = redis.call('XRANGE', KEYS[i], '(' .. from[i], '+', 'COUNT', count)
-  total = total + #batches[i]
-end
-if total == 0 then  -- idle: the caller waits for entries newer than what the group has seen
-  return {0, 0, 0, 0, 0, spilled, from, elapsed_us()}
-end
-local seen = {}
-for i = 1, nin do seen[i] = #batches[i] > 0 and batches[i][#batches[i]][1] or from[i] end
-
-local read, completed, filtered, dead, skipped = 0, 0, 0, 0, 0
--- First every decision, writing nothing: a skipped set an item is recorded in is named by the item's batch, so
--- its type is checked here, before the first write (see the module's docstring).
-local skips, away, away_keys = conf.skips or {}, {}, {}
-local a_in, a_raw, a_doc, a_to, nacts = {}, {}, {}, {}, 0  -- per routed entry
-for i = 1, nin do
-  for _, entry in ipairs(batches[i]) do
-    local f, raw, to = entry[2], nil, nil
-    if f[1] == 'item' and f[3] == nil then raw = f[2] else  -- the common entry: just the item
-      for j = 1, #f, 2 do
-        if f[j] == 'item' then raw = f[j + 1] elseif f[j] == 'to' then to = f[j + 1] end
-      end
-    end
-    if to ~= nil and to ~= group then
-      skipped = skipped + 1  -- a retry or replay addressed to another reader of this stream
-    else
-      read = read + 1
-      local doc, why = document(raw)
-      local targets = doc and decide(doc)
-      nacts = nacts + 1
-      a_in[nacts], a_raw[nacts], a_doc[nacts], a_to[nacts] = i, raw, doc, targets or why
-      local batch = doc and doc.batch
-      if #skips > 0 and type(batch) == 'string' and batch ~= '' then
-        for _, s in ipairs(skips) do  -- {key head, key tail, '1' per output leading away from that barrier}
-          local gone = true
-          for _, t in ipairs(targets) do
-            if string.sub(s[3], t, t) ~= '1' then gone = false; break end
-          end
-          if gone then
-            local key = s[1] .. batch .. s[2]
-            local ids = away[key]
-            if ids == nil then
-              local t = redis.call('TYPE', key)['ok']
-              if t ~= 'set' and t ~= 'none' then
-                return redis.error_reply('WRONGTYPE key ' .. key .. ' holds a ' .. t .. ', not a set: nothing ' ..
-                                         'was routed')
-              end
-              ids = {}
-              away[key] = ids
-              away_keys[#away_keys + 1] = key
-            end
-            ids[#ids + 1] = doc.id
-          end
-        end
-      end
-    end
-  end
-end
-local at = nil
-for n = 1, nacts do
-  local i, raw, doc = a_in[n], a_raw[n], a_doc[n]
-  if doc == nil then
-    if at == nil then
-      local t = redis.call('TIME')
-      at = t[1] .. '.' .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
-    end
-    redis.call('XADD', dlq, '*', 'item', raw or '', 'reason', 'malformed item: ' .. a_to[n],
-               'stream', KEYS[i], 'deliveries', '1', 'at', at)
-    dead = dead + 1
-  else
-    local targets = a_to[n]
-    local nt = #targets
-    for j = 1, nt do
-      local t = targets[j]
-      redis.call('XADD', okeys[t], '*', 'item', raw)
-      added[t] = added[t] + 1
-    end
-    if nt > 0 then
-      completed = completed + 1
-    else
-      filtered = filtered + 1
-      if drop_state ~= '' then  -- the same rule as core.progress: done/dead stay so
-        local old = redis.call('HGET', states, doc.id)
-        if old ~= drop_state and old ~= 'done' and old ~= 'dead' then
-          redis.call('HSET', states, doc.id, drop_state)
-          if old then redis.call('HINCRBY', counts, old, -1) end
-          redis.call('HINCRBY', counts, drop_state, 1)
-        end
-      end
-    end
-  end
-end
-for i = 1, nin do
-  if #batches[i] > 0 then  -- the group has now seen them: delivered and acknowledged in one
-    redis.call('XGROUP', 'SETID', KEYS[i], group, batches[i][#batches[i]][1])
-  end
-end
-for _, key in ipairs(away_keys) do  -- in the call that routes them: a barrier counts them as accounted for
-  local ids = away[key]
-  for j = 1, #ids, 1000 do redis.call('SADD', key, unpack(ids, j, math.min(j + 999, #ids))) end
-  redis.call('EXPIRE', key, conf.ttl)
-end
-local nspilled = 0
-for i = 1, nshards do nspilled = nspilled + spilled[i] end
-for t = 1, nout do if added[t] > 0 then redis.call('HINCRBY', arrivals, okeys[t], added[t]) end end
-for name, n in pairs({out = completed, dead = dead, filtered = filtered, spilled = nspilled}) do
-  if n > 0 then redis.call('HINCRBY', stats, name, n) end
-end
-return {read, completed, filtered, dead, skipped, spilled, seen, elapsed_us()}
-""".replace("MAX_ITEM_BYTES", str(MAX_ITEM_BYTES))  # the one cap (core.item)
+from .route_lua import ROUTE_LUA
 
 
 @dataclass
@@ -331,11 +44,38 @@ class RouteScript:
     """One route call per batch. With `wait`, the call waits inside Redis first: an XREAD BLOCK for entries newer
     than the given ids, then the script, pipelined in one round trip. Redis runs a blocked client's next command
     as soon as the XREAD is served, so an entry arriving while the router waits is routed in the same event-loop
-    turn as its XADD, without a round trip to the router process (and its scheduling) in between."""
+    turn as its XADD, without a round trip to the router process (and its scheduling) in between.
+
+    The commands go straight over a pooled connection (send, then read every reply): redis-py's per-command path
+    (pipeline object, instrumentation, response callbacks) cost about as much as the round trip itself (~35 us of
+    ~70 us measured here), once per call, which a caught-up router pays per wake-up. A connection that fails
+    mid-call is disconnected before it goes back to the pool (no reply is left unread on it); the error is
+    redis-py's own (ConnectionError, TimeoutError, ResponseError), as before."""
 
     def __init__(self, client: Redis) -> None:
         self.client = client
         self._script = client.register_script(ROUTE_LUA)
+        self._conf: dict[str, Any] | None = None
+        self._conf_json = "{}"
+
+    def _send(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Every command's reply (an error reply as its exception object), over one connection, in one write."""
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except ResponseError as exc:  # a reply: the connection is fine, the next reply follows
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
 
     def __call__(
         self, *, inputs: list[str], outputs: list[str], tail: list[str], group: str, count: int,
@@ -345,19 +85,20 @@ class RouteScript:
         """`tail` = [dead-letter stream, stage stats, progress states, progress counts, arrivals hash]; `wait` =
         ({input: id}, block ms) to wait for an entry newer than those ids first (XREAD consumes nothing)."""
         keys = [*inputs, *outputs, *tail]
-        args = [group, count, len(inputs), mode, program, drop_state,
-                json.dumps(conf or {}, separators=(",", ":"))]
-        reply = None
+        conf = conf or {}
+        if conf != self._conf:  # the same conf call after call (a sharder's health changes it now and then)
+            self._conf, self._conf_json = dict(conf), json.dumps(conf, separators=(",", ":"))
+        call = ("EVALSHA", self._script.sha, len(keys), *keys, group, count, len(inputs), mode, program,
+                drop_state, self._conf_json)
+        commands: list[tuple[Any, ...]] = [call]
         if wait is not None:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.xread(wait[0], count=1, block=wait[1])
-            pipe.evalsha(self._script.sha, len(keys), *keys, *args)
-            try:
-                reply = pipe.execute()[1]
-            except NoScriptError:  # a restarted or flushed Redis: the call below loads the script again
-                reply = None
-        if reply is None:
-            reply = self._script(keys=keys, args=args)
+            streams, block_ms = wait
+            commands.insert(0, ("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", *streams, *streams.values()))
+        reply = self._send(*commands)[-1]
+        if isinstance(reply, NoScriptError):  # a restarted or flushed Redis: load it again, once
+            reply = self._script(keys=keys, args=list(call[3 + len(keys):]))
+        elif isinstance(reply, ResponseError):
+            raise reply
         read, completed, filtered, dead, skipped, spilled, seen, elapsed = reply
         return Routed(int(read), int(completed), int(filtered), int(dead), int(skipped),
                       [int(n) for n in spilled], list(seen), int(elapsed))
