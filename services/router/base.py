@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from prometheus_client import Counter, Gauge
@@ -33,7 +34,7 @@ from services.core.spec_routers import RouterSpec
 from services.core.spec_skips import Skip
 
 from .document import Document, document, entry_id_key
-from .scripts import RouteScript
+from .scripts import Call, RouteScript
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,17 @@ DropHook = Callable[[Pipeline, list[str]], None]  # (the commit's transaction, i
 ROUTERS: dict[str, type[Router]] = {}
 CALL_BUDGET_MS = 2.0  # Redis time one script call may take under a backlog (issue 12: 1000 entries ~ 6 ms)
 MAX_LUA_COUNT = 4096  # entries per input per call at most, whatever the budget would allow
+
+
+@dataclass
+class _Sent:
+    """A route call sent and not yet read, with what its reply is read against."""
+
+    call: Call
+    inputs: list[str]  # in the order of the call (the rotation)
+    count: int
+    alone: bool  # nothing else on the connection: its wall time is its own
+    began: float
 
 
 def register(cls: type[Router]) -> type[Router]:
@@ -95,6 +107,8 @@ class Router:
         self.lua_count = self.count  # sized by each call's measured cost (_size_batch)
         self._entry_us: float | None = None  # Redis time per entry of a script call (_size_batch)
         self._seen: dict[str, bytes] = {}  # input -> the group's last-delivered id, when the last call caught up
+        self._backlog = False  # the last call took a full batch: more are waiting
+        self._inflight: _Sent | None = None  # a call sent behind the one being read (a backlog, _server_step)
         self._program = expr.program_json if expr is not None else ""
         self._script = RouteScript(client) if self.server_side else None
         self._tail = [self.keys.dead_letters(stage), self.keys.stage_stats(stage), self.keys.states(),
@@ -177,27 +191,50 @@ class Router:
         return taken
 
     def _server_step(self, block_ms: int) -> int:
-        assert self._script is not None
+        """One call's worth of routing. Under a backlog (the last call took a full batch) the next call is sent
+        before this one's reply is read, so Redis always has one queued (scripts.RouteScript.send); that one is
+        the next step's. A step whose call comes back short (caught up) also reads the one sent behind it, so a
+        step that returns leaves at most a call of a still-running backlog in flight, and one that returns 0 none."""
         taken = self._reclaim_if_due()
+        call, self._inflight = self._inflight or self._send(block_ms, taken), None
+        if self._backlog:
+            self._inflight = self._send(0, 0)
+        try:
+            got = self._apply(call)
+            taken += got
+            if got < call.count and self._inflight is not None:  # caught up: the call behind it finds little
+                later, self._inflight = self._inflight, None
+                taken += self._apply(later)
+        except ResponseError as exc:
+            self._drop_inflight()
+            if "NOGROUP" not in str(exc):
+                raise
+            for c in self.consumers:  # an input was deleted (or its group destroyed) under us: start again
+                c.ensure_group()
+            self._seen, self._backlog = {}, False
+        except BaseException:
+            self._drop_inflight()
+            raise
+        return taken
+
+    def _send(self, block_ms: int, taken: int) -> _Sent:
+        assert self._script is not None
         start, self._round = self._round % len(self.consumers), self._round + 1  # the same rotation as in Python
         order = self.consumers[start:] + self.consumers[:start]
         inputs = [c.stream_key for c in order]
         # Caught up last time: wait inside Redis, in the same round trip as the call (scripts.RouteScript), from
         # where the group was. A backlog (or a step that must not block) calls at once.
         wait = ({k: self._seen[k] for k in inputs}, block_ms) if block_ms and self._seen and not taken else None
-        began, count = time.perf_counter(), self.lua_count
-        try:
-            r = self._script(inputs=inputs, outputs=self.output_keys, tail=self._tail,
-                             group=self.stage, count=count, mode=self.mode, program=self._program,
-                             drop_state=self.drop_state or "", conf={**self.lua_conf(), **self._skip_conf},
-                             wait=wait)
-        except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            for c in self.consumers:  # an input was deleted (or its group destroyed) under us: start again
-                c.ensure_group()
-            self._seen = {}
-            return taken
+        count = self.lua_count
+        sent = self._script.send(inputs=inputs, outputs=self.output_keys, tail=self._tail, group=self.stage,
+                                 count=count, mode=self.mode, program=self._program,
+                                 drop_state=self.drop_state or "", conf={**self.lua_conf(), **self._skip_conf},
+                                 wait=wait)
+        return _Sent(sent, inputs, count, wait is None and not self._backlog, time.perf_counter())
+
+    def _apply(self, sent: _Sent) -> int:
+        """Read a sent call's reply and account for it; returns the entries it took."""
+        r = sent.call.result()
         first = self.consumers[0]  # every consumer of this router has the same metric labels
         first.m_in.inc(r.read)
         first.m_out.inc(r.completed)
@@ -206,13 +243,31 @@ class Router:
         for c in self.consumers:
             c.maybe_trim()
         got = r.read + r.skipped
-        wall_us = (time.perf_counter() - began) * 1e6 if wait is None else 0.0  # a wait is no cost of the call
-        self._size_batch(got, count, r.elapsed_us or wall_us)
-        taken += got
+        # The server's clock; the wall time only where a server freezes TIME, and only for a call that was alone
+        # on the connection (a wait is no cost of the call, and a queued call's wall includes the one before it).
+        wall_us = (time.perf_counter() - sent.began) * 1e6 if sent.alone else 0.0
+        self._size_batch(got, sent.count, r.elapsed_us or wall_us)
         # Not a full batch: caught up, so the next step waits first (from where the group is now); a full one
         # leaves a backlog behind it, routed at once.
-        self._seen = dict(zip(inputs, r.seen, strict=True)) if got < count else {}
-        return taken
+        self._backlog = got >= sent.count
+        self._seen = {} if self._backlog else dict(zip(sent.inputs, r.seen, strict=True))
+        return got
+
+    def _drop_inflight(self) -> None:
+        """After an error: read (and account for) the call still in flight, if it can be read at all."""
+        later, self._inflight = self._inflight, None
+        self._backlog = False
+        if later is not None:
+            try:
+                self._apply(later)
+            except (RedisError, OSError):
+                pass  # it ran whole or not at all; whatever it routed is routed
+
+    def finish(self) -> int:
+        """Read the call still in flight, if any (before leaving, or before looking at the streams): the entries
+        it took."""
+        later, self._inflight = self._inflight, None
+        return self._apply(later) if later is not None else 0
 
     def _size_batch(self, entries: int, count: int, elapsed_us: float) -> None:
         """The next call's count per input under a backlog: past the configured batch (`batch_count()`, the floor:
@@ -332,6 +387,11 @@ class Router:
 
     def leave(self) -> None:
         """Drop this consumer from its groups unless it still holds entries (those stay for a replica)."""
+        try:
+            self.finish()
+        except RedisError as exc:
+            log.warning("could not read the last route call", extra={
+                "event": "router.leave_failed", "stage": self.stage, "error": str(exc)})
         for c in self.consumers:
             try:
                 if not c.client.xpending_range(c.stream_key, c.group, min="-", max="+", count=1,

@@ -40,65 +40,98 @@ class Routed:
     elapsed_us: int  # how long the call held Redis, by the server's clock (0 where a server freezes TIME)
 
 
+class Call:
+    """A sent route call whose reply is still to be read, on a connection this call holds until then."""
+
+    def __init__(self, script: RouteScript, conn: Any, replies: int, keys: list[str], args: list[Any]) -> None:
+        self.script, self.conn, self.replies, self.keys, self.args = script, conn, replies, keys, args
+
+    def result(self) -> Routed:
+        """Read this call's replies (in the order the calls were sent on the connection). A connection that fails
+        here is disconnected (no reply is left unread on it) and the error is raised: the call ran whole or not
+        at all. NOSCRIPT (a restarted or flushed Redis: nothing ran) loads the script and calls it again, once."""
+        reply: Any = None
+        try:
+            for _ in range(self.replies):
+                try:
+                    reply = self.conn.read_response()
+                except ResponseError as exc:  # a reply: the connection is fine, the next reply follows
+                    reply = exc
+        except BaseException:
+            self.conn.disconnect()
+            raise
+        finally:
+            self.script.done(self)
+        if isinstance(reply, NoScriptError):
+            reply = self.script._script(keys=self.keys, args=self.args)
+        elif isinstance(reply, ResponseError):
+            raise reply
+        read, completed, filtered, dead, skipped, spilled, seen, elapsed = reply
+        return Routed(int(read), int(completed), int(filtered), int(dead), int(skipped),
+                      [int(n) for n in spilled], list(seen), int(elapsed))
+
+
 class RouteScript:
     """One route call per batch. With `wait`, the call waits inside Redis first: an XREAD BLOCK for entries newer
     than the given ids, then the script, pipelined in one round trip. Redis runs a blocked client's next command
     as soon as the XREAD is served, so an entry arriving while the router waits is routed in the same event-loop
     turn as its XADD, without a round trip to the router process (and its scheduling) in between.
 
-    The commands go straight over a pooled connection (send, then read every reply): redis-py's per-command path
-    (pipeline object, instrumentation, response callbacks) cost about as much as the round trip itself (~35 us of
-    ~70 us measured here), once per call, which a caught-up router pays per wake-up. A connection that fails
-    mid-call is disconnected before it goes back to the pool (no reply is left unread on it); the error is
-    redis-py's own (ConnectionError, TimeoutError, ResponseError), as before."""
+    `send` writes a call and returns at once; the caller may send the next one before reading the first's reply
+    (both on the same connection, read in order): under a backlog Redis then finds the next call queued when it
+    finishes one, instead of idling for the reply's round trip and the caller's turnaround. Each call is atomic and
+    starts from where the group is when it runs, so a second call routes the entries after the first's.
+
+    The commands go straight over a pooled connection: redis-py's per-command path (pipeline object,
+    instrumentation, response callbacks) cost about as much as the round trip itself (~35 us of ~70 us measured
+    here), once per call, which a caught-up router pays per wake-up. Errors are redis-py's own (ConnectionError,
+    TimeoutError, ResponseError), as before."""
 
     def __init__(self, client: Redis) -> None:
         self.client = client
         self._script = client.register_script(ROUTE_LUA)
         self._conf: dict[str, Any] | None = None
         self._conf_json = "{}"
+        self._conn: Any = None  # held while calls are in flight
+        self._inflight = 0
 
-    def _send(self, *commands: tuple[Any, ...]) -> list[Any]:
-        """Every command's reply (an error reply as its exception object), over one connection, in one write."""
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command(conn.pack_commands(commands))
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(conn.read_response())
-                except ResponseError as exc:  # a reply: the connection is fine, the next reply follows
-                    replies.append(exc)
-            return replies
-        except BaseException:
-            conn.disconnect()
-            raise
-        finally:
-            pool.release(conn)
-
-    def __call__(
+    def send(
         self, *, inputs: list[str], outputs: list[str], tail: list[str], group: str, count: int,
         mode: str, program: str = "", drop_state: str = "", conf: dict[str, Any] | None = None,
         wait: tuple[dict[str, bytes], int] | None = None,
-    ) -> Routed:
+    ) -> Call:
         """`tail` = [dead-letter stream, stage stats, progress states, progress counts, arrivals hash]; `wait` =
         ({input: id}, block ms) to wait for an entry newer than those ids first (XREAD consumes nothing)."""
         keys = [*inputs, *outputs, *tail]
         conf = conf or {}
         if conf != self._conf:  # the same conf call after call (a sharder's health changes it now and then)
             self._conf, self._conf_json = dict(conf), json.dumps(conf, separators=(",", ":"))
-        call = ("EVALSHA", self._script.sha, len(keys), *keys, group, count, len(inputs), mode, program,
-                drop_state, self._conf_json)
-        commands: list[tuple[Any, ...]] = [call]
+        args = [group, count, len(inputs), mode, program, drop_state, self._conf_json]
+        commands: list[tuple[Any, ...]] = [("EVALSHA", self._script.sha, len(keys), *keys, *args)]
         if wait is not None:
             streams, block_ms = wait
             commands.insert(0, ("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", *streams, *streams.values()))
-        reply = self._send(*commands)[-1]
-        if isinstance(reply, NoScriptError):  # a restarted or flushed Redis: load it again, once
-            reply = self._script(keys=keys, args=list(call[3 + len(keys):]))
-        elif isinstance(reply, ResponseError):
-            raise reply
-        read, completed, filtered, dead, skipped, spilled, seen, elapsed = reply
-        return Routed(int(read), int(completed), int(filtered), int(dead), int(skipped),
-                      [int(n) for n in spilled], list(seen), int(elapsed))
+        if self._conn is None:
+            self._conn = self.client.connection_pool.get_connection()
+        conn = self._conn
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+        except BaseException:
+            conn.disconnect()
+            self._conn, self._inflight = None, 0
+            self.client.connection_pool.release(conn)
+            raise
+        self._inflight += 1
+        return Call(self, conn, len(commands), keys, args)
+
+    def done(self, call: Call) -> None:
+        """A call's replies were read (or its connection dropped): the last one gives the connection back."""
+        self._inflight -= 1
+        if self._inflight <= 0 or not call.conn.is_connected:
+            if self._conn is not None:
+                self.client.connection_pool.release(self._conn)
+            self._conn, self._inflight = None, 0
+
+    def __call__(self, **kwargs: Any) -> Routed:
+        """Send one call and read its reply (see `send` for the arguments)."""
+        return self.send(**kwargs).result()
