@@ -41,6 +41,7 @@ WARM = 8
 CORES = 2
 TARGET = 1.7
 LABEL = "(e) image pipeline"
+PICKUP: list[float] = []  # per pipeline run: seconds from the files' arrival to the manager's first dispatch
 
 
 def generate(target: Path, count: int, seed: int) -> None:
@@ -100,8 +101,9 @@ def sequential(warm: Path, images: Path, tmp: Path) -> tuple[float, dict[str, fl
     return time.perf_counter() - began, {"sequential": time.process_time() - cpu}
 
 
-def pipeline(warm: Path, images: Path, tmp: Path) -> tuple[float, dict[str, float]]:
-    """Seconds for the timed batch and the CPU seconds each role of the pipeline used meanwhile."""
+def pipeline(warm: Path, images: Path, tmp: Path, idle_s: float = 0.0) -> tuple[float, dict[str, float]]:
+    """Seconds for the timed batch and the CPU seconds each role of the pipeline used meanwhile. With `idle_s`:
+    instead, after the warm-up, the CPU seconds each role used over `idle_s` seconds of nothing to do."""
     spec = yaml.safe_load((EXAMPLE / "pipeline.yaml").read_text())
     spec["source"]["poll"] = "200ms"
     spec_path = tmp / "pipeline.yaml"
@@ -125,14 +127,25 @@ def pipeline(warm: Path, images: Path, tmp: Path) -> tuple[float, dict[str, floa
                 return lambda: int(client.hget(done, DONE) or 0) >= n and batch_done(client, model)
 
             wait(finished(WARM), run)
+            if idle_s:
+                time.sleep(2.0)  # the warm-up batch's tail (deletes, reports) settles first
+                cpu = tree_cpu(run.pid)
+                time.sleep(idle_s)
+                return idle_s, cpu_delta(cpu, tree_cpu(run.pid))
             staged = tmp / "staged"
             shutil.copytree(images, staged)
             new = sorted(staged.glob("*.jpg"))
+            batch = Keys(model.name).batch()
+            warm_batch = client.hget(batch, "id")
             began, cpu = time.perf_counter(), tree_cpu(run.pid)
             for path in new:
                 os.rename(path, inbox / f"new-{path.name}")  # atomic: never listed half-written
+            wait(lambda: client.hget(batch, "id") != warm_batch, run)  # the manager found (some of) them
+            picked = time.perf_counter() - began
             wait(finished(WARM + len(new)), run)
-            return time.perf_counter() - began, cpu_delta(cpu, tree_cpu(run.pid))
+            seconds, used = time.perf_counter() - began, cpu_delta(cpu, tree_cpu(run.pid))
+            PICKUP.append(picked)
+            return seconds, used
     finally:
         run.terminate()  # --watch ends on SIGTERM/SIGINT like a service
         run.wait(60)
@@ -171,8 +184,9 @@ def bench_images(n: int, repeat: int, say: Callable[[str], None] | None = None) 
                 runs[label].append((seconds, cpu))
                 if label == "pipeline":
                     roles.append(by_role)
+                picked = f", picked up after {PICKUP[-1] * 1000:.0f} ms" if label == "pipeline" and PICKUP else ""
                 say(f"(e) run {rep + 1}/{repeat} {label:10} {n} images in {seconds:6.2f} s "
-                    f"(cpu {cpu / n * 1000:5.1f} ms/image)")
+                    f"(cpu {cpu / n * 1000:5.1f} ms/image{picked})")
     wall = {k: [s for s, _ in v] for k, v in runs.items()}
     cpu = {k: median([c / n * 1000 for _, c in v]) for k, v in runs.items()}
     rate = {k: [n * 60 / s for s in v] for k, v in wall.items()}
@@ -184,7 +198,20 @@ def bench_images(n: int, repeat: int, say: Callable[[str], None] | None = None) 
     by_role = {k: round(median([r.get(k, 0.0) / n * 1000 for r in roles]), 2) for k in roles[0]} if roles else {}
     return row, {"runs": runs, "wall_s": wall, "cpu_ms_per_image": cpu, "speedup": row.ratio or 0.0,
                  "pipeline_cpu_ms_per_image_by_role": dict(sorted(by_role.items(), key=lambda kv: -kv[1])),
+                 "pickup_ms": [round(s * 1000, 1) for s in PICKUP[-repeat:]],
                  "loadavg": [load_before, os.getloadavg()[0]]}
+
+
+def idle(seconds: float) -> dict[str, float]:
+    """CPU ms per second each role of a warm, idle pipeline uses (nothing to do: polling, heartbeats, metrics)."""
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:CORES])
+    os.environ.setdefault("IMAGING_CV_THREADS", "1")
+    with tempfile.TemporaryDirectory() as root:
+        tmp = Path(root)
+        generate(tmp / "warm", WARM, seed=101)
+        (tmp / "work").mkdir()
+        _, by_role = pipeline(tmp / "warm", tmp / "none", tmp / "work", idle_s=seconds)
+    return {k: round(v / seconds * 1000, 2) for k, v in sorted(by_role.items(), key=lambda kv: -kv[1])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,7 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=60)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "out" / "bench.json"), help="'' = do not save")
+    parser.add_argument("--idle", type=float, default=0.0, metavar="SECONDS",
+                        help="instead: CPU ms/s per role of a warm pipeline left idle this long")
     args = parser.parse_args(argv)
+    if args.idle:
+        roles = idle(args.idle)
+        print(f"idle pipeline, {args.idle:g} s, cpu ms/s by role (total {sum(roles.values()):.1f}): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in roles.items() if v >= 0.05))
+        return 0
     try:
         row, details = bench_images(args.n, args.repeat)
     except RuntimeError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.source import FilteredBackend, InvalidCursor, InvalidName, build_backend, validate_name
-from services.source.backends import DirectoryBackend, Glob, JsonlBackend, MemoryBackend
+from services.source.backends import DirectoryBackend, Glob, JsonlBackend, MemoryBackend, directory
 
 
 def walk(backend, limit: int) -> list[str]:
@@ -95,7 +96,9 @@ def test_pagination_stable_while_files_are_added(tmp_path: Path) -> None:
     assert not any(n.startswith("a") for n in seen)  # added before the cursor: left for the next walk
 
 
-def test_cache_ttl_serves_snapshot_until_expiry(tmp_path: Path) -> None:
+def test_cache_ttl_serves_snapshot_until_expiry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Too many directories to watch (WATCHED_DIRS): the snapshot is served until it expires."""
+    monkeypatch.setattr(directory, "WATCHED_DIRS", 0)
     touch(tmp_path, "a")
     backend = DirectoryBackend(tmp_path, cache_ttl=3600)
     assert walk(backend, 10) == ["a"]
@@ -104,6 +107,46 @@ def test_cache_ttl_serves_snapshot_until_expiry(tmp_path: Path) -> None:
     assert backend.get("b") is not None  # lookups are always fresh
     (tmp_path / "a").unlink()
     assert walk(backend, 10) == []  # deleted files drop out even from a cached snapshot
+
+
+def test_cache_rescans_when_a_watched_directory_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new file is listed by the next request, not once the cache expires; an unchanged tree is not rescanned."""
+    monkeypatch.setattr(directory, "RACY_NS", 0)  # the test's own changes come within one mtime tick
+    monkeypatch.setattr(directory, "RESCAN_FACTOR", 0)  # nor wait 10 x the last scan
+    touch(tmp_path, "sub/a")
+    backend = DirectoryBackend(tmp_path, "**/*", cache_ttl=3600)
+    scans = []
+    scan = backend._scan
+    monkeypatch.setattr(backend, "_scan", lambda: scans.append(1) or scan())
+    assert walk(backend, 10) == ["sub/a"]
+    assert walk(backend, 10) == ["sub/a"] and len(scans) == 1  # nothing changed: the snapshot serves
+    touch(tmp_path, "sub/b")
+    os.utime(tmp_path / "sub", ns=(2, 2))  # surely another mtime than at the scan (mtime ticks are coarse)
+    assert walk(backend, 10) == ["sub/a", "sub/b"] and len(scans) == 2
+    (tmp_path / "sub" / "c").mkdir()  # a new directory: the parent changed, the new one is watched from then on
+    os.utime(tmp_path / "sub", ns=(3, 3))
+    assert walk(backend, 10) == ["sub/a", "sub/b"] and len(scans) == 3
+    touch(tmp_path, "sub/c/d")
+    os.utime(tmp_path / "sub" / "c", ns=(4, 4))
+    assert walk(backend, 10) == ["sub/a", "sub/b", "sub/c/d"] and len(scans) == 4
+
+
+def test_cache_rescans_a_directory_changed_just_before_the_scan(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory whose mtime is within RACY_NS of the scan is scanned again: a second change in the same mtime
+    tick would not change it."""
+    monkeypatch.setattr(directory, "RACY_NS", 3600 * 10**9)  # every directory was changed "just now"
+    monkeypatch.setattr(directory, "RESCAN_FACTOR", 0)
+    touch(tmp_path, "a")
+    backend = DirectoryBackend(tmp_path, cache_ttl=3600)
+    assert walk(backend, 10) == ["a"]
+    mtime = tmp_path.stat().st_mtime_ns
+    touch(tmp_path, "b")
+    os.utime(tmp_path, ns=(mtime, mtime))  # the same tick: the mtime alone does not tell
+    assert walk(backend, 10) == ["a"]  # within RACY_NS of the scan: the snapshot serves
+    monkeypatch.setattr(directory, "RACY_NS", 10**8)
+    time.sleep(0.15)
+    assert walk(backend, 10) == ["a", "b"]  # RACY_NS after the racy scan: scanned again
 
 
 def test_bad_directory_cursor(tmp_path: Path) -> None:

@@ -13,11 +13,16 @@ import threading
 import time
 from fnmatch import fnmatchcase
 from pathlib import Path
+from urllib.parse import quote_from_bytes
 
 from ..names import InvalidName, contained, printable, validate_name
 from .base import FullPage, InvalidCursor, Item, Page, Skipped, SourceBackend, register_backend, skipped_record
 
 log = logging.getLogger(__name__)
+
+WATCHED_DIRS = 64  # a scan of at most this many directories is redone as soon as one of them changes
+RESCAN_FACTOR = 10  # a change-triggered scan waits this many times the last scan's duration since it
+RACY_NS = 50_000_000  # a directory changed this recently before a scan (mtime ticks are coarse): scanned again
 
 
 class Glob:
@@ -65,12 +70,16 @@ class DirectoryBackend(SourceBackend):
     """Files under `path` matching `glob`, sorted by name; the cursor is the last name returned.
 
     The sorted name list is cached for `cache_ttl` seconds so walking all pages costs one directory scan plus a
-    binary search per page (not a scan per page). Files added meanwhile show up once the cache expires; because
-    the cursor is a name, not an index, no file is skipped or repeated when others appear or vanish.
+    binary search per page (not a scan per page). A file added, removed or renamed in a scanned directory changes
+    that directory's mtime: when the scan visited at most WATCHED_DIRS directories, each request stats them and a
+    changed one means a new scan (a new file is listed by the next request, not up to `cache_ttl` later; see
+    `_changed` for the bounds). With more directories, files added meanwhile show up once the cache expires.
+    Because the cursor is a name, not an index, no file is skipped or repeated when others appear or vanish.
     """
 
     def __init__(self, path: str | os.PathLike[str], glob: str = "*", cache_ttl: float = 1.0) -> None:
         self.root = Path(path).resolve()
+        self._root = str(self.root)
         if not self.root.is_dir():
             raise ValueError(f"source directory {str(path)!r} does not exist or is not a directory")
         self.glob = Glob(glob)
@@ -78,6 +87,8 @@ class DirectoryBackend(SourceBackend):
         self._names: list[str] = []
         self._unservable_now: list[tuple[str, Skipped]] = []  # sorted by name, from the last scan
         self._scanned_at = float("-inf")
+        self._dirs: dict[str, int] | None = None  # directory -> st_mtime_ns before the scan read it (None: too many)
+        self._racy, self._scan_s = False, 0.0
         self._lock = threading.Lock()
         self._unservable: set[str] = set()
         self._refused_links: set[str] = set()  # symlinks out of the root (or dangling), warned about once
@@ -109,7 +120,7 @@ class DirectoryBackend(SourceBackend):
 
     def _snapshot(self) -> tuple[list[str], list[tuple[str, Skipped]]]:
         with self._lock:  # one scan at a time; concurrent requests share its result
-            if time.monotonic() - self._scanned_at >= self.cache_ttl:
+            if time.monotonic() - self._scanned_at >= self.cache_ttl or self._changed():
                 started = time.monotonic()
                 found = self._scan()
                 self._names = sorted(name for name in found if self._servable(name))
@@ -117,16 +128,41 @@ class DirectoryBackend(SourceBackend):
                     ((name, skipped_record(printable(name), "bad-name", reason))
                      for name in found if (reason := self._unservable_reason(name))), key=lambda pair: pair[0])
                 self._scanned_at = time.monotonic()
+                self._scan_s = self._scanned_at - started
                 log.debug("scanned source directory", extra={"root": str(self.root), "files": len(self._names),
                                                              "seconds": round(self._scanned_at - started, 3)})
             return self._names, self._unservable_now
 
+    def _changed(self) -> bool:
+        """A directory of the last scan was changed (or vanished) since; False when too many to watch. At most one
+        such rescan per RESCAN_FACTOR x the last scan's duration (scans take at most ~10% of the time, however busy the
+        directory); a racy scan (see RACY_NS) counts as changed once RACY_NS has passed."""
+        age = time.monotonic() - self._scanned_at
+        if not self._dirs or age < RESCAN_FACTOR * self._scan_s:
+            return False
+        if self._racy and age * 1e9 >= RACY_NS:
+            return True
+        for directory, mtime in self._dirs.items():
+            try:
+                if os.stat(directory).st_mtime_ns != mtime:
+                    return True
+            except OSError:
+                return True
+        return False
+
     def _scan(self) -> list[str]:
         found: list[str] = []
+        dirs: dict[str, int] | None = {}
+        racy = False  # a directory changed just before the scan: a change in the same mtime tick would not show
         stack: list[tuple[str, str, int]] = [(str(self.root), "", 0)]  # (directory, its name prefix, depth)
         while stack:
             directory, prefix, depth = stack.pop()
             try:
+                if dirs is not None:  # before reading it: a change during the scan shows as changed next time
+                    mtime = os.stat(directory).st_mtime_ns
+                    racy |= time.time_ns() - mtime <= RACY_NS
+                    dirs[directory] = mtime
+                    dirs = dirs if len(dirs) <= WATCHED_DIRS else None
                 entries = list(os.scandir(directory))
             except OSError as exc:
                 log.warning("cannot read source directory", extra={"directory": directory, "error": str(exc)})
@@ -143,6 +179,7 @@ class DirectoryBackend(SourceBackend):
                         found.append(name)
                 except OSError:
                     continue
+        self._dirs, self._racy = dirs, racy
         return found
 
     def _unservable_reason(self, name: str) -> str | None:
@@ -172,6 +209,16 @@ class DirectoryBackend(SourceBackend):
                            "reason": "symlink target is outside the source root or missing"})
 
     def _item(self, name: str) -> Item | None:
+        if "/" not in name:  # right under the resolved root: one lstat says all (~10x cheaper than resolving)
+            full = os.path.join(self._root, name)
+            try:
+                st = os.lstat(full)
+            except OSError:
+                return None
+            if stat.S_ISREG(st.st_mode):  # not a symlink, and no directory on the way that could be one
+                return _record(name, full, st)
+            if not stat.S_ISLNK(st.st_mode):
+                return None
         path = self.root / name
         real = contained(self.root, path)  # follows symlinks: a link out of the root is not served
         if real is None:
@@ -183,12 +230,17 @@ class DirectoryBackend(SourceBackend):
             return None
         if not stat.S_ISREG(st.st_mode):
             return None
-        return {
-            "name": name,
-            "size": st.st_size,
-            "mtime": st.st_mtime,
-            "content_type": mimetypes.guess_type(name)[0] or "application/octet-stream",
-            "uri": path.as_uri(),
-            "version": f"{st.st_size}-{st.st_mtime_ns}",
-        }
+        return _record(name, str(path), st)
+
+
+def _record(name: str, path: str, st: os.stat_result) -> Item:
+    """The listing's record of a regular file; `path` absolute (the uri is Path(path).as_uri())."""
+    return {
+        "name": name,
+        "size": st.st_size,
+        "mtime": st.st_mtime,
+        "content_type": mimetypes.guess_type(name)[0] or "application/octet-stream",
+        "uri": "file://" + quote_from_bytes(os.fsencode(path)),
+        "version": f"{st.st_size}-{st.st_mtime_ns}",
+    }
 
