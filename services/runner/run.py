@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 EXIT_DEAD, EXIT_TIMEOUT = 1, 3
 STARTUP_RESTARTS = 3  # error exits of a role before the source is healthy, then the run gives up
 STARTUP_TIMEOUT_S = 60.0
+LOOK_S = 0.2  # how often the runner looks at its roles (restarts the dead ones) and, by default, at the status
+WATCH_STATUS_S = 1.0  # `--watch --quiet`: how often it reads the status (the autoscaler decides once a second)
 
 
 class StartupFailed(RuntimeError):
@@ -197,26 +199,35 @@ def _watch(client: redis.Redis, pipeline: Pipeline, path: Path, supervisor: Supe
     with RunView(list(pipeline.stages), quiet=quiet) as view:
         try:
             health, backoff = RoleHealth(pipeline.name, "runner"), Backoff()
+            read_every = WATCH_STATUS_S if watch and quiet else LOOK_S
+            snap: dict[str, Any] | None = None
+            read_at = float("-inf")
             while True:
-                try:
-                    snap: dict[str, Any] | None = status(client, pipeline)
-                    if not health.redis_ok:
-                        view.console.print("Redis back; carrying on")
-                    health.redis_up()
-                    backoff.reset()
-                except TRANSIENT as exc:  # Redis restarting: wait, still watching the roles and the clock
-                    if health.redis_down(exc):  # once per outage
-                        view.console.print(f"Redis unreachable at {_url_of(client)} ({type(exc).__name__}), "
-                                           "retrying")
-                    snap = None
-                if snap is not None:
+                # The status (2 round trips, ~2 ms of CPU here) is read every LOOK_S, or every WATCH_STATUS_S for
+                # `--watch --quiet` (no bar to draw, no batch end to wait for: the always-on service case) — and
+                # always at once when a role has exited, so restart_dead judges progress on a fresh reading.
+                fresh = snap is None or time.monotonic() - read_at >= read_every or _a_role_exited(supervisor)
+                if fresh:
+                    try:
+                        snap = status(client, pipeline)
+                        read_at = time.monotonic()
+                        if not health.redis_ok:
+                            view.console.print("Redis back; carrying on")
+                        health.redis_up()
+                        backoff.reset()
+                    except TRANSIENT as exc:  # Redis restarting: wait, still watching the roles and the clock
+                        if health.redis_down(exc):  # once per outage
+                            view.console.print(f"Redis unreachable at {_url_of(client)} ({type(exc).__name__}), "
+                                               "retrying")
+                        snap = None
+                if snap is not None and fresh:
                     view.update(snap, baseline)
                     if not watch and done_in(snap):
                         break
                 if timeout and time.monotonic() - started > timeout:
                     view.console.print(f"timed out after {timeout:g}s; the batch is not done")
                     return EXIT_TIMEOUT
-                if snap is not None:
+                if snap is not None and fresh:
                     _scale_workers(supervisor, pipeline, path, snap)
                 if gave_up := supervisor.restart_dead(progress_of(snap) if snap is not None else None,
                                                       give_up_after=give_up_after(pipeline)):
@@ -224,7 +235,7 @@ def _watch(client: redis.Redis, pipeline: Pipeline, path: Path, supervisor: Supe
                                        f"logs in {supervisor.log_dir}\n{supervisor.describe_given_up(gave_up)}",
                                        markup=False, soft_wrap=True)
                     return EXIT_DEAD
-                time.sleep(0.2 if snap is not None else backoff.next())
+                time.sleep(LOOK_S if snap is not None else backoff.next())
         except KeyboardInterrupt:
             if not watch:
                 raise
@@ -238,6 +249,10 @@ def _watch(client: redis.Redis, pipeline: Pipeline, path: Path, supervisor: Supe
         RunView([], quiet=True).console.print(note, markup=False, soft_wrap=True)
     skipped = int(snap["batch"].get("source_skipped", 0))  # records the source could not serve: not processed
     return EXIT_DEAD if dead or skipped else 0
+
+
+def _a_role_exited(supervisor: Supervisor) -> bool:
+    return any(r.process is not None and r.process.poll() is not None for r in supervisor.roles.values())
 
 
 def _source_skipped(client: redis.Redis, pipeline: Pipeline) -> dict[str, Any]:
