@@ -33,6 +33,12 @@ def _redis_cpu_s(client: Any) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def _command_usec(client: Any) -> dict[str, int]:
+    """Redis' own time per command so far (INFO commandstats, microseconds; a script's inner calls are counted
+    under their own names as well as inside the eval)."""
+    return {name.removeprefix("cmdstat_"): int(stat["usec"]) for name, stat in client.info("commandstats").items()}
+
+
 def _pass(dispatcher: Any, n: int, cpu: dict[str, float] | None = None) -> tuple[float, float, int]:
     """One listing pass: (seconds inside dispatch, seconds making pages, items dispatched). With `cpu`, the CPU
     seconds inside dispatch of this process ("python") and of the redis-server ("redis") are added to it: on a
@@ -42,6 +48,7 @@ def _pass(dispatcher: Any, n: int, cpu: dict[str, float] | None = None) -> tuple
     diff = listing = python = 0.0
     new = 0
     redis0 = _redis_cpu_s(dispatcher.client) if cpu is not None else 0.0
+    usec0 = _command_usec(dispatcher.client) if cpu is not None else {}
     for first in range(0, n, 1000):
         t0 = time.perf_counter()
         page = [listing_item(i) for i in range(first, min(first + 1000, n))]
@@ -54,6 +61,9 @@ def _pass(dispatcher: Any, n: int, cpu: dict[str, float] | None = None) -> tuple
     if cpu is not None:
         cpu["python"] = cpu.get("python", 0.0) + python
         cpu["redis"] = cpu.get("redis", 0.0) + _redis_cpu_s(dispatcher.client) - redis0
+        for name, usec in _command_usec(dispatcher.client).items():  # where Redis' time went, per listed item
+            if usec > usec0.get(name, 0) and name != "info":
+                cpu[f"usec_per_item.{name}"] = round((usec - usec0.get(name, 0)) / max(n, 1), 3)
     return diff, listing, new
 
 
@@ -97,6 +107,7 @@ def run_child(url: str, n: int, passes: int) -> dict[str, Any]:
         "first_pass_dispatched": dispatched,
         "first_pass_python_cpu_s": first_cpu["python"],  # CPU of the dispatching process inside dispatch
         "first_pass_redis_cpu_s": first_cpu["redis"],  # CPU of the redis-server meanwhile (INFO cpu)
+        "first_pass_redis_usec_per_item": {k.split(".", 1)[1]: v for k, v in first_cpu.items() if "." in k},
         "load_average_1m": load,
         "stream_len": stream_len,
         "steady_pass_s": statistics.median(s for s, _, _ in steady),
