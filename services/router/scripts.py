@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
 from .route_lua import ROUTE_LUA
 
@@ -45,12 +45,16 @@ class Call:
 
     def __init__(self, script: RouteScript, conn: Any, replies: int, keys: list[str], args: list[Any]) -> None:
         self.script, self.conn, self.replies, self.keys, self.args = script, conn, replies, keys, args
+        self.lost = False
 
     def result(self) -> Routed:
         """Read this call's replies (in the order the calls were sent on the connection). A connection that fails
         here is disconnected (no reply is left unread on it) and the error is raised: the call ran whole or not
         at all. NOSCRIPT (a restarted or flushed Redis: nothing ran) loads the script and calls it again, once."""
         reply: Any = None
+        if self.lost:  # its connection failed under an earlier call and went back to the pool: not ours to read
+            self.script.done(self)
+            raise ConnectionError("the connection of this route call was lost: it ran whole or not at all")
         try:
             for _ in range(self.replies):
                 try:
@@ -93,7 +97,7 @@ class RouteScript:
         self._conf: dict[str, Any] | None = None
         self._conf_json = "{}"
         self._conn: Any = None  # held while calls are in flight
-        self._inflight = 0
+        self._calls: list[Call] = []  # sent on it, replies not read yet (in order)
 
     def send(
         self, *, inputs: list[str], outputs: list[str], tail: list[str], group: str, count: int,
@@ -118,19 +122,29 @@ class RouteScript:
             conn.send_packed_command(conn.pack_commands(commands))
         except BaseException:
             conn.disconnect()
-            self._conn, self._inflight = None, 0
+            for other in self._calls:
+                other.lost = True
+            self._conn, self._calls = None, []
             self.client.connection_pool.release(conn)
             raise
-        self._inflight += 1
-        return Call(self, conn, len(commands), keys, args)
+        call = Call(self, conn, len(commands), keys, args)
+        self._calls.append(call)
+        return call
 
     def done(self, call: Call) -> None:
-        """A call's replies were read (or its connection dropped): the last one gives the connection back."""
-        self._inflight -= 1
-        if self._inflight <= 0 or not call.conn.is_connected:
-            if self._conn is not None:
-                self.client.connection_pool.release(self._conn)
-            self._conn, self._inflight = None, 0
+        """A call's replies were read (or its connection failed): the last one gives the connection back; a failed
+        connection goes back at once and the calls still sent on it are lost (each ran whole or not at all)."""
+        if call in self._calls:
+            self._calls.remove(call)
+        if call.conn is not self._conn:
+            return
+        if not call.conn.is_connected:
+            for other in self._calls:
+                other.lost = True
+            self._calls = []
+        if not self._calls:
+            self.client.connection_pool.release(self._conn)
+            self._conn = None
 
     def __call__(self, **kwargs: Any) -> Routed:
         """Send one call and read its reply (see `send` for the arguments)."""
