@@ -63,6 +63,20 @@ def _stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc; 0.0 where there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _redis_cpu_s(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def measure_stream(url: str, n: int, workers: int = 1) -> dict[str, Any]:
     """Time dispatching `n` listed items until `workers` stream-worker processes have done them all."""
     name = pipeline_name("bwq")
@@ -79,12 +93,14 @@ def measure_stream(url: str, n: int, workers: int = 1) -> dict[str, Any]:
             alive = lambda: all(p.poll() is None for p in procs)  # noqa: E731
             dispatcher.dispatch([{"name": "warm-up"}])
             wait_done(client, name, 1, timeout=60, alive=alive)  # the workers are up and consuming
+            cpu0, redis0 = sum(_cpu_s(p.pid) for p in procs), _redis_cpu_s(client)  # diagnostics only
             started = time.perf_counter()
             for page in pages(n, minimal_item):
                 dispatcher.dispatch(page)
             enqueued = time.perf_counter() - started
             wait_done(client, name, n + 1, timeout=60 + n / 500, item_s=MIN_ITEM_S, alive=alive)
             seconds = time.perf_counter() - started
+            worker_cpu, redis_cpu = sum(_cpu_s(p.pid) for p in procs) - cpu0, _redis_cpu_s(client) - redis0
             counts = Progress(client, keys).counts()
         except BaseException:
             for log in sorted(tmp.glob("worker-*.log")):
@@ -95,4 +111,7 @@ def measure_stream(url: str, n: int, workers: int = 1) -> dict[str, Any]:
             drop_pipeline(client, name)
             client.close()
     assert counts["done"] == n + 1 and not counts["dead"] and not counts["failed"], counts
-    return {"items_per_s": n / seconds, "seconds": seconds, "enqueue_seconds": enqueued, "n": n, "workers": workers}
+    # CPU per item (µs) of the worker process(es) and of redis-server (which also ran the enqueue's scripts):
+    # load-robust figures beside the wall-clock rate.
+    return {"items_per_s": n / seconds, "seconds": seconds, "enqueue_seconds": enqueued, "n": n, "workers": workers,
+            "worker_cpu_us_per_item": worker_cpu / n * 1e6, "redis_cpu_us_per_item": redis_cpu / n * 1e6}

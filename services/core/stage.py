@@ -22,6 +22,7 @@ from redis.exceptions import RedisError, ResponseError
 from . import metrics
 from .batch_decode import deliveries
 from .deadletter import add_dead_letter
+from .fast_commit import FastCommit, FastCommitCall, parse_read
 from .guard import CommitError, check_key_types, require_no_retry
 from .held import Held
 from .item import FIELD, TO, WorkItem
@@ -60,6 +61,7 @@ class Commit:
     sink_results: dict[str, bytes] = field(default_factory=dict)
     completed: int = 0
     gone: set[bytes] = field(default_factory=set)  # entries deleted while pending (core.held): nothing to XACK
+    stats: list[tuple[str, int]] = field(default_factory=list)  # more increments of the stage's stats hash
 
     def complete(self, delivery: Delivery, *outputs: tuple[str, WorkItem]) -> None:
         """The item is done here: publish `outputs` (stream name, item) and acknowledge it."""
@@ -85,7 +87,8 @@ class Commit:
         self.actions.append(action)
 
     def __bool__(self) -> bool:
-        return bool(self.acks or self.outputs or self.dead or self.retries or self.actions or self.sink_results)
+        return bool(self.acks or self.outputs or self.dead or self.retries or self.actions or self.sink_results
+                    or self.stats)
 
 
 class StreamConsumer:
@@ -118,12 +121,17 @@ class StreamConsumer:
         self.retry, self.isolate_reclaimed = retry, isolate_reclaimed
         self.retries = RetryQueue(client, self.keys, stage, self.stream_key)
         self.held = Held(client, self.keys, stage)
+        self._fast = FastCommit(client, [self.stream_key, self.keys.states(), self.keys.counts(), self.keys.derived(),
+                                         self.held.key, self.keys.results(), self.keys.stage_stats(stage),
+                                         self.keys.arrivals()], self.group, self.consumer)
         self._next_move, self._due_at = 0.0, None  # next look at the retry set; when a retry is known due
         self._trim = SafeTrim(client)
         self._cap_dead = DeadLetterCap(client, self.keys, stage, settings.dead_letter_maxlen)
         self._reclaim_cursor: bytes | str = b"0-0"
         self._next_reclaim = 0.0
         self._reclaimed_last = False  # the last read() returned reclaimed entries: the next one reads new ones
+        self._left: list[Delivery] = []  # read ahead by the last commit: what the next read() returns
+        self.read_next = 0  # how many new entries the next completions-only commit reads ahead (see commit)
         self._next_trim = 0.0
         self._next_beat = 0.0
         labels = {"pipeline": settings.pipeline, "stage": stage}
@@ -172,6 +180,9 @@ class StreamConsumer:
         goes on at the next read. A read that returned reclaimed entries is always followed by one that reads
         new entries, so a stream of reclaimable entries (slow batches) can never starve new ones."""
         self.heartbeat()
+        if self._left:  # read ahead by a commit that was then refused (StaleCommit)
+            left, self._left = self._left, []
+            return left
         now = time.monotonic()
         due_in = self._move_due(now)
         if now >= self._next_reclaim and not self._reclaimed_last:
@@ -197,6 +208,20 @@ class StreamConsumer:
         self.m_in.inc(len(batch))
         return batch
 
+    def can_read_ahead(self) -> bool:
+        """True when the next `read()` would be a plain read of new entries (no reclaim due or under way), so a
+        commit may fold it in (`commit(..., read_next=n)`). Keeps the heartbeat and the retry mover going."""
+        self.heartbeat()
+        now = time.monotonic()
+        self._move_due(now)
+        if self._reclaim_cursor not in (b"0-0", "0-0"):
+            return False
+        return now < self._next_reclaim or self._reclaimed_last
+
+    def has_read_ahead(self) -> bool:
+        """True while entries read ahead by a commit wait for the next read()."""
+        return bool(self._left)
+
     def _move_due(self, now: float) -> float | None:
         """Put the stage's due retries back on the stream (core.retry), at most every RETRY_POLL_S unless one is
         due sooner. Returns seconds until the next retry is known to be due (None: none is known to wait)."""
@@ -205,6 +230,26 @@ class StreamConsumer:
             self._due_at = None if wait is None else now + wait
             self._next_move = now + (RETRY_POLL_S if wait is None else min(wait, RETRY_POLL_S))
         return None if self._due_at is None else max(self._due_at - now, 0.0)
+
+    def read_new_fields(self, count: int) -> list[tuple[bytes, dict[bytes, bytes]]] | None:
+        """A non-blocking read of new entries, left undecoded, for a role that decodes them itself (a reduce under
+        a backlog: services.router.barrier_read): [(entry id, fields)] of the entries for this stage (delivered
+        once, so each one's deliveries = its item's attempts + 1). None, reading nothing, when the next `read()`
+        would not be a plain read of new entries (a reclaim due or under way): call `read()` then."""
+        self.heartbeat()
+        now = time.monotonic()
+        self._move_due(now)
+        if self._reclaim_cursor not in (b"0-0", "0-0") or (now >= self._next_reclaim and not self._reclaimed_last):
+            return None
+        self._reclaimed_last = False
+        try:
+            reply = self.client.xreadgroup(self.group, self.consumer, {self.stream_key: ">"}, count=count)
+        except ResponseError as exc:
+            self._nogroup(exc)
+            return []
+        entries = self._ours(reply[0][1]) if reply else []
+        self.m_in.inc(len(entries))
+        return entries
 
     def _ours(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """Drop (and acknowledge) entries addressed to another stage: retries and replays of a stream's other
@@ -292,8 +337,17 @@ class StreamConsumer:
     # -- committing ----------------------------------------------------------------------------------------
 
     def commit(self, commit: Commit) -> None:
-        """Apply a batch's outcome atomically: outputs, acks, retries, dead letters, progress, extra actions."""
+        """Apply a batch's outcome atomically: outputs, acks, retries, dead letters, progress, extra actions.
+
+        The usual outcome (completions only) is one script call (core.fast_commit). With `read_next` set (> 0,
+        only when `can_read_ahead()`; reset by every commit), up to that many new entries are read right after
+        it, in the same round trip, and the next read() returns them. So a refused commit leaves them for the
+        next read() too; after a connection loss they stay pending and are reclaimed like the batch."""
+        read_next, self.read_next = self.read_next, 0
         if not commit:
+            return
+        if not (commit.retries or commit.dead or commit.actions):
+            self._commit_fast(commit, read_next)
             return
         pipe = self.client.pipeline(transaction=True)
         added: dict[str, int] = {}  # stream key -> entries this commit adds (the arrivals counters)
@@ -336,6 +390,8 @@ class StreamConsumer:
         for name, n in (("out", commit.completed), ("failed", len(commit.retries)), ("dead", len(dead))):
             if n:
                 pipe.hincrby(stats, name, n)
+        for name, n in commit.stats:
+            pipe.hincrby(stats, name, n)
         self.progress.mark(retried_ids, FAILED, pipe=pipe)
         if commit.sink_results:  # one HSET and one state change for the whole batch, not one per item
             pipe.hset(self.keys.results(), mapping=commit.sink_results)
@@ -352,10 +408,41 @@ class StreamConsumer:
                                                "item": delivery.item.id if delivery.item else None})
         self.maybe_trim()
 
-    def _execute(self, pipe: Pipeline) -> None:
+    def _commit_fast(self, commit: Commit, read_next: int) -> None:
+        """Completions only: one script call (core.fast_commit), the next read folded in when asked."""
+        acks = commit.acks
+        live = [a for a in acks if a not in commit.gone] if commit.gone else acks
+        stats = [("out", commit.completed)] if commit.completed else []
+        call = self._fast.prepare(
+            acks=acks, live=live, results=commit.sink_results, stats=stats + commit.stats,
+            outputs=[(self.keys.stream(stream), item.encode()[FIELD]) for stream, item in commit.outputs],
+            read_count=read_next)
+        try:
+            self._execute(call)
+        finally:  # even if the commit was refused: the entries read ahead are ours, the next read() returns them
+            self._left = self._read_ahead(call)
+        self.m_out.inc(commit.completed)
+        self.maybe_trim()
+
+    def _read_ahead(self, call: FastCommitCall) -> list[Delivery]:
+        if call.read_error is not None:  # the commit stands; the read after it failed (the group vanished)
+            self._nogroup(call.read_error)
+            return []
+        if call.read is None:
+            return []
+        self._reclaimed_last = False
+        batch = deliveries(self._ours(parse_read(call.entries)), {}) if call.entries else []
+        self.m_in.inc(len(batch))
+        return batch
+
+    def _execute(self, pipe: Pipeline | FastCommitCall) -> None:
         """EXEC, all or nothing. MULTI has no rollback: a command failing at EXEC time (WRONGTYPE) fails alone
         while the rest is applied, so the keys' types are checked first (see core.guard). A queueing error
-        aborts the whole transaction, so nothing was written then either."""
+        aborts the whole transaction, so nothing was written then either. A FastCommitCall checks the same inside
+        its script (core.fast_commit) and its refusals are raised here the same way."""
+        if isinstance(pipe, FastCommitCall):
+            pipe.execute(self.stage)
+            return
         check_key_types(self.client, pipe.command_stack, self.consumer)  # and the acked entries still ours
         try:
             results = pipe.execute(raise_on_error=False)

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from services.core.command import Outcome
 from services.core.embedded import redis_url
 from services.core.health import RoleHealth
 from services.core.item import WorkItem, encode_json
-from services.core.reconnect import Reconnect
+from services.core.reconnect import TRANSIENT, Reconnect
 from services.core.redis_connect import connect
 from services.core.results import finish
 from services.core.retry import retry_policy
@@ -70,11 +69,10 @@ def run_worker(pipeline: Pipeline, stage: str, settings: Settings, stop: threadi
             client.close()
 
 
-def _add_service(stats_key: str, spent: list[float], pipe: Any) -> None:
+def _service(spent: list[float]) -> list[tuple[str, int]]:
     """In the batch's commit: the stage's total service time (µs) and items timed, which the manager's
     autoscaler turns into the service time S per item (services.manager.autoscale)."""
-    pipe.hincrby(stats_key, "service_us", int(sum(spent) * 1e6))
-    pipe.hincrby(stats_key, "timed", len(spent))
+    return [("service_us", int(sum(spent) * 1e6)), ("timed", len(spent))]
 
 
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,119}")  # an id that is its own dirname (WorkItem.dirname)
@@ -114,6 +112,7 @@ class _Worker:
         self.max_items: int | None = None  # bounded: stop after this many entries (see run_worker)
         self.idle_exit_s = 0.0
         self.handled = 0  # entries committed (any outcome)
+        self._stop = threading.Event()
 
     def loop(self, stop: threading.Event, health: RoleHealth | None = None) -> None:
         c = self.consumer
@@ -125,12 +124,13 @@ class _Worker:
         self.watchdog = Watchdog(self.timeout, self.stage) if self.chain.has_functions else None
         self.m_workers.inc()
         health = (health or RoleHealth(self.settings.pipeline, "worker", self.stage)).started()
+        self._stop = stop
         try:
             with self._pool() as pool:
                 idle = [time.monotonic()]  # when an entry was last read
 
                 def step() -> None:
-                    batch = c.read(self.read_count())
+                    batch = c.read(self.read_count())  # what the last commit read ahead, if anything
                     if batch:
                         self.process(batch, pool, lease)
                         self.handled += len(batch)
@@ -145,6 +145,14 @@ class _Worker:
                 # A Redis outage is waited out (the batch in hand, if its commit did not get through, stays
                 # pending and is reclaimed after the visibility timeout: never committed twice).
                 Reconnect(self.client, health, stop).run(step, then=c.ensure_group)
+                if c.has_read_ahead():  # stopping: a batch the last commit read ahead is finished, not left pending
+                    batch = c.read()
+                    try:  # once: a commit is never re-sent (an outage now leaves it pending, to be reclaimed)
+                        self.process(batch, pool, lease)
+                    except TRANSIENT as exc:
+                        log.warning("could not finish the batch read ahead; it stays pending", extra={
+                            "event": "worker.ahead_left", "stage": self.stage, "entries": len(batch),
+                            "error": str(exc)})
             self._leave()
         except Exception as exc:
             # A CommitError or a bug: the uncommitted batch stays pending and is reclaimed after the
@@ -170,6 +178,16 @@ class _Worker:
 
     def _cap(self, count: int) -> int:
         return count if self.max_items is None else max(1, min(count, self.max_items - self.handled))
+
+    def ahead_count(self, batch: int) -> int:
+        """How many entries the commit of a batch of `batch` entries may read ahead: 0 when stopping, when a
+        bounded worker has its fill, or when the next read is a reclaim (core.stage.can_read_ahead)."""
+        if self._stop.is_set() or not self.consumer.can_read_ahead():
+            return 0
+        if self.max_items is not None:
+            left = self.max_items - self.handled - batch
+            return min(self.read_count(), left) if left > 0 else 0
+        return self.read_count()
 
     def _bounded(self, stop: threading.Event, why: str) -> None:
         log.info("bounded worker done", extra={"event": "worker.bounded", "stage": self.stage, "why": why,
@@ -207,7 +225,8 @@ class _Worker:
                     self._failed(commit, d, outcome.reason)
             if self._spent:
                 metrics.observe_many(self.m_time, self._spent)  # one update per bucket for the batch
-                commit.actions.append(partial(_add_service, c.keys.stage_stats(self.stage), self._spent))
+                commit.stats += _service(self._spent)
+            c.read_next = self.ahead_count(len(batch))  # the next batch, read in the commit's round trip
             c.commit(commit)
         finally:
             lease.release()
