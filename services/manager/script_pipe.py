@@ -8,8 +8,7 @@ fails, the calls not yet answered are re-run through the client (with its retry 
 before the failure then finds its items already dispatched (counted as known, never dispatched twice).
 
 Wire form: EVAL with the script's text (no NOSCRIPT case after a SCRIPT FLUSH or a restart; Redis hashes the text,
-~2 KB, once per call and reuses the compiled function), packed by hiredis (a declared dependency) when it has
-`pack_command`, else by the connection's own packer."""
+~2 KB, once per call and reuses the compiled function), written by core.wire."""
 
 from __future__ import annotations
 
@@ -22,10 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-try:
-    from hiredis import pack_command as _pack
-except ImportError:  # an older hiredis: the connection packs
-    _pack = None
+from services.core.wire import Sent, Wire
 
 _LOST = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -40,64 +36,47 @@ class ScriptPipe:
         self.script = script
         self.keys = tuple(keys)
         self._head: tuple[Any, ...] = ("EVAL", script, len(self.keys), *self.keys)
-        self._conn: Any = None
-        self._lost = False  # the connection failed: the remaining calls go through the client
-        self._sent: list[Sequence[Any]] = []  # arguments of the calls sent and not answered yet
+        self._wire = Wire(client)
+        self._lost = False  # the connection failed: the remaining calls go through the client, in order
+        self._sent: list[tuple[Sequence[Any], Sent | None]] = []  # calls not answered yet (None: not written)
 
     def __enter__(self) -> ScriptPipe:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self._release(broken=bool(self._sent))
+        for _, sent in self._sent:
+            if sent is not None:
+                sent.abandon()
+        self._sent = []
 
     def send(self, args: Sequence[Any]) -> None:
-        self._sent.append(args)
-        if self._lost:
-            return
-        first = self._conn is None
-        try:
-            if first:
-                pool = self.client.connection_pool
-                try:
-                    self._conn = pool.get_connection()
-                except TypeError:  # redis-py < 5.3 wants a command name
-                    self._conn = pool.get_connection("EVAL")  # type: ignore[call-arg]
-            command = self._head + tuple(args)
-            packed = [_pack(command)] if _pack is not None else self._conn.pack_command(*command)
-            self._conn.send_packed_command(packed, check_health=first)
-        except _LOST:
-            self._release(broken=True)
-            self._lost = True
+        sent = None
+        if not self._lost:
+            try:
+                sent = self._wire.send([self._head + tuple(args)])
+            except _LOST:
+                self._lost = True
+        self._sent.append((args, sent))
 
     def replies(self) -> list[Any]:
         out: list[Any] = []
         error: ResponseError | None = None
-        for args in self._sent:
-            if not self._lost:
+        for args, sent in self._sent:
+            reply: Any = None
+            if sent is not None:
                 try:
-                    out.append(self._conn.read_response())
-                    continue
-                except ResponseError as exc:  # this call failed as a whole (a script is atomic); read on
-                    error = error or exc
-                    out.append(None)
-                    continue
+                    (reply,) = sent.replies()
                 except _LOST:
-                    self._release(broken=True)
-                    self._lost = True
-            try:
-                out.append(self.client.eval(self.script, len(self.keys), *self.keys, *args))
-            except ResponseError as exc:
-                error = error or exc
-                out.append(None)
+                    self._lost, sent = True, None
+            if sent is None:
+                try:
+                    reply = self.client.eval(self.script, len(self.keys), *self.keys, *args)
+                except ResponseError as exc:
+                    reply = exc
+            if isinstance(reply, ResponseError):  # this call failed as a whole (a script is atomic); read on
+                error, reply = error or reply, None
+            out.append(reply)
         self._sent = []
         if error is not None:
             raise error
         return out
-
-    def _release(self, *, broken: bool) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        if broken:  # replies left unread would be taken for the next command's
-            conn.disconnect()
-        self.client.connection_pool.release(conn)
