@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,12 +30,15 @@ from redis import Redis
 
 from services.core import DONE, Commit, Delivery, Keys, Settings, StreamConsumer, WorkItem
 from services.core import metrics as core_metrics
+from services.core.batch_decode import deliveries as decode_deliveries
 from services.core.health import RoleHealth
 from services.core.item import encode_json
 from services.core.keys import BATCH_TTL_S
 from services.core.reconnect import Reconnect
 from services.core.spec import Pipeline
 
+from .barrier_fold import MAX_INCREMENTS, Arrival, Entry, Pending, chunks, raw_size, summed
+from .barrier_read import light_document
 from .barrier_scripts import EMIT, FOLD_SUM, STEP
 
 log = logging.getLogger(__name__)
@@ -42,11 +46,8 @@ log = logging.getLogger(__name__)
 CHECK_EVERY_S = 0.2  # how often recent batches are re-checked when no item arrives
 RECENT_BATCHES = 20
 SWEEP_EVERY_S = 5.0  # how often every open batch is re-checked, not only the recent ones (and at start)
-# Redis takes at most 1,048,576 arguments per command (6.2 resets the connection beyond): a step's script calls
-# stay well below, however many words a batch of files brings.
-MAX_ARGS = 250_000
-MAX_INCREMENTS = (MAX_ARGS - 1000) // 3
 EVENTS_KEPT = 10_000
+GATHER_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -76,24 +77,12 @@ class BarrierPlan:
                    bool(pipeline.readers(stage)), siblings, sorted(upstream | beside))
 
 
-@dataclass
-class Arrival:
-    """One item's part of a step: its id, the raw item to hold (join, emit: items), its aggregate increments."""
-
-    id: str
-    hold: bytes = b""
-    increments: tuple[tuple[str, str, int | float], ...] = ()  # (op 'i' | 'f', field, amount): router.reduce
-
-    @property
-    def small(self) -> bool:
-        """Every amount is below 1e300 in magnitude: no increment can fail (barrier_scripts.STEP)."""
-        return all(-_SMALL < amount < _SMALL if op == "i" else abs(amount) < 1e300
-                   for op, _, amount in self.increments)
-
-
 class Barrier:
     kind: ClassVar[str]
     emits_held = False  # a join with `emit: items` passes its items on: they are not done here
+    # A step with a backlog reads on (batch_size entries per XREADGROUP) up to this many entries, GATHER_BYTES of
+    # items at most: a reduce's pre-summed fold costs per distinct field of a call, which grows slower than items.
+    gather: ClassVar[int] = 0
 
     def __init__(self, client: Redis, settings: Settings, stage: str, spec: Any, plan: BarrierPlan, *,
                  consumer: str | None = None) -> None:
@@ -108,6 +97,7 @@ class Barrier:
         self._done: set[str] = set()  # batches this process saw emitted: no need to look at them again
         self._next_check = 0.0
         self._next_sweep = 0.0
+        self._folding: ThreadPoolExecutor | None = None  # applies a backlog's parts while the next is read
         self.labels = {"pipeline": settings.pipeline, "stage": stage}
 
     # -- what a kind defines -------------------------------------------------------------------------------
@@ -116,6 +106,11 @@ class Barrier:
         """What the item contributes; raise ValueError to dead-letter it (the reason is the message)."""
         assert delivery.item is not None
         return Arrival(delivery.item.id)
+
+    def arrival_doc(self, doc: dict[str, Any]) -> Arrival | None:
+        """The light way (barrier_read): what a plainly valid item's document contributes, or None when the item
+        must go the usual way (`arrival`: it may be refused, or needs more than its document)."""
+        return None
 
     def output(self, batch: str, summary: dict[str, Any]) -> dict[str, Any]:
         """The data of the item put on the stage's stream when the batch is complete."""
@@ -154,19 +149,84 @@ class Barrier:
 
     def step(self, block_ms: int = 0) -> int:
         """Fold one batch of arrivals, then re-check recent batches when due. Returns entries taken."""
-        deliveries = self.consumer.read(self.settings.batch_size, block_ms=block_ms)
-        if deliveries:
+        size = self.settings.batch_size
+        deliveries = self.consumer.read(size, block_ms=block_ms)
+        taken = len(deliveries)
+        if taken == size and self.gather > size:  # a backlog
+            taken = self._take_backlog(deliveries)
+        elif deliveries:
             self.take(deliveries)
         if time.monotonic() >= self._next_check:
             self._next_check = time.monotonic() + CHECK_EVERY_S
             self.check_recent()
         self.consumer.maybe_trim()
-        return len(deliveries)
+        return taken
+
+    def _take_backlog(self, deliveries: list[Delivery]) -> int:
+        """A backlog: read on (batch_size entries per XREADGROUP) into parts of up to `gather` entries (and
+        GATHER_BYTES of items), for at most CHECK_EVERY_S. Each part is applied (its dead letters, its folds, a
+        fired batch's output) on the fold thread while this one reads and decodes the next part: Python and Redis
+        overlap. Parts are applied one at a time, in order, each after the previous one finished, exactly as
+        `take` would apply them one after the other; the step returns when every part it read is applied. The
+        reads after the first are plain reads of new entries, left undecoded (`_prepare` decodes them the light
+        way, barrier_read); a reclaim due ends the step instead (a reclaim never runs while a part is in flight:
+        it could take this consumer's own entries of that part back)."""
+        size, taken, pending = self.settings.batch_size, 0, None
+        until = time.monotonic() + CHECK_EVERY_S
+        full = True
+        part: list[Delivery | Entry] = list(deliveries)
+        try:
+            while part:
+                held = sum(raw_size(x) for x in part)
+                while full and len(part) < self.gather and held < GATHER_BYTES:
+                    ask = min(size, self.gather - len(part))
+                    more = self.consumer.read_new_fields(ask)
+                    if more is None:  # a reclaim is due: the next step's read does it, every part applied by then
+                        full = False
+                        break
+                    part += more
+                    held += sum(raw_size(x) for x in more)
+                    full = len(more) == ask
+                prepared = self._prepare(part)
+                taken += len(part)
+                if pending is not None:
+                    pending, done = None, pending
+                    done.result()  # the previous part is applied (or its error is raised here)
+                pending = self._fold_thread().submit(self._apply, *prepared)
+                if not full or time.monotonic() >= until:
+                    break
+                more = self.consumer.read_new_fields(size)
+                part, full = list(more or ()), more is not None and len(more) == size
+        finally:
+            if pending is not None:
+                pending.result()
+        return taken
+
+    def _fold_thread(self) -> ThreadPoolExecutor:
+        if self._folding is None:
+            self._folding = ThreadPoolExecutor(1, thread_name_prefix=f"fold-{self.stage}")
+        return self._folding
 
     def take(self, deliveries: list[Delivery]) -> None:
+        self._apply(*self._prepare(deliveries))
+
+    def _prepare(self, deliveries: list[Delivery] | list[Delivery | Entry],
+                 ) -> tuple[Commit, dict[str, list[tuple[Delivery | Pending, Arrival]]]]:
+        """What a read does: its dead letters (malformed, no batch, refused by the kind), its arrivals by batch, in
+        the read's order. An undecoded entry (`_take_backlog`) whose document the kind folds the light way
+        (`arrival_doc`) is not decoded further; any other goes the usual way (core.batch_decode)."""
         rejects = Commit()
-        by_batch: dict[str, list[tuple[Delivery, Arrival]]] = defaultdict(list)
+        by_batch: dict[str, list[tuple[Delivery | Pending, Arrival]]] = defaultdict(list)
         for d in deliveries:
+            if type(d) is tuple:
+                entry_id, fields = d
+                light = light_document(fields)
+                arrival = self.arrival_doc(light[0]) if light is not None else None
+                if arrival is not None and arrival.size <= MAX_INCREMENTS:
+                    by_batch[light[0]["batch"]].append((Pending(entry_id, light[1] + 1), arrival))  # type: ignore
+                    continue
+                d = decode_deliveries([d], {})[0]
+            assert isinstance(d, Delivery)
             if d.item is None:
                 rejects.dead_letter(d, d.malformed or "malformed item")
             elif not d.item.batch:
@@ -174,16 +234,19 @@ class Barrier:
             else:
                 try:
                     arrival = self.arrival(d)
-                    if len(arrival.increments) > MAX_INCREMENTS:
-                        raise ValueError(f"{len(arrival.increments)} aggregate entries in one item, at most "
+                    if arrival.size > MAX_INCREMENTS:
+                        raise ValueError(f"{arrival.size} aggregate entries in one item, at most "
                                          f"{MAX_INCREMENTS:,}: split it upstream")
                     by_batch[d.item.batch].append((d, arrival))
                 except ValueError as exc:
                     rejects.dead_letter(d, f"{self.kind}: {exc}")
+        return rejects, by_batch
+
+    def _apply(self, rejects: Commit, by_batch: dict[str, list[tuple[Delivery | Pending, Arrival]]]) -> None:
         self.consumer.commit(rejects)  # dead-lettered items count as resolved for the barrier: before the check
         for batch, arrivals in by_batch.items():
             fired, late = False, 0
-            for chunk in _chunks(arrivals):
+            for chunk in chunks(arrivals):
                 now_fired, now_late = self._fold(batch, chunk)
                 fired, late = fired or now_fired, late + now_late
             if fired:
@@ -207,13 +270,13 @@ class Barrier:
             else:
                 self.idle(batch)
 
-    def _fold(self, batch: str, arrivals: list[tuple[Delivery, Arrival]]) -> tuple[bool, int]:
+    def _fold(self, batch: str, arrivals: list[tuple[Delivery | Pending, Arrival]]) -> tuple[bool, int]:
         """Acknowledge and fold `arrivals` (possibly none), then fire if the batch is complete. Returns (fired, how
         many of them were folded late: first arrived after the batch had fired). A chunk of integer increments
         goes the fast way first (summed here, one HINCRBY per field: barrier_scripts.FOLD_SUM), item by item
         (STEP) when that script finds the chunk needs it."""
         if arrivals and not self.emits_held:
-            sums = _summed(arrivals)
+            sums = summed(arrivals)
             if sums is not None:
                 flat: list[bytes] = []
                 for field, total in sums[1].items():
@@ -226,7 +289,7 @@ class Barrier:
                     return bool(fired), int(late)
         return self._fold_items(batch, arrivals)
 
-    def _step_args(self, arrivals: list[tuple[Delivery, Arrival]]) -> list[Any]:
+    def _step_args(self, arrivals: list[tuple[Delivery | Pending, Arrival]]) -> list[Any]:
         return [self.stage, "" if self.plan.expected is None else self.plan.expected, f"{time.time():.3f}",
                 BATCH_TTL_S, len(arrivals), *(d.entry_id for d, _ in arrivals)]
 
@@ -241,12 +304,13 @@ class Barrier:
                 *(k.barrier(sibling, batch, "in") for sibling in self.plan.siblings),
                 *([k.barrier(self.stage, batch, "skipped")] if self.plan.expected is None else [])]  # spec_skips
 
-    def _fold_items(self, batch: str, arrivals: list[tuple[Delivery, Arrival]]) -> tuple[bool, int]:
+    def _fold_items(self, batch: str, arrivals: list[tuple[Delivery | Pending, Arrival]]) -> tuple[bool, int]:
         """STEP: the arrivals item by item (every case: duplicates, late items, holds, amounts that may fail)."""
         args = self._step_args(arrivals)
         for d, a in arrivals:
-            args += [a.id, a.hold, d.deliveries, "1" if a.small else "", len(a.increments),
-                     *(x for inc in a.increments for x in inc)]
+            increments = a.all_increments()
+            args += [a.id, a.hold, d.deliveries, "1" if a.small else "", len(increments),
+                     *(x for inc in increments for x in inc)]
         keys = self._step_keys(batch)
         pipe = self.client.pipeline(transaction=True)
         self._step(keys=keys, args=args, client=pipe)
@@ -298,43 +362,3 @@ class Barrier:
         skipped = self.client.scard(k.barrier(self.stage, batch, "skipped")) if self.plan.expected is None else 0
         return {"batch": batch, "items": int(state.get("expected", 0)), "done": int(state.get("arrived", 0)),
                 "failed": dead[:1000], "failed_count": len(dead), "skipped": int(skipped)}  # skipped: spec_skips
-
-
-_SMALL = 10**299  # integer amounts and sums below this in magnitude: FOLD_SUM's domain (router.reduce's "small")
-
-
-def _summed(arrivals: list[tuple[Delivery, Arrival]]) -> tuple[list[str], dict[str, int]] | None:
-    """The chunk's distinct item ids (first copy of each) and the sum of their increments per field, when every
-    increment is an integer and every sum is below 1e299 in magnitude (else None: item by item; an integer amount
-    never fails by itself, only a sum reaching the range where a double field could overflow).
-    Integer sums are exact in any order: summing the chunk first gives STEP's result with one HINCRBY per field."""
-    ids: dict[str, None] = {}
-    sums: defaultdict[str, int] = defaultdict(int)
-    for _, a in arrivals:
-        if a.id in ids:
-            continue  # a duplicate within the chunk: acknowledged, folded once
-        if a.hold:
-            return None
-        ids[a.id] = None
-        for op, field, amount in a.increments:
-            if op != "i":
-                return None
-            sums[field] += amount  # type: ignore[assignment]
-    if any(not -_SMALL < total < _SMALL for total in sums.values()):
-        return None
-    return list(ids), sums
-
-
-def _chunks(arrivals: list[tuple[Delivery, Arrival]]) -> list[list[tuple[Delivery, Arrival]]]:
-    """Split a step's arrivals into script calls of at most MAX_ARGS arguments (each call acknowledges and folds its
-    own items, so a split changes nothing but the number of calls)."""
-    chunks: list[list[tuple[Delivery, Arrival]]] = [[]]
-    size = 0
-    for pair in arrivals:
-        cost = 6 + 3 * len(pair[1].increments)
-        if chunks[-1] and size + cost > MAX_ARGS - 1000:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(pair)
-        size += cost
-    return chunks

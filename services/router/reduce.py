@@ -110,6 +110,37 @@ class Folder:
         values = value if isinstance(value, list) else [value]
         return [("i", f"{self.name}{SEP}{self._key(v)}", 1) for v in values if v is not None]
 
+    def add_ints(self, doc: dict[str, Any], into: dict[str, int]) -> bool:
+        """The fast form of `increments`: add this aggregate's increments of `doc` to `into` ({field: integer sum})
+        and return True when they are all integers a fold keeps exact (a count; a sum of integers, or of an object
+        of integers); else return False (into unchanged) and `increments` gives them, or the reason to refuse."""
+        value = self.expression.search(doc) if self.expression is not None else True
+        if self.op == "count":
+            if truthy(value):
+                into[self.name] = into.get(self.name, 0) + 1
+            return True
+        if value is None:
+            return True
+        if self.op != "sum":
+            return False  # a histogram: its keys and buckets are the general path's
+        if type(value) is dict:
+            for v in value.values():
+                if type(v) is not int or not -_LIMIT < v < _LIMIT:
+                    return False
+            prefix = f"{self.name}{SEP}"
+            if not into:  # the first aggregate of the item: no field to add to yet
+                into.update({prefix + key: v for key, v in value.items()})
+                return True
+            get = into.get
+            for key, v in value.items():
+                field = prefix + key
+                into[field] = get(field, 0) + v
+            return True
+        if type(value) is int and -_LIMIT < value < _LIMIT:
+            into[self.name] = into.get(self.name, 0) + value
+            return True
+        return False
+
     def _key(self, value: Any) -> str:
         if self.spec.buckets is not None:
             return _bucket(value, self.spec.buckets)
@@ -121,6 +152,7 @@ class Folder:
 
 class Reduce(Barrier):
     kind = "reduce"
+    gather = 2048  # entries per step under a backlog (Barrier.step): fewer fields per item in each fold call
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
@@ -134,10 +166,22 @@ class Reduce(Barrier):
         assert delivery.item is not None
         doc, _ = document(delivery)
         doc = doc or {}
+        fast = self.arrival_doc(doc)
+        if fast is not None:
+            return fast
         increments: list[Increment] = []
         for folder in self.folders:
             increments += folder.increments(doc)
         return Arrival(delivery.item.id, increments=tuple(increments))
+
+    def arrival_doc(self, doc: dict[str, Any]) -> Arrival | None:
+        """The common case: integers only, kept as {field: amount} (the pre-summed fold's form); None: `arrival`
+        computes the increments the general way (fractions, histograms, values it refuses with the reason)."""
+        ints: dict[str, int] = {}
+        for folder in self.folders:
+            if not folder.add_ints(doc, ints):
+                return None
+        return Arrival(doc["id"], ints=ints)
 
     def result(self, batch: str, summary: dict[str, Any], *, final: bool) -> dict[str, Any]:
         agg = aggregate(self.client, self.keys, self.stage, batch, self.operators)
