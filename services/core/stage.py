@@ -251,26 +251,6 @@ class StreamConsumer:
         self.m_in.inc(len(entries))
         return entries
 
-    def read_new_fields(self, count: int) -> list[tuple[bytes, dict[bytes, bytes]]] | None:
-        """A non-blocking read of new entries, left undecoded, for a role that decodes them itself (a reduce under
-        a backlog: services.router.barrier_read): [(entry id, fields)] of the entries for this stage (delivered
-        once, so each one's deliveries = its item's attempts + 1). None, reading nothing, when the next `read()`
-        would not be a plain read of new entries (a reclaim due or under way): call `read()` then."""
-        self.heartbeat()
-        now = time.monotonic()
-        self._move_due(now)
-        if self._reclaim_cursor not in (b"0-0", "0-0") or (now >= self._next_reclaim and not self._reclaimed_last):
-            return None
-        self._reclaimed_last = False
-        try:
-            reply = self.client.xreadgroup(self.group, self.consumer, {self.stream_key: ">"}, count=count)
-        except ResponseError as exc:
-            self._nogroup(exc)
-            return []
-        entries = self._ours(reply[0][1]) if reply else []
-        self.m_in.inc(len(entries))
-        return entries
-
     def _ours(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """Drop (and acknowledge) entries addressed to another stage: retries and replays of a stream's other
         readers, which must not run here a second time."""
