@@ -237,6 +237,8 @@ class StreamConsumer:
         once, so each one's deliveries = its item's attempts + 1). None, reading nothing, when the next `read()`
         would not be a plain read of new entries (a reclaim due or under way): call `read()` then."""
         self.heartbeat()
+        if self._left:  # entries read ahead by a refused commit: read() hands them out first
+            return None
         now = time.monotonic()
         self._move_due(now)
         if self._reclaim_cursor not in (b"0-0", "0-0") or (now >= self._next_reclaim and not self._reclaimed_last):
