@@ -15,7 +15,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from prometheus_client import Counter, Gauge
@@ -34,7 +33,7 @@ from services.core.spec_routers import RouterSpec
 from services.core.spec_skips import Skip
 
 from .document import Document, document, entry_id_key
-from .scripts import Call, RouteScript
+from .scripts import RouteScript, Sent
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +48,6 @@ DropHook = Callable[[Pipeline, list[str]], None]  # (the commit's transaction, i
 ROUTERS: dict[str, type[Router]] = {}
 CALL_BUDGET_MS = 2.0  # Redis time one script call may take under a backlog (issue 12: 1000 entries ~ 6 ms)
 MAX_LUA_COUNT = 4096  # entries per input per call at most, whatever the budget would allow
-
-
-@dataclass
-class _Sent:
-    """A route call sent and not yet read, with what its reply is read against."""
-
-    call: Call
-    inputs: list[str]  # in the order of the call (the rotation)
-    count: int
-    alone: bool  # nothing else on the connection: its wall time is its own
-    began: float
 
 
 def register(cls: type[Router]) -> type[Router]:
@@ -108,7 +96,7 @@ class Router:
         self._entry_us: float | None = None  # Redis time per entry of a script call (_size_batch)
         self._seen: dict[str, bytes] = {}  # input -> the group's last-delivered id, when the last call caught up
         self._backlog = False  # the last call took a full batch: more are waiting
-        self._inflight: _Sent | None = None  # a call sent behind the one being read (a backlog, _server_step)
+        self._inflight: Sent | None = None  # a call sent behind the one being read (a backlog, _server_step)
         self._program = expr.program_json if expr is not None else ""
         self._script = RouteScript(client) if self.server_side else None
         self._tail = [self.keys.dead_letters(stage), self.keys.stage_stats(stage), self.keys.states(),
@@ -217,7 +205,7 @@ class Router:
             raise
         return taken
 
-    def _send(self, block_ms: int, taken: int) -> _Sent:
+    def _send(self, block_ms: int, taken: int) -> Sent:
         assert self._script is not None
         start, self._round = self._round % len(self.consumers), self._round + 1  # the same rotation as in Python
         order = self.consumers[start:] + self.consumers[:start]
@@ -230,9 +218,9 @@ class Router:
                                  count=count, mode=self.mode, program=self._program,
                                  drop_state=self.drop_state or "", conf={**self.lua_conf(), **self._skip_conf},
                                  wait=wait)
-        return _Sent(sent, inputs, count, wait is None and not self._backlog, time.perf_counter())
+        return Sent(sent, inputs, count, wait is None and not self._backlog, time.perf_counter())
 
-    def _apply(self, sent: _Sent) -> int:
+    def _apply(self, sent: Sent) -> int:
         """Read a sent call's reply and account for it; returns the entries it took."""
         r = sent.call.result()
         first = self.consumers[0]  # every consumer of this router has the same metric labels

@@ -75,6 +75,17 @@ class Call:
                       [int(n) for n in spilled], list(seen), int(elapsed))
 
 
+@dataclass
+class Sent:
+    """A route call sent and not yet read, with what the router reads its reply against (base._server_step)."""
+
+    call: Call
+    inputs: list[str]  # in the order of the call (the rotation)
+    count: int
+    alone: bool  # nothing else on the connection: its wall time is its own
+    began: float
+
+
 class RouteScript:
     """One route call per batch. With `wait`, the call waits inside Redis first: an XREAD BLOCK for entries newer
     than the given ids, then the script, pipelined in one round trip. Redis runs a blocked client's next command
