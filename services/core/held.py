@@ -24,8 +24,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from redis import Redis
+from redis import ConnectionPool, Redis
 from redis.client import Pipeline
+from redis.connection import Connection
 
 from .item import FIELD, MalformedItem, WorkItem
 from .keys import Keys
@@ -104,6 +105,30 @@ class Held:
         pipe.hset(self.key, mapping={d.entry_id: _kept(d) for d in items})
         pipe.execute()
 
+    def send_hold(self, consumer: StreamConsumer, deliveries: list[Delivery]) -> HoldReply | None:
+        """`hold`, in two halves: the same commands are sent now, and their replies are read by
+        `HoldReply.wait()`, which the caller calls before the batch's commit (the commit goes on the same
+        connection pool, after it). So Redis applies the hold while the items run, instead of the worker waiting
+        for it first. An error reply raises at `wait()`, before anything is committed: the batch stays pending
+        and is reclaimed, as when `hold` raises. None: nothing to hold."""
+        items = [d for d in deliveries if d.item is not None]
+        if not items:
+            return None
+        held: list[bytes] = []
+        for d in items:
+            held += (d.entry_id, _kept(d))
+        commands = [consumer.progress.command([d.item.id for d in items if d.item is not None], RUNNING),
+                    ("HSET", self.key, *held)]
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+        except BaseException:
+            conn.disconnect()
+            pool.release(conn)
+            raise
+        return HoldReply(pool, conn, len(commands))
+
     def release(self, pipe: Pipeline, entry_ids: list[bytes]) -> None:
         """In the commit acknowledging `entry_ids`: they are no longer held."""
         pipe.hdel(self.key, *entry_ids)
@@ -134,6 +159,34 @@ class Held:
         if commit:
             consumer.commit(commit)
         return handled
+
+
+class HoldReply:
+    """The replies of a hold sent by `Held.send_hold`, on the connection it took from the pool."""
+
+    def __init__(self, pool: ConnectionPool, conn: Connection, replies: int) -> None:
+        self._pool, self._conn, self._replies = pool, conn, replies
+
+    def wait(self) -> None:
+        """Read the replies; raises the first error reply (a ResponseError) or a connection error."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            for _ in range(self._replies):
+                conn.read_response()
+        except BaseException:
+            conn.disconnect()  # a reply may be left unread: the connection is not reusable
+            raise
+        finally:
+            self._pool.release(conn)
+
+    def abandon(self) -> None:
+        """The batch failed before `wait()`: drop the connection (its replies unread)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.disconnect()
+            self._pool.release(conn)
 
 
 def _kept(delivery: Delivery) -> bytes:

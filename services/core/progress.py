@@ -65,6 +65,14 @@ class Progress:
                 # per pipeline), and a script missing at EXEC time (NOSCRIPT) would fail alone inside a MULTI
                 pipe.eval(_SET_STATE, len(keys), *keys, *args)
 
+    def command(self, ids: list[str], state: str, *, force: bool = False) -> tuple[object, ...]:
+        """`mark` as one command to send on a connection of one's own (core.held.send_hold): EVAL, not EVALSHA,
+        so that it can never meet a NOSCRIPT."""
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}")
+        keys = [self.keys.states(), self.keys.counts(), self.keys.derived()]
+        return ("EVAL", _SET_STATE, len(keys), *keys, state, "force" if force else "keep-terminal", *ids)
+
     def counts(self) -> dict[str, int]:
         raw = self.client.hgetall(self.keys.counts())
         counts = {state: 0 for state in STATES}

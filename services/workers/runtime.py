@@ -212,23 +212,36 @@ class _Worker:
             else:
                 items.append(d)
         c = self.consumer
-        c.held.hold(c, items)  # running, and indexed in case the entries are deleted while pending (core.held)
+        # Running, and indexed in case the entries are deleted while pending (core.held): sent now, confirmed
+        # before the commit, so that Redis applies it while the items run.
+        held = c.held.send_hold(c, items)
         lease.hold([d.entry_id for d in items])
         began = time.perf_counter()
         self._spent = []  # each item's time, for the autoscaler's service time (stage stats)
         try:
             outcomes = pool.map(self._run, items) if pool is not None else self._run_all(items)
+            sink, acks, results = self.output is None, commit.acks, commit.sink_results
             for d, outcome in zip(items, outcomes, strict=True):
-                if outcome.ok:
+                if outcome.ok and sink and not outcome.result:  # a sink's empty result: what finish() records
+                    acks.append(d.entry_id)
+                    results[d.item.id] = b"{}"  # type: ignore[union-attr]
+                    commit.completed += 1
+                    self.done += 1
+                elif outcome.ok:
                     self._finish(commit, d, outcome.result or {})
                 else:
                     self._failed(commit, d, outcome.reason)
             if self._spent:
                 metrics.observe_many(self.m_time, self._spent)  # one update per bucket for the batch
                 commit.stats += _service(self._spent)
+            if held is not None:
+                held, confirm = None, held
+                confirm.wait()
             c.read_next = self.ahead_count(len(batch))  # the next batch, read in the commit's round trip
             c.commit(commit)
         finally:
+            if held is not None:
+                held.abandon()
             lease.release()
         if items:
             per_item = (time.perf_counter() - began) / len(items) * (self.concurrency if pool is not None else 1)
