@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis import Redis
 from redis.exceptions import NoScriptError, ResponseError
@@ -33,6 +33,10 @@ from redis.exceptions import NoScriptError, ResponseError
 from .guard import CommitError
 from .progress import DONE
 from .rewind import StaleCommit
+
+if TYPE_CHECKING:
+    from .batch import Commit, Delivery
+    from .stage import StreamConsumer
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +156,8 @@ class FastCommitCall:
         if isinstance(reply, NoScriptError):  # not run, nothing written (the read is kept): send it whole, once
             reply = self._send("EVAL", self.script.script, read=False)
         if isinstance(reply, ResponseError):
+            if "NOGROUP" in str(reply):  # the stale check met no group (before any write): as the MULTI path's
+                raise reply  # check raises it, for the role's loop to re-create the group (core.reconnect)
             raise CommitError(f"transaction aborted, nothing was committed: {reply}", partial=False) from reply
         kind = _text(reply[0])
         if kind == "type":
@@ -273,3 +279,37 @@ def parse_read(reply: Any) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
         else:
             out.append((entry_id, dict(zip(flat[::2], flat[1::2], strict=True))))
     return out
+
+
+def commit_completions(consumer: StreamConsumer, commit: Commit, read_next: int) -> None:
+    """`StreamConsumer.commit` of completions only: one call of the script, and the read ahead of `read_next`
+    new entries after it (0: none), left for the consumer's next read() even if the commit was refused."""
+    from .item import FIELD
+
+    acks = commit.acks
+    live = [a for a in acks if a not in commit.gone] if commit.gone else acks
+    stats = [("out", commit.completed)] if commit.completed else []
+    call = consumer._fast.prepare(
+        acks=acks, live=live, results=commit.sink_results, stats=stats + commit.stats,
+        outputs=[(consumer.keys.stream(stream), item.encode()[FIELD]) for stream, item in commit.outputs],
+        read_count=read_next)
+    try:
+        consumer._execute(call)
+    finally:  # even if the commit was refused: the entries read ahead are ours, the next read() returns them
+        consumer._left = _read_ahead(consumer, call)
+    consumer.m_out.inc(commit.completed)
+    consumer.maybe_trim()
+
+
+def _read_ahead(consumer: StreamConsumer, call: FastCommitCall) -> list[Delivery]:
+    from .batch_decode import deliveries
+
+    if call.read_error is not None:  # the commit stands; the read after it failed (the group vanished)
+        consumer._nogroup(call.read_error)
+        return []
+    if call.read is None:
+        return []
+    consumer._reclaimed_last = False
+    batch = deliveries(consumer._ours(parse_read(call.entries)), {}) if call.entries else []
+    consumer.m_in.inc(len(batch))
+    return batch

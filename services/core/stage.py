@@ -21,7 +21,7 @@ from . import metrics
 from .batch import Commit, Delivery
 from .batch_decode import deliveries
 from .deadletter import add_dead_letter
-from .fast_commit import FastCommit, FastCommitCall, parse_read
+from .fast_commit import FastCommit, FastCommitCall, commit_completions
 from .guard import CommitError, check_key_types, require_no_retry
 from .held import Held
 from .item import FIELD, TO
@@ -295,7 +295,7 @@ class StreamConsumer:
         if not commit:
             return
         if not (commit.retries or commit.dead or commit.actions):
-            self._commit_fast(commit, read_next)
+            commit_completions(self, commit, read_next)
             return
         pipe = self.client.pipeline(transaction=True)
         added: dict[str, int] = {}  # stream key -> entries this commit adds (the arrivals counters)
@@ -355,33 +355,6 @@ class StreamConsumer:
             log.warning("dead-lettered", extra={"event": "item.dead", "stage": self.stage, "reason": reason[-300:],
                                                "item": delivery.item.id if delivery.item else None})
         self.maybe_trim()
-
-    def _commit_fast(self, commit: Commit, read_next: int) -> None:
-        """Completions only: one script call (core.fast_commit), the next read folded in when asked."""
-        acks = commit.acks
-        live = [a for a in acks if a not in commit.gone] if commit.gone else acks
-        stats = [("out", commit.completed)] if commit.completed else []
-        call = self._fast.prepare(
-            acks=acks, live=live, results=commit.sink_results, stats=stats + commit.stats,
-            outputs=[(self.keys.stream(stream), item.encode()[FIELD]) for stream, item in commit.outputs],
-            read_count=read_next)
-        try:
-            self._execute(call)
-        finally:  # even if the commit was refused: the entries read ahead are ours, the next read() returns them
-            self._left = self._read_ahead(call)
-        self.m_out.inc(commit.completed)
-        self.maybe_trim()
-
-    def _read_ahead(self, call: FastCommitCall) -> list[Delivery]:
-        if call.read_error is not None:  # the commit stands; the read after it failed (the group vanished)
-            self._nogroup(call.read_error)
-            return []
-        if call.read is None:
-            return []
-        self._reclaimed_last = False
-        batch = deliveries(self._ours(parse_read(call.entries)), {}) if call.entries else []
-        self.m_in.inc(len(batch))
-        return batch
 
     def _execute(self, pipe: Pipeline | FastCommitCall) -> None:
         """EXEC, all or nothing. MULTI has no rollback: a command failing at EXEC time (WRONGTYPE) fails alone

@@ -100,3 +100,17 @@ def test_a_script_flushed_from_redis_still_commits_exactly_once(client: redis.Re
     assert [d.item.id for d in ahead if d.item] == ["b"]
     assert client.hget(keys.stage_stats("work"), "out") == b"1"
     assert Progress(client, keys).counts()["done"] == 1
+
+
+def test_a_vanished_group_is_raised_as_nogroup_for_the_loop_and_nothing_is_written(client: redis.Redis,
+                                                                                  settings: Settings) -> None:
+    keys = Keys(settings.pipeline)
+    c = consumer(client, settings)
+    add(client, settings, "a")
+    (first,) = c.read(count=1)
+    client.xgroup_destroy(c.stream_key, c.group)  # a Redis restored without its groups (core.rewind)
+    commit = Commit()
+    commit.complete(first, ("work", WorkItem(id="a")))  # publishes to another stage: the stale check runs
+    with pytest.raises(redis.ResponseError, match="NOGROUP"):  # as the MULTI path's check raises it
+        c.commit(commit)
+    assert client.xlen(keys.stream("work")) == 0 and not client.exists(keys.stage_stats("work"))
