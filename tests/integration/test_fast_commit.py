@@ -4,6 +4,9 @@ script missing from Redis (NOSCRIPT) run once all the same, its read kept."""
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import pytest
 import redis
 
@@ -114,3 +117,38 @@ def test_a_vanished_group_is_raised_as_nogroup_for_the_loop_and_nothing_is_writt
     with pytest.raises(redis.ResponseError, match="NOGROUP"):  # as the MULTI path's check raises it
         c.commit(commit)
     assert client.xlen(keys.stream("work")) == 0 and not client.exists(keys.stage_stats("work"))
+
+
+def test_a_worker_stopped_with_a_batch_read_ahead_finishes_it(client: redis.Redis, settings: Settings,
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM (the stop event) right after a commit that read ahead: that batch is processed and committed
+    before the worker leaves, never left pending."""
+    from services.core.spec import Pipeline
+    from services.workers import run_worker
+
+    keys = Keys(settings.pipeline)
+    pipeline = Pipeline.model_validate({"apiVersion": "batchmesh/v1", "name": settings.pipeline,
+                                        "source": {"path": "."},
+                                        "stages": {"work": {"work": {"input": "source", "worker": "noop"}}}})
+    stop, read_ahead = threading.Event(), []
+    real = StreamConsumer.commit
+
+    def stop_after_reading_ahead(self: StreamConsumer, commit: Commit) -> None:
+        asked = self.read_next
+        real(self, commit)
+        if asked and self.has_read_ahead() and not read_ahead:
+            read_ahead.append(asked)
+            stop.set()
+
+    monkeypatch.setattr(StreamConsumer, "commit", stop_after_reading_ahead)
+    client.xgroup_create(keys.stream("source"), "work", id="0", mkstream=True)
+    for i in range(5):
+        client.xadd(keys.stream("source"), WorkItem(id=f"i{i}").encode())
+    cfg = settings.model_copy(update={"out_dir": tmp_path / "out"})
+    thread = threading.Thread(target=run_worker, args=(pipeline, "work", cfg, stop), daemon=True)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive() and read_ahead
+    assert client.xpending(keys.stream("source"), "work")["pending"] == 0  # the batch read ahead was committed
+    finished = 1 + read_ahead[0]  # the first batch (one item: its time is not known yet) and the one read ahead
+    assert client.hlen(keys.results()) == finished and Progress(client, keys).counts()["done"] == finished
