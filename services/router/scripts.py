@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import ConnectionError, NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError
+
+from services.core.wire import Sent as WireSent
+from services.core.wire import Wire
 
 from .route_lua import ROUTE_LUA
 
@@ -41,31 +44,16 @@ class Routed:
 
 
 class Call:
-    """A sent route call whose reply is still to be read, on a connection this call holds until then."""
+    """A sent route call whose reply is still to be read (core.wire: in the order the calls were sent)."""
 
-    def __init__(self, script: RouteScript, conn: Any, replies: int, keys: list[str], args: list[Any]) -> None:
-        self.script, self.conn, self.replies, self.keys, self.args = script, conn, replies, keys, args
-        self.lost = False
+    def __init__(self, script: RouteScript, sent: WireSent, keys: list[str], args: list[Any]) -> None:
+        self.script, self.sent, self.keys, self.args = script, sent, keys, args
 
     def result(self) -> Routed:
-        """Read this call's replies (in the order the calls were sent on the connection). A connection that fails
-        here is disconnected (no reply is left unread on it) and the error is raised: the call ran whole or not
-        at all. NOSCRIPT (a restarted or flushed Redis: nothing ran) loads the script and calls it again, once."""
-        reply: Any = None
-        if self.lost:  # its connection failed under an earlier call and went back to the pool: not ours to read
-            self.script.done(self)
-            raise ConnectionError("the connection of this route call was lost: it ran whole or not at all")
-        try:
-            for _ in range(self.replies):
-                try:
-                    reply = self.conn.read_response()
-                except ResponseError as exc:  # a reply: the connection is fine, the next reply follows
-                    reply = exc
-        except BaseException:
-            self.conn.disconnect()
-            raise
-        finally:
-            self.script.done(self)
+        """Read this call's reply. A connection that failed before it was read raises redis' ConnectionError (or
+        the TimeoutError that broke it): the call ran whole or not at all. NOSCRIPT (a restarted or flushed Redis:
+        nothing ran) loads the script and calls it again, once."""
+        reply = self.sent.replies()[-1]
         if isinstance(reply, NoScriptError):
             reply = self.script._script(keys=self.keys, args=self.args)
         elif isinstance(reply, ResponseError):
@@ -97,18 +85,17 @@ class RouteScript:
     finishes one, instead of idling for the reply's round trip and the caller's turnaround. Each call is atomic and
     starts from where the group is when it runs, so a second call routes the entries after the first's.
 
-    The commands go straight over a pooled connection: redis-py's per-command path (pipeline object,
-    instrumentation, response callbacks) cost about as much as the round trip itself (~35 us of ~70 us measured
-    here), once per call, which a caught-up router pays per wake-up. Errors are redis-py's own (ConnectionError,
-    TimeoutError, ResponseError), as before."""
+    The commands go over core.wire, straight on a pooled connection: redis-py's per-command path (pipeline
+    object, instrumentation, response callbacks) cost about as much as the round trip itself (~35 us of ~70 us
+    measured here), once per call, which a caught-up router pays per wake-up. Errors are redis-py's own
+    (ConnectionError, TimeoutError, ResponseError), as before."""
 
     def __init__(self, client: Redis) -> None:
         self.client = client
         self._script = client.register_script(ROUTE_LUA)
         self._conf: dict[str, Any] | None = None
         self._conf_json = "{}"
-        self._conn: Any = None  # held while calls are in flight
-        self._calls: list[Call] = []  # sent on it, replies not read yet (in order)
+        self._wire = Wire(client)  # one connection while calls are in flight
 
     def send(
         self, *, inputs: list[str], outputs: list[str], tail: list[str], group: str, count: int,
@@ -126,36 +113,7 @@ class RouteScript:
         if wait is not None:
             streams, block_ms = wait
             commands.insert(0, ("XREAD", "COUNT", 1, "BLOCK", block_ms, "STREAMS", *streams, *streams.values()))
-        if self._conn is None:
-            self._conn = self.client.connection_pool.get_connection()
-        conn = self._conn
-        try:
-            conn.send_packed_command(conn.pack_commands(commands))
-        except BaseException:
-            conn.disconnect()
-            for other in self._calls:
-                other.lost = True
-            self._conn, self._calls = None, []
-            self.client.connection_pool.release(conn)
-            raise
-        call = Call(self, conn, len(commands), keys, args)
-        self._calls.append(call)
-        return call
-
-    def done(self, call: Call) -> None:
-        """A call's replies were read (or its connection failed): the last one gives the connection back; a failed
-        connection goes back at once and the calls still sent on it are lost (each ran whole or not at all)."""
-        if call in self._calls:
-            self._calls.remove(call)
-        if call.conn is not self._conn:
-            return
-        if not call.conn.is_connected:
-            for other in self._calls:
-                other.lost = True
-            self._calls = []
-        if not self._calls:
-            self.client.connection_pool.release(self._conn)
-            self._conn = None
+        return Call(self, self._wire.send(commands), keys, args)
 
     def __call__(self, **kwargs: Any) -> Routed:
         """Send one call and read its reply (see `send` for the arguments)."""
