@@ -174,7 +174,6 @@ class FastCommitCall:
             raise CommitError(f"commit partially applied ({reply[1]} of {reply[2]} commands failed): {error}",
                               partial=True)
 
-
     def _send(self, how: str, script: str, *, read: bool) -> Any:
         """MULTI, the script, EXEC and (`read`) the read, in one write: the script's reply (or its error). A
         connection error is raised as is (the commit may or may not have applied: never re-sent, core.guard)."""
