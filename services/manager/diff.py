@@ -156,6 +156,9 @@ class Dispatcher:
         # skipped and every item goes to the script, which checks each anyway. A wrong guess costs one page's
         # encoding; the page after it is pre-checked again.
         self._all_new = False
+        # A page's pipelined calls were re-run after a lost connection (manager.script_pipe): a call that had run
+        # counted its items as known, so `new` is short; the manager then recounts the batch (batches.close).
+        self.reran = False
 
     def dispatch(self, page: list[dict[str, Any]]) -> DiffStats:
         stats = DiffStats(listed=len(page))
@@ -199,6 +202,7 @@ class Dispatcher:
             for new, busy in pipe.replies():
                 stats.new += int(new)
                 stats.busy += int(busy)
+            self.reran |= pipe.lost
         stats.known = stats.listed - stats.invalid - stats.new
         self._all_new = stats.new == len(named) > 1
         return stats

@@ -74,6 +74,7 @@ class Manager:
         resumed = current is not None and not current[1]
         batch = self.dispatcher.batch = current[0] if current and resumed else batches.new_batch_id()
         announced = resumed if current else scheduled or not self.complete
+        self.dispatcher.reran = False
         if announced and not resumed:
             batches.announce(self.client, self.keys, batch)
         skipped: list[dict[str, Any]] = []  # records the source could not serve: reported, the rest flows
@@ -91,7 +92,9 @@ class Manager:
                 pipe.execute()
         if announced:
             batches.record_skipped(self.client, self.keys, batch, skipped)
-            batches.close(self.client, self.keys, batch, total.listed, recount=resumed)
+            # recount: the batch's item set is exact where the listing's counts are not (a resumed batch, calls
+            # re-run after a lost connection)
+            batches.close(self.client, self.keys, batch, total.listed, recount=resumed or self.dispatcher.reran)
             self._closed = batch
         level = logging.INFO if total.new or not self.complete else logging.DEBUG
         log.log(level, "listing dispatched", extra={

@@ -40,6 +40,11 @@ class ScriptPipe:
         self._lost = False  # the connection failed: the remaining calls go through the client, in order
         self._sent: list[tuple[Sequence[Any], Sent | None]] = []  # calls not answered yet (None: not written)
 
+    @property
+    def lost(self) -> bool:
+        """The connection failed: calls were re-run through the client (one that had run counts its items known)."""
+        return self._lost
+
     def __enter__(self) -> ScriptPipe:
         return self
 
