@@ -33,6 +33,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from .guard import CommitError
 from .progress import DONE
 from .rewind import StaleCommit
+from .wire import Wire
 
 if TYPE_CHECKING:
     from .batch import Commit, Delivery
@@ -182,16 +183,7 @@ class FastCommitCall:
         if read and self.read is not None:
             group, consumer, count = self.read
             commands.append(("XREADGROUP", "GROUP", group, consumer, "COUNT", count, "STREAMS", self.keys[0], ">"))
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command(conn.pack_commands(commands))
-            replies = [self._reply(conn) for _ in commands]
-        except BaseException:
-            conn.disconnect()  # replies may be left unread: the connection is not reusable
-            raise
-        finally:
-            pool.release(conn)
+        replies = Wire(self.client).send(commands).replies()
         if len(replies) > 3:  # read after EXEC whatever the commit did: the entries are ours either way
             if isinstance(replies[3], ResponseError):
                 self.read_error = replies[3]
@@ -204,13 +196,6 @@ class FastCommitCall:
         if isinstance(executed, ResponseError) or not executed:
             return executed if isinstance(executed, ResponseError) else ResponseError("EXEC returned nothing")
         return executed[0]
-
-    @staticmethod
-    def _reply(conn: Any) -> Any:
-        try:
-            return conn.read_response()
-        except ResponseError as exc:
-            return exc
 
 
 class FastCommit:

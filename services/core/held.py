@@ -24,13 +24,14 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from redis import ConnectionPool, Redis
+from redis import Redis
 from redis.client import Pipeline
-from redis.connection import Connection
+from redis.exceptions import ResponseError
 
 from .item import FIELD, MalformedItem, WorkItem
 from .keys import Keys
 from .progress import RUNNING
+from .wire import Sent, Wire
 
 # KEYS: held hash, stream, retry set, suspects hash. ARGV: group, min age (ms), entry ids...
 # An orphan is requeued on the first sweep that finds it orphaned for min age already (the first sighting only
@@ -119,15 +120,7 @@ class Held:
             held += (d.entry_id, _kept(d))
         commands = [consumer.progress.command([d.item.id for d in items if d.item is not None], RUNNING),
                     ("HSET", self.key, *held)]
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command(conn.pack_commands(commands))
-        except BaseException:
-            conn.disconnect()
-            pool.release(conn)
-            raise
-        return HoldReply(pool, conn, len(commands))
+        return HoldReply(Wire(self.client).send(commands))
 
     def release(self, pipe: Pipeline, entry_ids: list[bytes]) -> None:
         """In the commit acknowledging `entry_ids`: they are no longer held."""
@@ -162,31 +155,20 @@ class Held:
 
 
 class HoldReply:
-    """The replies of a hold sent by `Held.send_hold`, on the connection it took from the pool."""
+    """The replies of a hold sent by `Held.send_hold` (core.wire), read when the caller needs them."""
 
-    def __init__(self, pool: ConnectionPool, conn: Connection, replies: int) -> None:
-        self._pool, self._conn, self._replies = pool, conn, replies
+    def __init__(self, sent: Sent) -> None:
+        self._sent = sent
 
     def wait(self) -> None:
         """Read the replies; raises the first error reply (a ResponseError) or a connection error."""
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            for _ in range(self._replies):
-                conn.read_response()
-        except BaseException:
-            conn.disconnect()  # a reply may be left unread: the connection is not reusable
-            raise
-        finally:
-            self._pool.release(conn)
+        for reply in self._sent.replies():
+            if isinstance(reply, ResponseError):
+                raise reply
 
     def abandon(self) -> None:
         """The batch failed before `wait()`: drop the connection (its replies unread)."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.disconnect()
-            self._pool.release(conn)
+        self._sent.abandon()
 
 
 def _kept(delivery: Delivery) -> bytes:
