@@ -31,7 +31,7 @@ from redis import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
 from .guard import CommitError
-from .progress import DONE
+from .progress import DONE, MARK_STATE_LUA
 from .rewind import StaleCommit
 from .wire import Wire
 
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 # given (1) or all "{}" (0), 10 stats n, 11 outputs n; then the acks, the live ids (unless -1), the result ids
 # (with their values if given), the stats (field, increment), the outputs (key index, encoded item).
 # Returns {"type", key, actual, wanted} | {"stale", n, of} | {"ok", failed, commands, first error}.
-_COMMIT = """
+_COMMIT = MARK_STATE_LUA + """
 local TYPES = {s = 'stream', h = 'hash', S = 'set'}
 local spec = ARGV[5]
 for i = 1, #spec do
@@ -116,22 +116,7 @@ for k, n in pairs(added) do run('HINCRBY', KEYS[8], KEYS[k], n) end
 for _, s in ipairs(stats) do run('HINCRBY', KEYS[7], s[1], s[2]) end
 if nres > 0 then
   chunked('HSET', KEYS[6], pairs_, 2)
-  -- progress (core.progress._SET_STATE, state done, keep-terminal): counts change once per state for the call
-  local new, changed, left, fields, seen = 'done', 0, {}, {}, {}
-  for _, id in ipairs(ids) do
-    local old = seen[id] or redis.call('HGET', KEYS[2], id)
-    local terminal = old == 'done' or old == 'dead'
-    if old ~= new and not terminal and (old or redis.call('SISMEMBER', KEYS[4], id) == 0) then
-      seen[id] = new
-      fields[#fields + 1] = id
-      fields[#fields + 1] = new
-      if old then left[old] = (left[old] or 0) + 1 end
-      changed = changed + 1
-    end
-  end
-  if #fields > 0 then chunked('HSET', KEYS[2], fields, 2) end
-  for state, n in pairs(left) do run('HINCRBY', KEYS[3], state, -n) end
-  if changed > 0 then run('HINCRBY', KEYS[3], new, changed) end
+  mark_state(run, KEYS[2], KEYS[3], KEYS[4], 'done', true, ids, 1)  -- core.progress's rule, keep-terminal
 end
 return {'ok', failed, commands, first}
 """

@@ -17,32 +17,42 @@ QUEUED, RUNNING, DONE, FAILED, DEAD = "queued", "running", "done", "failed", "de
 STATES = (QUEUED, RUNNING, DONE, FAILED, DEAD)
 TERMINAL = (DONE, DEAD)
 
-# KEYS: states, counts, derived ids. ARGV: new state, "force" | "keep-terminal", ids...
-# Returns how many ids changed state. The counts change once per state for the whole call (not once per id) and
-# the states are written HSET_CHUNK fields to a call: the script is atomic, so nobody sees the steps between.
-_SET_STATE = """
-local new, mode, changed, left, fields, seen = ARGV[1], ARGV[2], 0, {}, {}, {}
-local function flush()
-  if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)); fields = {} end
-end
-for i = 3, #ARGV do
-  local old = seen[ARGV[i]] or redis.call('HGET', KEYS[1], ARGV[i])  -- a repeated id: as changed by this call
-  local terminal = old == 'done' or old == 'dead'
-  if old ~= new and not (terminal and mode == 'keep-terminal')
-      and (old or redis.call('SISMEMBER', KEYS[3], ARGV[i]) == 0) then
-    seen[ARGV[i]] = new
-    fields[#fields + 1] = ARGV[i]
-    fields[#fields + 1] = new
-    if #fields >= 2 * HSET_CHUNK then flush() end
-    if old then left[old] = (left[old] or 0) + 1 end
-    changed = changed + 1
+# The state rule, as a Lua function other scripts include (core.fast_commit): move ids[first..] to `new`, unless
+# done/dead with `keep_terminal` (a late duplicate cannot undo them) or an id never dispatched that is a derived
+# one; a repeated id counts as changed by this call. The counts change once per state for the whole call (not
+# once per id) and the states are written 500 fields to a call. `call` is redis.call or a caller's wrapper that
+# counts failures. Returns how many ids changed state.
+MARK_STATE_LUA = """
+local function mark_state(call, states, counts, derived, new, keep_terminal, ids, first)
+  local changed, left, fields, seen = 0, {}, {}, {}
+  local function flush()
+    if #fields > 0 then call('HSET', states, unpack(fields)); fields = {} end
   end
+  for i = first, #ids do
+    local id = ids[i]
+    local old = seen[id] or redis.call('HGET', states, id)
+    local terminal = old == 'done' or old == 'dead'
+    if old ~= new and not (terminal and keep_terminal) and (old or redis.call('SISMEMBER', derived, id) == 0) then
+      seen[id] = new
+      fields[#fields + 1] = id
+      fields[#fields + 1] = new
+      if #fields >= 1000 then flush() end
+      if old then left[old] = (left[old] or 0) + 1 end
+      changed = changed + 1
+    end
+  end
+  flush()
+  for state, n in pairs(left) do call('HINCRBY', counts, state, -n) end
+  if changed > 0 then call('HINCRBY', counts, new, changed) end
+  return changed
 end
-flush()
-for state, n in pairs(left) do redis.call('HINCRBY', KEYS[2], state, -n) end
-if changed > 0 then redis.call('HINCRBY', KEYS[2], new, changed) end
-return changed
-""".replace("HSET_CHUNK", "500")
+"""
+
+# KEYS: states, counts, derived ids. ARGV: new state, "force" | "keep-terminal", ids... Returns how many changed.
+# The script is atomic: nobody sees the steps between.
+_SET_STATE = MARK_STATE_LUA + """
+return mark_state(redis.call, KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2] == 'keep-terminal', ARGV, 3)
+"""
 
 
 class Progress:
