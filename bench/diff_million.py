@@ -6,8 +6,8 @@ hands each page to the manager's real `Dispatcher`, as `Manager.poll` does with 
 - passes 2.., every item known (the steady state of a manager re-polling an unchanged source): none is.
 Only the time inside `Dispatcher.dispatch` counts (wall, and for the first pass also the CPU seconds of this
 process and of redis-server: on a loaded machine those are the stable figures); making the listing's dicts (the
-lister's job: HTTP + JSON in production) is timed apart. Peak RSS is the child's own ru_maxrss (interpreter and
-imports included).
+lister's job: HTTP + JSON in production) is timed apart. Peak RSS is the child's own high-water mark, VmHWM
+(interpreter and imports included).
 
     python -m bench.diff_million --url redis://... --n 1000000 [--passes 3]   # prints one JSON line"""
 
