@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 RETRY_POLL_S = 0.25  # how often a consumer looks for due retries when it knows of none due sooner
 
 
+def _at_start(cursor: bytes | str) -> bool:
+    """An XAUTOCLAIM cursor at the stream's start: a scan begins there, and one that returns it is complete."""
+    return cursor in (b"0-0", "0-0")
+
+
 class StreamConsumer:
     """One consumer of one stage's input stream (consumer group = stage name)."""
 
@@ -133,14 +138,14 @@ class StreamConsumer:
         due_in = self._move_due(now)
         if now >= self._next_reclaim and not self._reclaimed_last:
             reclaimed = self.reclaim(1 if self.isolate_reclaimed else count)
-            scan_done = self._reclaim_cursor in (b"0-0", "0-0")
+            scan_done = not self._scanning()
             self._next_reclaim = now + max(self.settings.visibility_timeout_ms / 2000, 0.05) if scan_done else now
             if reclaimed:
                 self._reclaimed_last = True
                 return reclaimed
         self._reclaimed_last = False
         block = self.settings.block_ms if block_ms is None else block_ms
-        if self._reclaim_cursor not in (b"0-0", "0-0"):
+        if self._scanning():
             block = 0  # a reclaim scan is under way: look for new entries without waiting, then go on with it
         elif block and due_in is not None:
             block = max(1, min(block, int(due_in * 1000) + 1))  # wake up when the next retry is due
@@ -160,9 +165,11 @@ class StreamConsumer:
         self.heartbeat()
         now = time.monotonic()
         self._move_due(now)
-        if self._reclaim_cursor not in (b"0-0", "0-0"):
-            return False
-        return now < self._next_reclaim or self._reclaimed_last
+        return not self._scanning() and (now < self._next_reclaim or self._reclaimed_last)
+
+    def _scanning(self) -> bool:
+        """A reclaim scan stopped part-way (its cursor is not back at the start): the next read goes on with it."""
+        return not _at_start(self._reclaim_cursor)
 
     def has_read_ahead(self) -> bool:
         """True while entries read ahead by a commit wait for the next read()."""
@@ -182,12 +189,7 @@ class StreamConsumer:
         a backlog: services.router.barrier_read): [(entry id, fields)] of the entries for this stage (delivered
         once, so each one's deliveries = its item's attempts + 1). None, reading nothing, when the next `read()`
         would not be a plain read of new entries (a reclaim due or under way): call `read()` then."""
-        self.heartbeat()
-        if self._left:  # entries read ahead by a refused commit: read() hands them out first
-            return None
-        now = time.monotonic()
-        self._move_due(now)
-        if self._reclaim_cursor not in (b"0-0", "0-0") or (now >= self._next_reclaim and not self._reclaimed_last):
+        if not self.can_read_ahead() or self._left:  # entries read ahead by a refused commit go first, via read()
             return None
         self._reclaimed_last = False
         try:
@@ -219,7 +221,7 @@ class StreamConsumer:
         7 drops them from the pending list itself and lists their ids in a third element of the reply. Either
         way they are counted and logged as lost."""
         start = self._reclaim_cursor
-        if start in (b"0-0", "0-0"):  # a scan begins: now and then, orphans of lost entries too (core.held)
+        if _at_start(start):  # a scan begins: now and then, orphans of lost entries too (core.held)
             self.held.maybe_sweep(self.stream_key, self.group)
         try:
             reply = self.client.xautoclaim(
@@ -262,7 +264,7 @@ class StreamConsumer:
 
     def _lost(self, start: bytes | str, cursor: bytes | str, live: set[bytes]) -> list[bytes]:
         """Ids of entries the claim returned as nil: ours now, in the scanned range, gone from the stream."""
-        end = "+" if cursor in (b"0-0", "0-0") else "(" + (cursor.decode() if isinstance(cursor, bytes) else cursor)
+        end = "+" if _at_start(cursor) else "(" + (cursor.decode() if isinstance(cursor, bytes) else cursor)
         rows = self.client.xpending_range(self.stream_key, self.group, min=start, max=end, count=100_000,
                                           consumername=self.consumer)
         candidates = [r["message_id"] for r in rows if r["message_id"] not in live]
