@@ -98,13 +98,12 @@ class Held:
 
     def hold(self, consumer: StreamConsumer, deliveries: list[Delivery]) -> None:
         """The items are being processed: mark them running and index their entries (one round trip)."""
-        items = [d for d in deliveries if d.item is not None]
-        if not items:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        consumer.progress.mark([d.item.id for d in items if d.item is not None], RUNNING, pipe=pipe)
-        pipe.hset(self.key, mapping={d.entry_id: _kept(d) for d in items})
-        pipe.execute()
+        commands = self._hold_commands(consumer, deliveries)
+        if commands:
+            pipe = self.client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            pipe.execute()
 
     def send_hold(self, consumer: StreamConsumer, deliveries: list[Delivery]) -> HoldReply | None:
         """`hold`, in two halves: the same commands are sent now, and their replies are read by
@@ -112,15 +111,18 @@ class Held:
         connection pool, after it). So Redis applies the hold while the items run, instead of the worker waiting
         for it first. An error reply raises at `wait()`, before anything is committed: the batch stays pending
         and is reclaimed, as when `hold` raises. None: nothing to hold."""
-        items = [d for d in deliveries if d.item is not None]
-        if not items:
-            return None
+        commands = self._hold_commands(consumer, deliveries)
+        return HoldReply(Wire(self.client).send(commands)) if commands else None
+
+    def _hold_commands(self, consumer: StreamConsumer, deliveries: list[Delivery]) -> list[tuple[object, ...]]:
+        """Mark running (core.progress's script) and HSET of the held index, for the well-formed deliveries."""
+        ids: list[str] = []
         held: list[bytes] = []
-        for d in items:
-            held += (d.entry_id, _kept(d))
-        commands = [consumer.progress.command([d.item.id for d in items if d.item is not None], RUNNING),
-                    ("HSET", self.key, *held)]
-        return HoldReply(Wire(self.client).send(commands))
+        for d in deliveries:
+            if d.item is not None:
+                ids.append(d.item.id)
+                held += (d.entry_id, _kept(d))
+        return [consumer.progress.command(ids, RUNNING), ("HSET", self.key, *held)] if ids else []
 
     def release(self, pipe: Pipeline, entry_ids: list[bytes]) -> None:
         """In the commit acknowledging `entry_ids`: they are no longer held."""
