@@ -220,12 +220,10 @@ class _Worker:
         self._spent = []  # each item's time, for the autoscaler's service time (stage stats)
         try:
             outcomes = pool.map(self._run, items) if pool is not None else self._run_all(items)
-            sink, acks, results = self.output is None, commit.acks, commit.sink_results
+            sink = self.output is None
             for d, outcome in zip(items, outcomes, strict=True):
-                if outcome.ok and sink and not outcome.result:  # a sink's empty result: what finish() records
-                    acks.append(d.entry_id)
-                    results[d.item.id] = b"{}"  # type: ignore[union-attr]
-                    commit.completed += 1
+                if outcome.ok and sink and not outcome.result:  # a sink's empty result: nothing to encode
+                    commit.record(d, b"{}")
                     self.done += 1
                 elif outcome.ok:
                     self._finish(commit, d, outcome.result or {})
