@@ -243,13 +243,11 @@ class Router:
 
     def _drop_inflight(self) -> None:
         """After an error: read (and account for) the call still in flight, if it can be read at all."""
-        later, self._inflight = self._inflight, None
         self._backlog = False
-        if later is not None:
-            try:
-                self._apply(later)
-            except (RedisError, OSError):
-                pass  # it ran whole or not at all; whatever it routed is routed
+        try:
+            self.finish()
+        except (RedisError, OSError):
+            pass  # it ran whole or not at all; whatever it routed is routed
 
     def finish(self) -> int:
         """Read the call still in flight, if any (before leaving, or before looking at the streams): the entries
