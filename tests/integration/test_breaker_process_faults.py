@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import redis
+from promql import poll
 from test_breaker_worker_faults import _faults
 
 from services.core import Keys, Settings, WorkItem
@@ -61,10 +62,8 @@ def test_the_process_executor_stays_exactly_once_through_killed_connections(clie
         fault_stop.set()
         producer.join(10)
         n = len(ids)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and (int(ours.hget(keys.arrivals(), keys.stream("w")) or 0) < n
-                                               or ours.xpending(keys.stream("source"), "w")["pending"]):
-            time.sleep(0.1)
+        poll(lambda: (int(ours.hget(keys.arrivals(), keys.stream("w")) or 0) >= n
+                      and not ours.xpending(keys.stream("source"), "w")["pending"]), 120, 0.1)
         assert executor.alive and executor.error is None
     finally:
         fault_stop.set()

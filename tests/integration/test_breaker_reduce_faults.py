@@ -9,11 +9,10 @@ from __future__ import annotations
 import collections
 import random
 import threading
-import time
 from pathlib import Path
 
 import redis
-from test_breaker_worker_faults import _faults
+from test_breaker_worker_faults import storm
 
 from services.core import Keys, Progress, Settings, WorkItem, list_dead_letters
 from services.core.barriers import aggregate
@@ -67,24 +66,9 @@ def test_a_reduce_folding_a_backlog_stays_exact_through_killed_connections(clien
     stop, fault_stop, faults = threading.Event(), threading.Event(), []
     reducers = [threading.Thread(target=run_barrier, args=(pipeline, "gate", cfg, stop), daemon=True)
                 for _ in range(2)]
-    for r in reducers:
-        r.start()
     producer = threading.Thread(target=_produce, args=(ours, keys.stream("work"), items, fault_stop), daemon=True)
-    chaos = threading.Thread(target=_faults, args=(ours, fault_stop, faults), daemon=True)
-    producer.start()
-    chaos.start()
-    try:
-        producer.join(120)
-        chaos.join(120)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not ours.xlen(keys.stream("gate")):
-            time.sleep(0.1)
-        time.sleep(1.0)  # a second fire, if there were one, has time to show (no assert on time)
-    finally:
-        fault_stop.set()
-        stop.set()
-        for r in reducers:
-            r.join(30)
+    # a second fire, if there were one, has a second to show (no assert on time)
+    storm(ours, reducers, producer, stop, fault_stop, faults, lambda: ours.xlen(keys.stream("gate")), settle_s=1.0)
     try:
         assert len(faults) >= 20 and not producer.is_alive()
         assert not any(r.is_alive() for r in reducers)

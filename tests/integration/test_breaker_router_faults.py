@@ -7,12 +7,11 @@ each output once, nothing pending."""
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
 import redis
-from test_breaker_worker_faults import _faults
+from test_breaker_worker_faults import storm
 
 from services.core import Keys, Settings, WorkItem
 from services.core.spec_routers import CopySpec
@@ -46,24 +45,10 @@ def test_copy_replicas_route_every_entry_once_through_killed_connections(client:
     stop, fault_stop, faults = threading.Event(), threading.Event(), []
     routers = [threading.Thread(target=run_router, args=(settings.pipeline, "c", spec, cfg, stop),
                                 kwargs={"server_side": True}, daemon=True) for _ in range(2)]
-    for r in routers:
-        r.start()
     producer = threading.Thread(target=_produce, args=(ours, keys.stream("in"), fault_stop), daemon=True)
-    chaos = threading.Thread(target=_faults, args=(ours, fault_stop, faults), daemon=True)
-    producer.start()
-    chaos.start()
-    try:
-        producer.join(120)
-        chaos.join(120)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and (ours.xlen(keys.stream("c.a")) < N or ours.xlen(keys.stream("c.b")) < N
-                                               or ours.xpending(keys.stream("in"), "c")["pending"]):
-            time.sleep(0.1)
-    finally:
-        fault_stop.set()
-        stop.set()
-        for r in routers:
-            r.join(30)
+    storm(ours, routers, producer, stop, fault_stop, faults,
+          lambda: (ours.xlen(keys.stream("c.a")) >= N and ours.xlen(keys.stream("c.b")) >= N
+                   and not ours.xpending(keys.stream("in"), "c")["pending"]))
     try:
         assert len(faults) >= 20 and not producer.is_alive()
         assert not any(r.is_alive() for r in routers)

@@ -13,9 +13,12 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
+from promql import poll
 
 from services.core import Keys, Progress, Settings, WorkItem
 from services.core.spec import Pipeline
@@ -45,6 +48,25 @@ def _faults(client: redis.Redis, stop: threading.Event, done: list[str]) -> None
                 done.append(f"kill {len(theirs)}")
         except redis.RedisError:
             pass
+
+
+def storm(ours: redis.Redis, roles: list[threading.Thread], producer: threading.Thread, stop: threading.Event,
+          fault_stop: threading.Event, faults: list[str], finished: Callable[[], Any], settle_s: float = 0.0) -> None:
+    """Start the roles, then the producer and the faults (`_faults` on `ours`); once both are over, wait up to
+    120 s for `finished()` (and `settle_s` more), then stop the roles and join them."""
+    chaos = threading.Thread(target=_faults, args=(ours, fault_stop, faults), daemon=True)
+    for thread in (*roles, producer, chaos):
+        thread.start()
+    try:
+        producer.join(120)
+        chaos.join(120)
+        poll(finished, 120, 0.1)
+        time.sleep(settle_s)
+    finally:
+        fault_stop.set()
+        stop.set()
+        for role in roles:
+            role.join(30)
 
 
 def _produce(client: redis.Redis, keys: Keys, stop: threading.Event, ids: list[str]) -> None:
@@ -92,9 +114,7 @@ def test_workers_stay_exactly_once_through_killed_connections_and_a_frozen_redis
         producer.join(10)
     n = len(ids)
     try:  # then the workers finish what is in flight, reclaimed after the visibility timeout if need be
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and client.hlen(keys.results()) < n:
-            time.sleep(0.1)
+        poll(lambda: client.hlen(keys.results()) >= n, 120, 0.1)
     finally:
         stop.set()
         for w in workers:
