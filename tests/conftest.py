@@ -10,7 +10,10 @@ run it."""
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -127,3 +130,14 @@ def pipeline_name() -> str:
 def settings(redis_url: str, pipeline_name: str, tmp_path: Path) -> Settings:
     return Settings(redis_url=redis_url, pipeline=pipeline_name, data_dir=tmp_path / "data", block_ms=100,
                     visibility_timeout_ms=300, max_deliveries=3)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging_and_streams() -> Iterator[None]:
+    """A test that runs `cli.main` in-process installs a log handler on pytest's capture stream (and, with secrets
+    set, wraps sys.stdout/stderr); put Python's back so later tests do not log into a closed capture file."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, sys.stdout, sys.stderr, sys.excepthook, threading.excepthook)
+    yield
+    root.handlers[:], level, sys.stdout, sys.stderr, sys.excepthook, threading.excepthook = saved
+    root.setLevel(level)
