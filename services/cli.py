@@ -261,38 +261,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def cmd_render_compose(args: argparse.Namespace) -> int:
     from services.render import __main__ as render_all
-    from services.render.compose import SHARED_MOUNTS, mounted_files, render
+    from services.render.compose_files import cli
 
     if args.all:
         return render_all.main()
     if not args.pipeline:
         print("batchmesh render compose: give a PIPELINE or --all", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        text = render(args.pipeline, args.output)
-    except ValueError as exc:  # a spec the containers cannot run as written: one line, not a traceback
-        print(f"batchmesh render compose: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    pipeline = _load(args.pipeline)
-    mounted = mounted_files(pipeline)
-    if not args.output:
-        sys.stdout.write(text)
-        print(f"batchmesh render compose: the file mounts {', '.join(f'./{rel}' for rel in mounted)} (relative to "
-              "this directory); render with -o FILE to write them beside it", file=sys.stderr)
-        return 0
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    for rel, body in mounted.items():
-        path = out.parent / rel
-        if path.exists() and rel.startswith(SHARED_MOUNTS):  # shared by every pipeline: never overwritten
-            if path.read_text() != body:
-                print(f"batchmesh render compose: kept {path} (shared; differs from this rendering)", file=sys.stderr)
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(body)
-        print(f"wrote {path}", file=sys.stderr)
-    return 0
+    return cli(args.pipeline, args.output)
 
 
 def cmd_render_k8s(args: argparse.Namespace) -> int:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import sys
 
 from . import k8s
-from .compose import ROOT, write_all
+from .compose import ROOT
+from .compose_files import write_all
 
 
 def main() -> int:

@@ -41,7 +41,6 @@ import yaml
 from services.core.spec import Pipeline, load_pipeline, spec_relative
 from services.core.spec_containers import SidecarSpec
 
-from .prometheus import scrape_config
 from .roles import (
     MANAGER_PORT,
     MESH_IMAGE,
@@ -377,50 +376,3 @@ def render(spec_path: str | Path, output: str | Path | None = None) -> str:
     compose_dir = Path(output).resolve().parent if output is not None else cwd
     text = dump(compose(load_pipeline(path), path, base=base, compose_dir=compose_dir))
     return text.replace(HEADER, HEADER + (FILE_NOTE if output is not None else STDOUT_NOTE), 1)
-
-
-def mounted_files(pipeline: Pipeline) -> dict[str, str]:
-    """What a compose file of `pipeline` mounts, beside it: relative path -> text. The scrape config is the
-    pipeline's own; alerts.yml and the Grafana files are shared by every pipeline (the dashboards pick the pipeline
-    from Prometheus' labels), and left as they are where they exist."""
-    files = {f"prometheus/{pipeline.name}.yml": dump(scrape_config(pipeline))}
-    try:
-        from . import grafana
-    except ImportError:  # the SDK missing: alerts at least (grafana's mounts then missing: said by the caller)
-        from . import alerts
-        files["prometheus/alerts.yml"] = yaml.safe_dump(alerts.rules(), sort_keys=False, width=1000)
-    else:
-        files |= grafana.rendered_files([pipeline])
-    return files
-
-
-SHARED_MOUNTS = ("prometheus/alerts.yml", "grafana/")
-
-
-# The committed files (compose/ in the repository): file name -> spec, relative to the repository root.
-COMMITTED = {
-    "docker-compose.yml": "examples/images/pipeline.yaml",
-    "wordcount.yml": "examples/wordcount/pipeline.yaml",
-    "thumbnailer.yml": "examples/thumbnailer/pipeline.yaml",
-    "signup.yml": "examples/signup/pipeline.yaml",  # its sinks as a sidecar, SIGNUP_SECRET from the environment
-}
-
-
-def rendered_files(root: Path = ROOT) -> dict[str, str]:
-    """Every committed file under compose/ this module renders: relative path -> text."""
-    files: dict[str, str] = {}
-    for name, spec in COMMITTED.items():
-        pipeline = load_pipeline(root / spec)
-        files[name] = dump(compose(pipeline, spec)).replace(HEADER, HEADER + FILE_NOTE, 1)
-        files[f"prometheus/{pipeline.name}.yml"] = dump(scrape_config(pipeline))
-    return files
-
-
-def write_all(out: Path = ROOT / "compose") -> list[Path]:
-    written = []
-    for rel, text in rendered_files().items():
-        path = out / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        written.append(path)
-    return written

@@ -15,6 +15,7 @@ import yaml
 from services.cli import main
 from services.core.spec import Pipeline, SpecError, load_pipeline
 from services.render import compose as render
+from services.render import compose_files
 from services.render.prometheus import scrape_config
 from services.render.roles import MESH_IMAGE, role_env, worker_image
 
@@ -37,11 +38,11 @@ def role_services(doc: dict[str, Any]) -> dict[str, Any]:
     return {name: svc for name, svc in doc["services"].items() if name not in NOT_ROLES}
 
 
-@pytest.mark.parametrize("rel", sorted(render.rendered_files(ROOT)))
+@pytest.mark.parametrize("rel", sorted(compose_files.rendered_files(ROOT)))
 def test_committed_files_are_the_rendered_ones(rel: str) -> None:
     committed = ROOT / "compose" / rel
     assert committed.exists(), f"compose/{rel} is missing; {REGENERATE}"
-    assert committed.read_text() == render.rendered_files(ROOT)[rel], f"compose/{rel} is stale; {REGENERATE}"
+    assert committed.read_text() == compose_files.rendered_files(ROOT)[rel], f"compose/{rel} is stale; {REGENERATE}"
 
 
 def test_header_and_plain_yaml() -> None:
@@ -101,7 +102,7 @@ def test_every_role_is_hardened_and_shares_the_local_runs_environment() -> None:
 
 
 def test_ports_only_on_localhost() -> None:
-    for rel, text in render.rendered_files(ROOT).items():
+    for rel, text in compose_files.rendered_files(ROOT).items():
         if rel.startswith("prometheus/"):
             continue
         for name, svc in yaml.safe_load(text)["services"].items():
