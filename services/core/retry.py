@@ -35,12 +35,7 @@ from redis.client import Pipeline
 from .guard import register_script_keys
 from .item import TO
 from .keys import Keys
-
-
-def _seconds(value: Any) -> float:
-    from .spec import parse_duration  # spec imports this module: resolved at validation time
-
-    return parse_duration(value)
+from .spec_base import parse_duration
 
 
 class RetrySpec(BaseModel):
@@ -53,7 +48,7 @@ class RetrySpec(BaseModel):
     multiplier: float = Field(default=2.0, ge=1, le=100, description="Each retry waits this much longer.")
     jitter: float = Field(default=0.25, ge=0, le=1, description="Fraction of each wait taken off at random.")
 
-    _durations = field_validator("backoff", "max_backoff", mode="before")(_seconds)
+    _durations = field_validator("backoff", "max_backoff", mode="before")(parse_duration)
 
     def delay(self, failed: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after the `failed`-th failed delivery (1-based) of an item."""

@@ -10,107 +10,18 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from .retry import RetrySpec
 from .spec_barriers import BARRIER_SPECS, JoinSpec, ReduceSpec
+from .spec_base import K8S_NAME, K8sName, SpecError, Strict, parse_duration
 from .spec_container import StageContainer
 from .spec_containers import ContainersSpec
 from .spec_kubernetes import StageKubernetes, check_stage
 from .spec_routers import ROUTER_SPECS, CopySpec, FilterSpec, MergeSpec, ShardSpec, SplitSpec
+from .spec_source import ScheduleSpec, SourceSpec
 
 SOURCE = "source"
-_NAME = r"^[a-z0-9]([a-z0-9-]{0,48}[a-z0-9])?$"  # a Kubernetes-safe name: it becomes Deployment names too
-
-
-class SpecError(ValueError):
-    """A bad spec: `path` and `reason` of the first error; `errors` holds every (path, reason) found."""
-
-    def __init__(self, path: str, reason: str, *, errors: list[tuple[str, str]] | None = None) -> None:
-        self.errors = errors or [(path, reason)]
-        lines = [f"{where}: {why}" for where, why in self.errors]
-        super().__init__(lines[0] if len(lines) == 1 else f"{len(lines)} errors:\n  " + "\n  ".join(lines))
-        self.path, self.reason = path, reason
-
-    @classmethod
-    def of(cls, errors: list[tuple[str, str]]) -> SpecError:
-        return cls(*errors[0], errors=errors)
-
-
-def parse_duration(value: Any) -> float:
-    """'500ms', '5s', '2m', '1h' or a number of seconds -> seconds."""
-    if isinstance(value, int | float):
-        return float(value)
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", str(value))
-    if not match:
-        raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 5s, 2m)")
-    number, unit = float(match.group(1)), match.group(2) or "s"
-    return number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-def _k8s_name(name: str) -> str:
-    if not re.match(_NAME, name):
-        raise ValueError(f"bad name {name[:80]!r}: 1-50 lowercase letters, digits and '-', starting and ending with a "
-                         "letter or digit (it becomes Kubernetes and compose names)")
-    return name
-
-
-K8sName = Annotated[str, AfterValidator(_k8s_name)]
-
-
-class SourceSpec(Strict):
-    type: Literal["directory", "jsonl"] = "directory"
-    path: str
-    glob: str = "*"
-    poll: float = Field(default=5.0, gt=0, description="Seconds between listings; new items are picked up.")
-    filter: str | None = Field(default=None, description="JMESPath predicate applied in the ambassador.")
-
-    _duration = field_validator("poll", mode="before")(parse_duration)
-
-    @field_validator("filter")
-    @classmethod
-    def _compiles(cls, expression: str | None) -> str | None:
-        if expression is not None:
-            from .expressions import compile_expression
-
-            try:
-                compile_expression(expression)
-            except ValueError as exc:  # one line: the expression, why and where
-                raise ValueError(str(exc).replace("bad expression", "bad JMESPath expression", 1)) from None
-        return expression
-
-
-class AfterSpec(Strict):
-    pipeline: K8sName
-    stage: str | None = Field(default=None, description="Only this barrier's events (default: any of them).")
-
-
-class ScheduleSpec(Strict):
-    """When the manager starts a batch, besides once at start. Default: on new items — every `source.poll` it
-    lists, and a listing that finds new work is a new batch."""
-
-    cron: str | None = Field(default=None, description="A new batch at each tick; a tick while the previous "
-                                                       "batch still runs is skipped. 5 fields, or 6 with seconds.")
-    after: AfterSpec | None = Field(default=None, description="A new batch when that pipeline's batch completes.")
-
-    @field_validator("cron")
-    @classmethod
-    def _cron(cls, text: str | None) -> str | None:
-        from croniter import croniter
-
-        if text is not None and not croniter.is_valid(text):
-            raise ValueError(f"not a cron expression: {text!r} (e.g. '*/5 * * * *')")
-        return text
-
-    @model_validator(mode="after")
-    def _one(self) -> ScheduleSpec:
-        if self.cron is not None and self.after is not None:
-            raise ValueError("give one of 'cron' or 'after'")
-        return self
 
 
 class Replicas(Strict):
@@ -238,7 +149,7 @@ class Defaults(Strict):
 
 
 def _stage_name(name: str) -> str:
-    if name == SOURCE or not re.match(_NAME, name):
+    if name == SOURCE or not re.match(K8S_NAME, name):
         raise ValueError(f"bad stage name {name!r}: lowercase letters, digits and '-', not 'source'")
     return name
 

@@ -5,10 +5,11 @@ and keep their state in Redis per batch; expressions are JMESPath over the item 
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .spec_base import parse_duration
 from .spec_routers import ExpressionText, _OneInput
 
 
@@ -60,12 +61,7 @@ class ReduceSpec(_OneInput):
     write: str | None = Field(default=None, description="File name in the out dir for the aggregate (JSON).")
     every: float = Field(default=1.0, gt=0, description="Seconds between running-aggregate writes.")
 
-    @field_validator("every", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        from .spec import parse_duration
-
-        return parse_duration(value)
+    _duration = field_validator("every", mode="before")(parse_duration)
 
     @field_validator("write")
     @classmethod

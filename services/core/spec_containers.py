@@ -7,11 +7,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+from .spec_base import K8S_NAME, Strict
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # compose interpolation: $$ (a literal $), $NAME, ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?message},
@@ -81,9 +79,7 @@ class SidecarSpec(Strict):
 
 
 def _sidecar_name(name: str) -> str:
-    from .spec import _NAME  # the spec's one name rule (Kubernetes-safe); imported late: spec imports this module
-
-    if not re.match(_NAME, name) or name in RESERVED_SERVICES or name.startswith(("router-", "worker-", "rq-")):
+    if not re.match(K8S_NAME, name) or name in RESERVED_SERVICES or name.startswith(("router-", "worker-", "rq-")):
         raise ValueError(f"bad service name {name!r}: lowercase letters, digits and '-', none of "
                          f"{', '.join(RESERVED_SERVICES)}, not router-*, worker-*, rq-*")
     return name

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .spec_base import parse_duration
+
 # Kubernetes' resource.Quantity, as its apimachinery parses it: a decimal number and an optional suffix
 QUANTITY = re.compile(r"^[+]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[mkMGTPE])?$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -26,12 +28,6 @@ DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 RESOURCE_NAMES = ("cpu", "memory", "ephemeral-storage")
 HANDOFF_IMAGE = "batchmesh:0.1.0"  # services/render/roles.py's MESH_IMAGE: carries batchmesh's handoff step
 DEFAULT_UID = 10001  # the images' user (services/Dockerfile)
-
-
-def _duration(value: Any) -> float:
-    from .spec import parse_duration  # spec imports this module
-
-    return parse_duration(value)
 
 
 def _quantity(value: Any, where: str) -> str:
@@ -79,7 +75,7 @@ class StageKubernetes(BaseModel):
     handoff_image: str = Field(default=HANDOFF_IMAGE, min_length=1, description="Chains of commands: the image of the "
                                "small step between two adapters (it has to carry batchmesh).")
 
-    _durations = field_validator("ttl_after_finished", "start_timeout", "poll", mode="before")(_duration)
+    _durations = field_validator("ttl_after_finished", "start_timeout", "poll", mode="before")(parse_duration)
 
     @field_validator("namespace")
     @classmethod
