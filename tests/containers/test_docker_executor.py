@@ -249,10 +249,11 @@ def test_hostile_worker_meets_its_sandbox(client: redis.Redis, settings: Setting
     assert letters["sleepy"].reason == "timeout after 3s: going to sleep"
     assert letters["poison"].reason == "exit code 3: poison: cannot frobnicate this item"
     assert letters["hog"].reason.startswith("OOM killed (memory limit 96m)"), letters["hog"].reason
-    # Two attempts of the sleeper, each killed at 3 s: dead-lettered after ~6 s, not after its 120 s of sleep.
-    assert 6 <= elapsed < 6 + 2 * 4, elapsed
+    # Two attempts of the sleeper, each killed at 3 s: dead-lettered after ~6 s (plus two container starts and a
+    # retry backoff, slow on a loaded engine), not after its 120 s of sleep.
+    assert 6 <= elapsed < 60, elapsed
     lived = container_lifetimes(docker_client, since, pipeline_name, "sleepy")
-    assert len(lived) == 2 and all(3 <= s < 3 + 2 for s in lived), lived  # start -> die: killed at the timeout
+    assert len(lived) == 2 and all(3 <= s < 3 + 5 for s in lived), lived  # start -> die: killed at the timeout
     labels = {"pipeline": pipeline_name, "stage": "w"}
     assert REGISTRY.get_sample_value("batchmesh_processing_seconds_count", labels) == 2 + 3 * 2
     assert REGISTRY.get_sample_value("batchmesh_items_dead_lettered_total", labels) == 3

@@ -120,7 +120,8 @@ EXITS = {"SIGINT": 130, "SIGTERM": 143, "timeout": 3, "SIGKILL": -9, "SIGINT twi
 def test_an_interrupted_run_leaves_nothing_behind(tmp_path: Path, executor: str, how: str) -> None:
     expected = EXITS[how]
     pipeline, marker, _ = write_pipeline(tmp_path, executor=executor)
-    run = start(tmp_path, pipeline, *(["--timeout", "6"] if how == "timeout" else []))
+    # the timeout leaves a loaded machine time to start the roles and the 6 commands the test waits for first
+    run = start(tmp_path, pipeline, *(["--timeout", "12"] if how == "timeout" else []))
     try:
         # the items' commands (rq's one worker runs one at a time), their children in the group and in sessions of
         # their own
@@ -165,7 +166,7 @@ def test_a_role_killed_mid_item_takes_its_command_with_it(tmp_path: Path, execut
     try:
         first = wait_for(lambda: [a for a in attempts(log) if a[0] == "start"], 20, "the first attempt")[0]
         pid, role = int(first[1]), int(first[2])
-        wait_for(lambda: len(with_marker(marker)) >= 3, 5, "the command's children")
+        wait_for(lambda: len(with_marker(marker)) >= 3, 20, "the command's children")
         os.kill(role, signal.SIGKILL)
         killed_at = time.monotonic()
         wait_for(lambda: not with_marker(marker) or None, 3, "the command to die with its role")

@@ -24,7 +24,7 @@ from services.core.embedded import redis_server_binary
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 20.0, every_s: float = 0.05) -> Any:
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60.0, every_s: float = 0.05) -> Any:
     """Poll `check` until it returns something truthy; fail with `what` after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -29,7 +29,7 @@ def make_pipeline(name: str, **stages: dict[str, Any]) -> Pipeline:
                                     "stages": stages})
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := predicate():

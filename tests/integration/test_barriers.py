@@ -185,7 +185,7 @@ def test_reduce_is_exact_under_duplicates_and_crashes(client: redis.Redis, setti
         h.settings = h.settings.model_copy(update={"visibility_timeout_ms": 1})
         h.restart()
     h.close()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60
     while not h.outputs() and time.monotonic() < deadline:  # reclaims are due every half visibility timeout
         h.settle()
         time.sleep(0.02)

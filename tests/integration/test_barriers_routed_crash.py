@@ -29,10 +29,21 @@ from services.router import build_barrier
 REPO = Path(__file__).resolve().parents[2]
 
 # `batchmesh router` as a container runs it. With ROUTER_HANG_AT=n the n-th commit is never made: the process
-# writes ROUTER_MARKER and sleeps, its batch read and pending, until it is killed.
+# writes ROUTER_MARKER and sleeps, its batch read and pending, until it is killed. With ROUTER_PACE_S=s it waits s
+# seconds after each step that routed something (its next call already in flight under a backlog), so it is still
+# routing when the test kills it however fast routing is.
 LAUNCHER = """
 import os, sys, time
 from services.core import stage
+from services.router.base import Router
+pace = float(os.environ.get("ROUTER_PACE_S", "0"))
+real_step = Router.step
+def step(self, block_ms=0):
+    taken = real_step(self, block_ms)
+    if taken and pace:
+        time.sleep(pace)
+    return taken
+Router.step = step
 hang_at = int(os.environ.get("ROUTER_HANG_AT", "0"))
 commits = [0]
 real_commit = stage.StreamConsumer.commit
@@ -102,7 +113,8 @@ def test_sigkilled_filter_and_restarted_reduce_fold_exactly_the_kept_items_once(
     batches.close(client, keys, batch, n)
     barrier = build_barrier(client, s, pipeline, "gate")
 
-    hang = {"ROUTER_HANG_AT": "3", "ROUTER_MARKER": str(marker)} if path == "python" else {}
+    # the server path is paced (400 steps of >= 10 ms): killed at 1000 of 20000, it has >= 3.8 s of routing left
+    hang = {"ROUTER_HANG_AT": "3", "ROUTER_MARKER": str(marker)} if path == "python" else {"ROUTER_PACE_S": "0.01"}
     proc = start(s, spec, log, **hang)
     try:
         deadline = time.monotonic() + 60

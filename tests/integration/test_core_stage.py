@@ -193,7 +193,7 @@ def test_reclaimed_entries_do_not_starve_new_ones(client: redis.Redis, settings:
 
 
 def test_read_only_reclaims_when_due(client: redis.Redis, settings: Settings) -> None:
-    settings = settings.model_copy(update={"visibility_timeout_ms": 1000})  # due every 0.5 s
+    settings = settings.model_copy(update={"visibility_timeout_ms": 2000})  # due every 1 s: 5 reads take far less
     c = consumer(client, settings)
     calls: list[int] = []
     real = c.reclaim

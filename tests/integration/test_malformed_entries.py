@@ -58,7 +58,7 @@ def feed(client: redis.Redis, stream: str, batch: str | None = None) -> None:
     pipe.execute()
 
 
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := predicate():

@@ -19,7 +19,7 @@ from services.core.spec import Pipeline
 from services.manager.executors import StageContext, executor_class, stage_settings
 from services.workers import run_worker
 
-VT_S = 0.6
+VT_S = 1.2  # renewed every third of it: a renewal may come 0.8 s late (a loaded machine) before a reclaim could win
 
 SLOW = """
 import os, sys, time

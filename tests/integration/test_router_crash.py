@@ -24,10 +24,21 @@ from services.core.spec_routers import CopySpec
 REPO = Path(__file__).resolve().parents[2]
 
 # Runs one router like a container does. With ROUTER_HANG_AT=n, the n-th commit is never made: the process
-# writes ROUTER_MARKER and sleeps, holding its batch read and pending, until it is killed.
+# writes ROUTER_MARKER and sleeps, holding its batch read and pending, until it is killed. With ROUTER_PACE_S=s it
+# waits s seconds after each step that routed something (its next call already in flight under a backlog), so it
+# is still routing when the test kills it however fast routing is: N / batch steps take N / 50 * s at least.
 LAUNCHER = """
 import json, os, signal, sys, threading, time
 from services.core import stage
+from services.router.base import Router
+pace = float(os.environ.get("ROUTER_PACE_S", "0"))
+real_step = Router.step
+def step(self, block_ms=0):
+    taken = real_step(self, block_ms)
+    if taken and pace:
+        time.sleep(pace)
+    return taken
+Router.step = step
 from services.core.settings import Settings
 from services.core.spec_routers import ROUTER_SPECS
 from services.router import run_router
@@ -62,7 +73,7 @@ def start(settings: Settings, path: str, log: Path, **env: str) -> subprocess.Po
                                 cwd=REPO, env=environment, stdout=out, stderr=out, start_new_session=True)
 
 
-def wait_for(predicate: object, timeout: float = 30.0) -> None:
+def wait_for(predicate: object, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():  # type: ignore[operator]
@@ -92,7 +103,8 @@ def test_sigkill_mid_batch_then_restart_routes_each_input_exactly_once(
         pipe.xadd(keys.stream("in"), WorkItem(id=f"u{i}", data={"i": i}).encode())
     pipe.execute()
 
-    hang = {"ROUTER_HANG_AT": "3", "ROUTER_MARKER": str(marker)} if first == "python" else {}
+    # the server path is paced (100 steps of >= 20 ms): killed at 500 of 5000, it has >= 1.8 s of routing left
+    hang = {"ROUTER_HANG_AT": "3", "ROUTER_MARKER": str(marker)} if first == "python" else {"ROUTER_PACE_S": "0.02"}
     proc = start(settings, first, log, **hang)
     try:
         if first == "python":

@@ -27,7 +27,7 @@ def ids(client: redis.Redis, keys: Keys, stream: str) -> list[str]:
     return [WorkItem.decode(f).id for _, f in client.xrange(keys.stream(stream))]
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := predicate():
@@ -40,7 +40,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
 def test_run_router_wakes_up_on_new_entries_and_leaves_cleanly(
     client: redis.Redis, settings: Settings, server_side: bool
 ) -> None:
-    settings = settings.model_copy(update={"block_ms": 2000})  # an idle router must be woken, not poll
+    settings = settings.model_copy(update={"block_ms": 4000})  # an idle router must be woken, not poll
     keys, stop = Keys(settings.pipeline), threading.Event()
     spec = SplitSpec(input="in", by="data.channel", routes={"sms": "sms"}, default="email")
     thread = threading.Thread(target=run_router, args=(settings.pipeline, "notify", spec, settings, stop),
@@ -52,7 +52,8 @@ def test_run_router_wakes_up_on_new_entries_and_leaves_cleanly(
         started = time.monotonic()
         add(client, keys, "in", WorkItem(id="u1", data={"channel": "sms"}), WorkItem(id="u2", data={}))
         wait_for(lambda: client.xlen(keys.stream("notify.email")) == 1 and client.xlen(keys.stream("notify.sms")))
-        assert time.monotonic() - started < 0.5, "woken by the new entries, not by the block timeout"
+        # half the block timeout: a loaded machine's scheduling delays are allowed, a wait for the timeout is not
+        assert time.monotonic() - started < 2.0, "woken by the new entries, not by the block timeout"
     finally:
         stop.set()
         thread.join(10)

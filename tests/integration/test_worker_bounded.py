@@ -93,7 +93,7 @@ def test_a_failure_is_retried_then_dead_lettered_one_entry_per_run(client: redis
     bounded(pipeline, "w", cfg, max_items=1, idle_exit_s=3)
     assert client.xlen(keys.dead_letters("w")) == 0  # first delivery failed: retried (a new entry or scheduled)
     assert group(client, keys, "w")["pending"] == 0
-    deadline = time.monotonic() + 15  # a retry may wait out a backoff (the spec's retry policy)
+    deadline = time.monotonic() + 60  # a retry may wait out a backoff (the spec's retry policy)
     while client.xlen(keys.dead_letters("w")) == 0 and time.monotonic() < deadline:
         bounded(pipeline, "w", cfg, max_items=1, idle_exit_s=1)  # the next Job: the retry, once it is due
     [(_, letter)] = client.xrange(keys.dead_letters("w"))
@@ -107,7 +107,7 @@ def test_idle_exit_with_nothing_to_read(client: redis.Redis, settings: Settings,
     keys = Keys(settings.pipeline)
     client.xgroup_create(keys.stream("source"), "w", id="0", mkstream=True)
     took = bounded(pipeline, "w", settings.model_copy(update={"out_dir": tmp_path}), max_items=1, idle_exit_s=0.5)
-    assert 0.5 <= took < 10
+    assert 0.5 <= took < 30
 
 
 @pytest.mark.one_backend

@@ -57,7 +57,7 @@ with open(item["data"]["log"], "a") as f:
 """
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := predicate():
@@ -153,15 +153,17 @@ def test_sigkill_mid_item_is_reclaimed_and_completed_once(
 def test_lease_keeps_slow_items_from_running_twice(
     client: redis.Redis, settings: Settings, pipeline_name: str, tmp_path: Path
 ) -> None:
-    """Items take 1 s, the visibility timeout is 300 ms: without renewal the other replica would reclaim them."""
-    settings = settings.model_copy(update={"out_dir": tmp_path / "out"})
+    """Items take 2.5 s, the visibility timeout is 1 s: without renewal the other replica would reclaim them. (Renewed
+    every third of it, a renewal may come 0.67 s late on a loaded machine before a reclaim could win; at 300 ms it
+    could be only 0.2 s late.)"""
+    settings = settings.model_copy(update={"out_dir": tmp_path / "out", "visibility_timeout_ms": 1000})
     (tmp_path / "nap.py").write_text(NAP)
     work = {"input": "source", "command": [sys.executable, str(tmp_path / "nap.py")], "concurrency": 1}
     spec = {"apiVersion": "batchmesh/v1", "name": pipeline_name, "source": {"path": "."},
             "stages": {"slow": {"work": work}}}
     keys, runs = Keys(settings.pipeline), tmp_path / "runs.log"
     for i in range(4):
-        client.xadd(keys.stream("source"), WorkItem(id=f"s{i}", data={"sleep": 1, "log": str(runs)}).encode())
+        client.xadd(keys.stream("source"), WorkItem(id=f"s{i}", data={"sleep": 2.5, "log": str(runs)}).encode())
     workers = [start_worker(spec, "slow", settings, tmp_path / "workers.log") for _ in range(2)]
     try:
         wait_for(lambda: Progress(client, keys).counts()[DONE] == 4, what="all done")

@@ -73,7 +73,7 @@ def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     started = time.monotonic()
     outcome = run(tmp_path, f"g = subprocess.Popen(['sleep', '60'])\n"
                             f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{g.pid}}')\n"
-                            "time.sleep(60)\n", timeout=1)
+                            "time.sleep(60)\n", timeout=3)  # time to start and write the pids, even when loaded
     assert not outcome.ok and "timed out" in outcome.reason
     assert time.monotonic() - started < 10
     child, grandchild = map(int, pids.read_text().split())
