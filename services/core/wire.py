@@ -71,15 +71,22 @@ class Wire:
     def send(self, commands: Sequence[Command]) -> Sent:
         """Write `commands` (tuples of a command's words) in one go and return without reading a reply.
         A connection error is raised as redis-py's, after every earlier send on the connection was marked lost."""
+        return self.send_packed(None, len(commands), commands)
+
+    def send_packed(self, data: Sequence[bytes] | None, count: int, commands: Sequence[Command] = ()) -> Sent:
+        """`send` of `count` commands already in the wire protocol (`data`: byte strings, e.g. from
+        hiredis.pack_command), written as they are: no Python work per argument on a hot path
+        (manager.script_pipe). With `data` None, `commands` are packed by the connection."""
         if self._conn is None:
             self._conn = self.client.connection_pool.get_connection()
         conn = self._conn
         try:
-            conn.send_packed_command(conn.pack_commands(commands), check_health=not self._unread)
+            conn.send_packed_command(conn.pack_commands(commands) if data is None else data,
+                                     check_health=not self._unread)
         except BaseException:
             self._fail()
             raise
-        sent = Sent(self, len(commands))
+        sent = Sent(self, count)
         self._unread.append(sent)
         return sent
 

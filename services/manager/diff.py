@@ -13,10 +13,8 @@ HMGET per page and no encoding."""
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
-from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from pydantic import ValidationError
@@ -25,12 +23,13 @@ from redis import Redis
 from services.core import Keys, Progress, WorkItem
 from services.core.item import FIELD
 
+from .item_encode import MAX_ID
+from .item_encode import fast_encode as _fast_encode
 from .script_pipe import ScriptPipe
 
-log = logging.getLogger(__name__)
+__all__ = ["MAX_ID", "DiffStats", "Dispatcher", "version_of", "_fast_encode"]
 
-# The longest item id the model takes (characters), read from the model itself.
-MAX_ID = next(m.max_length for m in WorkItem.model_fields["id"].metadata if hasattr(m, "max_length"))
+log = logging.getLogger(__name__)
 
 # KEYS: versions, states, counts, stream, the batch's item set, arrivals hash. ARGV: the n names, then their n
 # versions, then their n encoded items (names first: the HMGETs take them straight from ARGV, no table is built).
@@ -81,9 +80,10 @@ return {new, busy}
 # them, and let this process encode chunk k+1 while Redis runs chunk k: a page's calls are pipelined on one
 # connection, so the first pass costs about max(Python, Redis) per item instead of their sum.
 SCRIPT_CHUNK = 250
-# A page's first call is smaller: Redis idles while it is encoded, and from then on it runs one call while the next
-# is encoded (Redis is the slower side on a first pass).
-FIRST_CHUNK = 50
+# A page's first calls are smaller: Redis idles while the first is encoded, and from then on it runs one call while
+# the next is encoded. Each call is twice the one before (up to SCRIPT_CHUNK): Redis is the slower side on a first
+# pass (~2x this process per item), so the next call is encoded before Redis has finished the one before.
+FIRST_CHUNK = 16
 
 
 @dataclass
@@ -98,47 +98,6 @@ class DiffStats:
         for name in ("listed", "new", "known", "busy", "invalid"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         return self
-
-
-def _not_json(value: Any) -> Any:
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-# Compact strict JSON (core.strict_json's form) from the C encoder, built once and called directly (what
-# `json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode` runs, without its Python
-# wrapper per call): the dispatch of a million items spends most of its Python time here. No circular-reference
-# table: a listing comes from JSON, and a cycle would end in RecursionError, which sends the item to the model.
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-_C_ENCODE = (c_make_encoder(None, _not_json, encode_basestring, None, ":", ",", False, False, False)
-             if c_make_encoder is not None else None)
-
-
-def _encode_json(work: dict[str, Any]) -> str:
-    return "".join(_C_ENCODE(work, 0)) if _C_ENCODE is not None else _JSON.encode(work)
-
-
-def _fast_encode(name: str, version: str, item: dict[str, Any], batch: str | None) -> bytes | None:
-    """The item's stream encoding, byte for byte what `WorkItem(id=name, data=item, version=version or None,
-    batch=batch).encode()[FIELD]` gives, without building the model: or None when the item is not of the common
-    shape this shortcut can vouch for (a name the model refuses, a non-string key, a non-finite float, a value JSON
-    cannot hold, text that is not UTF-8): the caller then builds the model, which decides."""
-    if len(name) > MAX_ID:
-        return None
-    try:
-        "".join(item)  # every top-level key is a str (TypeError otherwise): one C loop, no generator
-    except TypeError:
-        return None
-    work: dict[str, Any] = {"id": name}
-    if item:
-        work["data"] = item
-    if version:
-        work["version"] = version
-    if batch is not None:
-        work["batch"] = batch
-    try:
-        return _encode_json(work).encode()
-    except (ValueError, TypeError, RecursionError):  # NaN/Infinity (ValueError), a set or bytes, lone surrogates
-        return None
 
 
 def version_of(item: dict[str, Any]) -> str:
@@ -196,7 +155,7 @@ class Dispatcher:
                 if len(names) == chunk:  # sent now: Redis runs it while the next chunk is encoded
                     pipe.send([*names, *versions, *encoded])
                     names, versions, encoded = [], [], []
-                    chunk = SCRIPT_CHUNK
+                    chunk = min(2 * chunk, SCRIPT_CHUNK)
             if names:
                 pipe.send([*names, *versions, *encoded])
             for new, busy in pipe.replies():
