@@ -134,7 +134,7 @@ def test_the_keeper_restarts_an_embedded_server_that_died_on_the_same_port(
                  timeout_s=15)
         assert client.get("acknowledged") == b"yes"
         wait_for("the new pid recorded", lambda: int((tmp_path / "d" / "redis.pid").read_text()) == int(
-            client.info("server")["process_id"]), timeout_s=5)
+            client.info("server")["process_id"]), timeout_s=30)
 
 
 def _add(client: redis.Redis, keys: Keys, item_id: str, version: str | None = None) -> bytes:
@@ -243,7 +243,7 @@ def test_a_worker_thread_rides_out_a_stale_commit(client: redis.Redis, settings:
             keys.stream("work")))
         _add(client, keys, "x")
         wait_for("the item's result at the sink, once the thief's claim went idle", lambda: client.hget(
-            keys.results(), "x"), timeout_s=20)
+            keys.results(), "x"), timeout_s=60)
         assert stolen and all(t.is_alive() for t in threads)
         time.sleep(0.3)
         assert int(client.hget(keys.arrivals(), keys.stream("work")) or 0) == 1  # published once

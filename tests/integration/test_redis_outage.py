@@ -76,12 +76,12 @@ def test_every_role_rides_out_a_redis_kill_and_restart(tmp_path: Path) -> None:
         _files(source, 15, 10)  # during: listed by the source, dispatched once Redis is back
         for role, metric_role in ROLES.items():  # Redis stays down until every role's own loop has seen it
             wait_for(f"{role} to report Redis down", lambda role=role, r=metric_role: sample(
-                scrape(live[role]), "batchmesh_redis_up", role=r) == 0 and healthz(live[role]) == 503, timeout_s=20)
+                scrape(live[role]), "batchmesh_redis_up", role=r) == 0 and healthz(live[role]) == 503, timeout_s=60)
         assert healthz(live["source"]) == 200  # the source does not use Redis
         server.start()
         _files(source, 25, 10)  # after
 
-        wait_for("all 35 items done", lambda: done(client, keys) == 35, timeout_s=30)
+        wait_for("all 35 items done", lambda: done(client, keys) == 35, timeout_s=60)
         stats = {k.decode(): int(v) for k, v in client.hgetall(keys.stage_stats("work")).items()}
         assert stats["out"] == 35  # each item committed exactly once (a re-sent commit would count twice)
         assert int(client.hget(keys.arrivals(), keys.stream("work")) or 0) == 35  # and published once
@@ -90,7 +90,7 @@ def test_every_role_rides_out_a_redis_kill_and_restart(tmp_path: Path) -> None:
 
         for role, metric_role in ROLES.items():
             up = wait_for(f"{role}'s redis_up back at 1", lambda role=role, r=metric_role: (
-                s := scrape(live[role])) and sample(s, "batchmesh_redis_up", role=r) == 1 and s, timeout_s=10)
+                s := scrape(live[role])) and sample(s, "batchmesh_redis_up", role=r) == 1 and s, timeout_s=30)
             assert (sample(up, "batchmesh_redis_disconnects_total", role=metric_role) or 0) >= 1, role
             assert healthz(live[role]) == 200
         assert role_pids(run.pid) == pids  # nobody crashed and was restarted
@@ -143,9 +143,9 @@ stages:
         wait_for("5 results", lambda: client.hlen(keys.results()) == 5)
         server.kill()
         wait_for("the worker to see Redis down", lambda: REGISTRY.get_sample_value(
-            "batchmesh_redis_up", {"pipeline": "empty", "role": "worker"}) == 0, timeout_s=5)
+            "batchmesh_redis_up", {"pipeline": "empty", "role": "worker"}) == 0, timeout_s=30)
         server.start()  # empty: no stream, no group, no results
-        wait_for("the group re-created", lambda: client.xinfo_groups(keys.stream("source")), timeout_s=10)
+        wait_for("the group re-created", lambda: client.xinfo_groups(keys.stream("source")), timeout_s=30)
         publish(range(5, 12))
         wait_for("the 7 items published after the restart", lambda: client.hlen(keys.results()) == 7)
         assert thread.is_alive()
@@ -189,10 +189,10 @@ def test_the_process_executor_rides_out_a_redis_restart(tmp_path: Path) -> None:
         wait_for("a few done", lambda: client.hlen(keys.results()) >= 2)
         server.kill()
         wait_for("the executor to see Redis down", lambda: REGISTRY.get_sample_value(
-            "batchmesh_redis_up", {"pipeline": "proc", "role": "manager"}) == 0, timeout_s=5)
+            "batchmesh_redis_up", {"pipeline": "proc", "role": "manager"}) == 0, timeout_s=30)
         server.start()
         publish(range(10, 20))
-        wait_for("all 20 results", lambda: client.hlen(keys.results()) == 20, timeout_s=20)
+        wait_for("all 20 results", lambda: client.hlen(keys.results()) == 20, timeout_s=60)
         assert executor.alive and executor.error is None
         assert int(client.hget(keys.stage_stats("w"), "out") or 0) == 20  # each committed once
         assert progress.counts()["done"] == 20
@@ -218,12 +218,12 @@ stages:
     thread.start()
     try:
         wait_for("the worker to report Redis down", lambda: REGISTRY.get_sample_value(
-            "batchmesh_redis_up", {"pipeline": "early", "role": "worker"}) == 0, timeout_s=5)
+            "batchmesh_redis_up", {"pipeline": "early", "role": "worker"}) == 0, timeout_s=30)
         assert thread.is_alive()
         server.start()
         client = redis.Redis.from_url(server.url)
         keys = Keys("early")
-        wait_for("the worker's group", lambda: client.xinfo_groups(keys.stream("source")), timeout_s=10)
+        wait_for("the worker's group", lambda: client.xinfo_groups(keys.stream("source")), timeout_s=30)
         from services.core import WorkItem
 
         client.xadd(keys.stream("source"), WorkItem(id="a", data={"x": 1}).encode())
@@ -271,7 +271,7 @@ def test_a_commit_cut_off_by_a_connection_loss_is_never_re_sent(settings: Settin
     for t in threads:
         t.start()
     try:
-        wait_for("6 results at the sink", lambda: client.hlen(keys.results()) == 6, timeout_s=15)
+        wait_for("6 results at the sink", lambda: client.hlen(keys.results()) == 6, timeout_s=60)
         assert cuts == ["reply lost", "never sent"]
         assert int(client.hget(keys.arrivals(), keys.stream("work"))) == 6  # published once each
         assert int(client.hget(keys.stage_stats("work"), "out")) == 6

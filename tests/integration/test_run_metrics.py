@@ -72,7 +72,7 @@ def test_every_role_serves_its_own_metrics_and_the_manager_the_cluster_view(tmp_
             s = scrape(live["manager"])
             return s if sample(s, "batchmesh_batch_complete", pipeline="metered") == 1 else None
 
-        m = wait_for("the manager's gauges of the finished batch", cluster, timeout_s=10)
+        m = wait_for("the manager's gauges of the finished batch", cluster, timeout_s=30)
         assert sample(m, "batchmesh_stage_arrivals_total", stage="merged") == N
         assert sample(m, "batchmesh_stage_arrivals_total", stage="work") == N
         assert sample(m, "batchmesh_stage_arrivals_total", stage="total") == N
