@@ -43,11 +43,14 @@ def item_document(item: WorkItem) -> bytes:
                         "batch": item.batch, "attempt": item.attempts + 1})
 
 
-def read_result(stdout: bytes, output_dir: Path) -> dict[str, Any]:
+def read_result(stdout: bytes, output_dir: Path | str) -> dict[str, Any]:
     """result.json wins over stdout; non-JSON stdout is kept as text; nothing at all is an empty result.
     NaN/Infinity in the result become the strings "NaN"/"Infinity"/"-Infinity" (core.strict_json's rule)."""
-    result_file = output_dir / "result.json"
-    text = result_file.read_bytes() if result_file.exists() else stdout.strip()
+    try:  # one open, not a stat and then an open
+        with open(os.path.join(output_dir, "result.json"), "rb") as f:
+            text = f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        text = stdout.strip()
     if not text:
         return {}
     try:
@@ -64,25 +67,36 @@ class Prepared:
     in its private WORK_ITEM_FILE, the child's environment (core.masking.command_env plus the stage's env)."""
 
     item: WorkItem
-    output_dir: Path
-    item_file: Path
+    output_dir: Path | str
+    item_file: str
     env: dict[str, str]
 
     def discard(self) -> None:
         """Remove the item file (the command ran, or will not)."""
-        self.item_file.unlink(missing_ok=True)
+        try:
+            os.unlink(self.item_file)
+        except FileNotFoundError:
+            pass
 
 
-def prepare(item: WorkItem, output_dir: Path, env: dict[str, str] | None = None, *,
+def prepare(item: WorkItem, output_dir: Path | str, env: dict[str, str] | None = None, *,
             base: dict[str, str] | None = None) -> Prepared:
     """Write what the command of `item` reads. `base`: the environment to add `env` to, when the caller keeps
     command_env() (it is the same for every item of a stage). Raises OSError when the output dir or the item file
-    cannot be made."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "result.json").unlink(missing_ok=True)  # a stale result of an earlier attempt must not count
+    cannot be made. Plain os calls on str paths: the process executor prepares every item with this."""
+    out = os.fspath(output_dir)
+    try:
+        os.mkdir(out)  # made now: no earlier attempt left a result in it
+    except FileExistsError:  # an earlier attempt's dir: its stale result.json must not count
+        try:
+            os.unlink(os.path.join(out, "result.json"))
+        except FileNotFoundError:
+            pass
+    except FileNotFoundError:  # its parents first
+        os.makedirs(out, exist_ok=True)
     item_file = _write_item_file(item)
     return Prepared(item, output_dir, item_file, {**(command_env() if base is None else base), **(env or {}),
-                                                  "WORK_ITEM_FILE": str(item_file), "WORK_OUTPUT_DIR": str(output_dir)})
+                                                  "WORK_ITEM_FILE": item_file, "WORK_OUTPUT_DIR": out})
 
 
 def _spawn(argv: list[str], prepared: Prepared) -> subprocess.Popen[bytes]:
@@ -285,10 +299,10 @@ def stop_all() -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _write_item_file(item: WorkItem) -> Path:
+def _write_item_file(item: WorkItem) -> str:
     document = item_document(item)
     for fresh in (False, True):  # a tmp cleaner may have removed the directory under a long-running process
-        path = _item_dir(fresh) / f"{next(_item_names)}.json"
+        path = f"{_item_dir(fresh)}/{next(_item_names)}.json"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileNotFoundError:

@@ -3,12 +3,13 @@ its own subprocess, `work.concurrency` at a time.
 
 Per-item overhead is kept near a bare fork+exec: entries are read ahead in batches sized to cover ~200 ms of
 work (measured: an item's own run time), so a slot never waits for Redis; results are committed in batches (one
-MULTI for all that finished together, on a committer thread). Commands this process runs itself are started with
-posix_spawn and watched, pipes and pidfd, in one selector by one thread (no thread per item, no hop per result;
-the next items' files are prepared while the current ones run); executors that run items elsewhere (docker,
-kubernetes) override `execute` and get a thread pool whose completions come back through one queue. Entries held longer
-than the visibility timeout are heartbeated (XCLAIM JUSTID), so neither this consumer's own reclaim nor another
-manager's takes a long-running item away."""
+MULTI for all that finished together). Commands this process runs itself are started with posix_spawn and
+watched, pipes and pidfd, in one selector by one thread (no thread per item, no hop per result; the next items'
+files are prepared while the current ones run) that never calls Redis: its reads, holds, heartbeats and commits
+are made on an IO thread (process_io). Executors that run items elsewhere (docker, kubernetes) override `execute`
+and get a thread pool whose completions come back through one queue. Entries held longer than the visibility
+timeout are heartbeated (XCLAIM JUSTID), so neither this consumer's own reclaim nor another manager's takes a
+long-running item away."""
 
 from __future__ import annotations
 
@@ -17,10 +18,7 @@ import math
 import os
 import queue
 import selectors
-import threading
 import time
-from collections import deque
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from services.core import Commit, Delivery, StreamConsumer
@@ -31,10 +29,12 @@ from services.core.results import finish
 from services.core.retry import retry_policy
 
 from .base import Executor, StageContext
+from .process_io import ProcessIo
 
 log = logging.getLogger(__name__)
 
 FLUSH_AFTER_S = 0.02  # a result waits at most this long for others to share its commit
+IDLE_WAIT_S = 0.25  # the inline loop looks at `stopping` at least this often
 READ_AHEAD_S = 0.2  # read ahead enough items to keep the slots busy this long (a read costs ~3 round trips)
 MAX_READ_AHEAD = 256
 
@@ -49,6 +49,7 @@ class ProcessExecutor(Executor):
         self.argv, self.env = self.command()  # fails at start, not in the thread, if the stage cannot be run
         self.slots = ctx.work.concurrency
         self.avg_s = 0.0  # moving average of an item's run time: sizes the read-ahead
+        self._output = ctx.output  # where results go (None: a sink), looked up once
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         """argv and extra env of every item (the docker executor runs them in a container instead)."""
@@ -146,7 +147,7 @@ class ProcessExecutor(Executor):
         self.processing.observe(seconds)
         self.avg_s = seconds if not self.avg_s else 0.8 * self.avg_s + 0.2 * seconds
         if outcome.ok:
-            finish(self.consumer, commit, delivery, outcome.result or {}, output=self.ctx.output)
+            finish(self.consumer, commit, delivery, outcome.result or {}, output=self._output)
         else:
             commit.fail(delivery, outcome.reason)
 
@@ -154,109 +155,99 @@ class ProcessExecutor(Executor):
 
     def _run_inline(self) -> None:
         """The loop of `run` for commands run by this process: up to `slots` children at once, each watched by its
-        pipes and pidfd in one selector (no thread per item, no queue hop per result); while they run, the next
-        items' files are prepared (core.command.prepare), entries read ahead and results committed in batches."""
+        pipes and pidfd in one selector (no thread per item, no queue hop per result). This thread never waits
+        for Redis or the file system: the IO thread (process_io.ProcessIo) reads ahead, holds, prepares the next
+        items' files and applies the batched commits. When a command exits, the next one starts first; the
+        exited one's outcome is taken after that, while the new one runs."""
         ctx = self.ctx
         self.consumer = c = StreamConsumer(ctx.client, ctx.settings, stage=ctx.stage, input_stream=ctx.work.input,
                                            retry=retry_policy(ctx.pipeline, ctx.stage))
         self.processing = core_metrics.PROCESSING.labels(**self.labels)
-        held: dict[bytes, Delivery] = {}  # read and not yet finished: waiting, prepared or running
-        waiting: deque[Delivery] = deque()
-        ready: deque[tuple[Delivery, Prepared | Outcome]] = deque()  # prepared (or already failed), not started
-        running: dict[Child, tuple[Delivery, float]] = {}
+        unheld: dict[bytes, Delivery] = {}  # _settle's bookkeeping is the pool path's: here the IO thread's
+        running: dict[Child, Delivery] = {}
+        exited: list[tuple[Child, Delivery]] = []  # exited, their outcome not taken yet
         commit, first_result = Commit(), 0.0
-        beat_every = ctx.settings.visibility_timeout_ms / 3000
-        next_beat = time.monotonic() + beat_every
         workers = core_metrics.WORKERS.labels(**self.labels)
         workers.set(self.slots)
-        selector = selectors.DefaultSelector()
-        committer = _Committer(self.commit, f"bm-{ctx.stage}-commit")
         self._base_env = command_env()  # the same for every item: computed once, not per spawn
+        self._out_root = os.fspath(ctx.out_dir)  # resolved once, not per item
+        selector = selectors.DefaultSelector()
+        io = ProcessIo(c, self, self.commit, self._prepare, f"bm-{ctx.stage}-io")
+        selector.register(io.wake, selectors.EVENT_READ, None)
+        ready, half = io.ready, io.depth // 2
 
-        def mark_first() -> None:
+        def settle(delivery: Delivery, outcome: Outcome, seconds: float) -> None:
             nonlocal first_result
+            self._settle(commit, unheld, (delivery, outcome, seconds))
             first_result = first_result or time.monotonic()
 
-        def settle(delivery: Delivery, outcome: Outcome, began: float) -> None:
-            self._settle(commit, held, (delivery, outcome, time.perf_counter() - began))
-            mark_first()
-
         def start() -> None:
-            """Fill the free slots, then prepare the next items while those run."""
-            while len(running) < self.slots and (ready or waiting):
-                delivery, prepared = ready.popleft() if ready else self._prepare(waiting.popleft())
-                began = time.perf_counter()
-                if isinstance(prepared, Outcome):
-                    settle(delivery, prepared, began)
+            """Fill the free slots with prepared items."""
+            poke = False
+            while len(running) < self.slots and ready:
+                delivery, prepared = ready.popleft()
+                poke = poke or len(ready) == half
+                if isinstance(prepared, Outcome):  # its files could not be made: a failed attempt
+                    settle(delivery, prepared, 0.0)
                     continue
                 try:
                     child = Child(self.argv, prepared, timeout=ctx.work.timeout)
                 except OSError as exc:
                     prepared.discard()
                     settle(delivery, Outcome(False, reason=f"cannot start {self.argv[0]!r}: "
-                                                           f"{exc.strerror or exc}"), began)
+                                                           f"{exc.strerror or exc}"), 0.0)
                     continue
-                running[child] = (delivery, began)
+                running[child] = delivery
                 for fd in child.fds:
                     selector.register(fd, selectors.EVENT_READ, child)
-            while waiting and len(ready) < self.slots:
-                ready.append(self._prepare(waiting.popleft()))
+            if poke:  # after the spawns: the IO thread's work is not in their way
+                io.poke()
 
-        def end(child: Child) -> None:
+        def end(child: Child, delivery: Delivery) -> None:
             for fd in child.open:
                 selector.unregister(fd)
-            delivery, _ = running.pop(child)
             outcome = child.outcome()
             # its own run time (spawn to exit), not how soon this loop came back to it: sizes the read-ahead
-            self._settle(commit, held, (delivery, outcome, (child.exited or time.perf_counter()) - child.started))
-            mark_first()
+            settle(delivery, outcome, (child.exited or time.perf_counter()) - child.started)
 
         def watch(timeout: float) -> None:
             for key, _ in selector.select(timeout):
                 child = key.data
-                if child in running and child.feed(key.fd):
+                if child is None:
+                    io.drain()
+                elif child in running and child.feed(key.fd):
                     selector.unregister(key.fd)
-                    if child.finished:
-                        end(child)
+                    if child.finished:  # its slot is free: the next command starts before this one's outcome
+                        exited.append((child, running.pop(child)))
             now = time.monotonic()
             for child in [ch for ch in running if ch.deadline <= now]:
-                end(child)  # timed out: killed with its group
+                end(child, running.pop(child))  # timed out: killed with its group
+            start()
+            while exited:
+                end(*exited.pop())
 
         try:
             while not self.stopping.is_set():
-                ahead = self.read_ahead()
-                if len(held) <= self.slots + ahead // 2:
-                    block = 0 if held or commit else None  # block only when there is nothing else to do
-                    batch = c.read(count=self.slots + ahead - len(held), block_ms=block)
-                    waiting.extend(self._hold(batch, held, commit))
+                io.check()  # a failed Redis call (an outage) ends the loop here: run() starts over
                 start()
                 now = time.monotonic()
-                if commit and (not held or commit.completed + len(commit.retries) >= ahead
+                if commit and (not running or commit.completed + len(commit.retries) >= self.read_ahead()
                                or now - first_result >= FLUSH_AFTER_S):
-                    committer.put(commit)  # applied on its thread: the next command does not wait for Redis
+                    io.put(commit)  # committed on the IO thread: the next command does not wait for Redis
                     commit, first_result = Commit(), 0.0
-                committer.check()  # a failed commit (a Redis outage) ends the loop here: run() starts over
-                if held and now >= next_beat:
-                    c.client.xclaim(c.stream_key, c.group, c.consumer, min_idle_time=0, message_ids=list(held),
-                                    justid=True)  # reset idle time; JUSTID leaves the delivery count alone
-                    next_beat = now + beat_every
+                wait = IDLE_WAIT_S
+                if commit:
+                    wait = min(wait, first_result + FLUSH_AFTER_S - now)
                 if running:
-                    wait = 0.01 if len(running) < self.slots else beat_every  # idle slots: poll the stream soon
-                    if commit:
-                        wait = min(wait, first_result + FLUSH_AFTER_S - now)
                     wait = min(wait, min(ch.deadline for ch in running) - now)
-                    watch(max(0.0, wait))
-                    start()
+                watch(max(0.0, wait))
         finally:
             # Items not started stay pending in the stream (a restarted manager reclaims them); running ones end.
-            for _, prepared in ready:
-                if isinstance(prepared, Prepared):
-                    prepared.discard()
             while running:
                 watch(max(0.0, min(ch.deadline for ch in running) - time.monotonic()))
             selector.close()
-            committer.put(commit)
-            committer.close()
+            io.put(commit)
+            io.close()
             workers.set(0)
 
     def _hold(self, batch: list[Delivery], held: dict[bytes, Delivery], commit: Commit) -> list[Delivery]:
@@ -275,42 +266,6 @@ class ProcessExecutor(Executor):
         item = delivery.item
         assert item is not None
         try:
-            return delivery, prepare(item, self.ctx.out_dir / item.dirname, self.env, base=self._base_env)
+            return delivery, prepare(item, f"{self._out_root}/{item.dirname}", self.env, base=self._base_env)
         except Exception as exc:  # e.g. the output dir cannot be written: a failed attempt, not a crash
             return delivery, Outcome(False, reason=f"{type(exc).__name__}: {exc}")
-
-
-class _Committer:
-    """Applies the inline loop's batches of outcomes, in order, on a thread of its own: a commit's round trips never
-    hold up the start of the next command, and the hand-over is one per batch, not per item. After a failed commit
-    nothing more is applied (those items stay pending and are reclaimed, as when the loop itself fails); its error
-    is raised in the loop by `check` and by `close`."""
-
-    def __init__(self, apply: Callable[[Commit], None], name: str) -> None:
-        self.apply = apply
-        self.queue: queue.SimpleQueue[Commit | None] = queue.SimpleQueue()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.thread.start()
-
-    def put(self, commit: Commit) -> None:
-        if commit:
-            self.queue.put(commit)
-
-    def check(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def close(self) -> None:
-        """Apply what was handed over, stop the thread, raise a commit's error."""
-        self.queue.put(None)
-        self.thread.join()
-        self.check()
-
-    def _run(self) -> None:
-        while (commit := self.queue.get()) is not None:
-            if self.error is None:
-                try:
-                    self.apply(commit)
-                except BaseException as exc:  # raised in the loop's thread
-                    self.error = exc
