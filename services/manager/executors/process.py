@@ -19,6 +19,7 @@ import os
 import queue
 import selectors
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from services.core import Commit, Delivery, StreamConsumer
@@ -156,9 +157,11 @@ class ProcessExecutor(Executor):
     def _run_inline(self) -> None:
         """The loop of `run` for commands run by this process: up to `slots` children at once, each watched by its
         pipes and pidfd in one selector (no thread per item, no queue hop per result). This thread never waits
-        for Redis or the file system: the IO thread (process_io.ProcessIo) reads ahead, holds, prepares the next
-        items' files and applies the batched commits. When a command exits, the next one starts first; the
-        exited one's outcome is taken after that, while the new one runs."""
+        for Redis: the IO thread (process_io.ProcessIo) reads ahead, holds and applies the batched commits. When a
+        command exits, the next one starts first; the exited one's outcome is taken after that, and the next
+        items' files are prepared (core.command.prepare), while the new one runs. (Preparing on the IO thread
+        instead was no faster on a loaded 2-core machine, often slower: its Python work between file system calls
+        contends for the GIL while commands start and end.)"""
         ctx = self.ctx
         self.consumer = c = StreamConsumer(ctx.client, ctx.settings, stage=ctx.stage, input_stream=ctx.work.input,
                                            retry=retry_policy(ctx.pipeline, ctx.stage))
@@ -172,9 +175,10 @@ class ProcessExecutor(Executor):
         self._base_env = command_env()  # the same for every item: computed once, not per spawn
         self._out_root = os.fspath(ctx.out_dir)  # resolved once, not per item
         selector = selectors.DefaultSelector()
-        io = ProcessIo(c, self, self.commit, self._prepare, f"bm-{ctx.stage}-io")
+        io = ProcessIo(c, self, self.commit, f"bm-{ctx.stage}-io")
         selector.register(io.wake, selectors.EVENT_READ, None)
-        ready, half = io.ready, io.depth // 2
+        read = io.ready
+        ready: deque[tuple[Delivery, Prepared | Outcome]] = deque()  # prepared (or already failed), not started
 
         def settle(delivery: Delivery, outcome: Outcome, seconds: float) -> None:
             nonlocal first_result
@@ -182,11 +186,9 @@ class ProcessExecutor(Executor):
             first_result = first_result or time.monotonic()
 
         def start() -> None:
-            """Fill the free slots with prepared items."""
-            poke = False
-            while len(running) < self.slots and ready:
-                delivery, prepared = ready.popleft()
-                poke = poke or len(ready) == half
+            """Fill the free slots, then prepare the next items while those run."""
+            while len(running) < self.slots and (ready or read):
+                delivery, prepared = ready.popleft() if ready else self._prepare(read.popleft())
                 if isinstance(prepared, Outcome):  # its files could not be made: a failed attempt
                     settle(delivery, prepared, 0.0)
                     continue
@@ -200,8 +202,6 @@ class ProcessExecutor(Executor):
                 running[child] = delivery
                 for fd in child.fds:
                     selector.register(fd, selectors.EVENT_READ, child)
-            if poke:  # after the spawns: the IO thread's work is not in their way
-                io.poke()
 
         def end(child: Child, delivery: Delivery) -> None:
             for fd in child.open:
@@ -210,7 +210,7 @@ class ProcessExecutor(Executor):
             # its own run time (spawn to exit), not how soon this loop came back to it: sizes the read-ahead
             settle(delivery, outcome, (child.exited or time.perf_counter()) - child.started)
 
-        def watch(timeout: float) -> None:
+        def watch(timeout: float, refill: bool = True) -> None:
             for key, _ in selector.select(timeout):
                 child = key.data
                 if child is None:
@@ -222,9 +222,12 @@ class ProcessExecutor(Executor):
             now = time.monotonic()
             for child in [ch for ch in running if ch.deadline <= now]:
                 end(child, running.pop(child))  # timed out: killed with its group
-            start()
+            if refill:
+                start()
             while exited:
                 end(*exited.pop())
+            while refill and read and len(ready) < self.slots:
+                ready.append(self._prepare(read.popleft()))
 
         try:
             while not self.stopping.is_set():
@@ -243,8 +246,11 @@ class ProcessExecutor(Executor):
                 watch(max(0.0, wait))
         finally:
             # Items not started stay pending in the stream (a restarted manager reclaims them); running ones end.
+            for _, prepared in ready:
+                if isinstance(prepared, Prepared):
+                    prepared.discard()
             while running:
-                watch(max(0.0, min(ch.deadline for ch in running) - time.monotonic()))
+                watch(max(0.0, min(ch.deadline for ch in running) - time.monotonic()), refill=False)
             selector.close()
             io.put(commit)
             io.close()
