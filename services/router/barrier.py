@@ -21,9 +21,8 @@ import socket
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from redis import Redis
@@ -32,12 +31,12 @@ from services.core import DONE, Commit, Delivery, Keys, Settings, StreamConsumer
 from services.core import metrics as core_metrics
 from services.core.batch_decode import deliveries as decode_deliveries
 from services.core.health import RoleHealth
-from services.core.item import encode_json
+from services.core.item import FIELD, encode_json
 from services.core.keys import BATCH_TTL_S
 from services.core.reconnect import Reconnect
-from services.core.spec import Pipeline
 
-from .barrier_fold import MAX_INCREMENTS, Arrival, Entry, Pending, chunks, raw_size, summed
+from .barrier_fold import MAX_INCREMENTS, SMALL, Arrival, Entry, Part, Pending, Presum, chunks, raw_size, summed
+from .barrier_plan import BarrierPlan
 from .barrier_read import light_document
 from .barrier_scripts import EMIT, FOLD_SUM, STEP
 
@@ -48,33 +47,6 @@ RECENT_BATCHES = 20
 SWEEP_EVERY_S = 5.0  # how often every open batch is re-checked, not only the recent ones (and at start)
 EVENTS_KEPT = 10_000
 GATHER_BYTES = 8 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class BarrierPlan:
-    """What a barrier needs from the whole pipeline graph."""
-
-    dead_stages: list[str]  # whose dead-lettered items of a batch it stops waiting for
-    expected: int | None  # a fixed number of arrivals per batch (partial aggregates), else the manifest's items
-    read: bool  # some stage reads its output stream
-    siblings: list[str]  # sharded reducers: an item another of them folded is not coming here
-    reported: list[str] | None = None  # whose dead-lettered items it reports as failed (default: dead_stages)
-
-    @classmethod
-    def of(cls, pipeline: Pipeline, stage: str) -> BarrierPlan:
-        sources = pipeline.barrier_sources(stage)
-        siblings = pipeline.barrier_siblings(stage)
-        upstream = pipeline.upstream(pipeline.stages[stage].body.input) | {stage}
-        # A merging reduce waits for its partials: only a partial dead-lettered after its barrier is not coming,
-        # never an item dead-lettered before (counting those would fire it early). A sharded reducer does not
-        # wait for an item its sibling dead-lettered (a bad value) either.
-        def through(name: str) -> set[str]:
-            return pipeline.upstream(pipeline.stages[name].body.input) | {name}
-
-        before = set().union(*(through(s) for s in sources))
-        beside = set().union(*(through(s) for s in siblings))  # a sibling's map dead-letters items of this batch
-        return cls(sorted((upstream - before) | beside), len(sources) if sources else None,
-                   bool(pipeline.readers(stage)), siblings, sorted(upstream | beside))
 
 
 class Barrier:
@@ -111,6 +83,20 @@ class Barrier:
         """The light way (barrier_read): what a plainly valid item's document contributes, or None when the item
         must go the usual way (`arrival`: it may be refused, or needs more than its document)."""
         return None
+
+    def presum_state(self) -> Any:
+        """The light way, pre-summed (Presum): a fresh running sum of a batch's items in a part, or None (the
+        kind does not pre-sum: `arrival_doc`)."""
+        return None
+
+    def presum(self, doc: dict[str, Any], raw_bytes: int, into: Presum) -> bool:
+        """Add a plainly valid item's increments (its document; its JSON's length) to `into`, when they are all in
+        summed's domain; else False and `into` unchanged: `arrival_doc` then takes it, or the usual way."""
+        return False
+
+    def presum_fields(self, part: Presum) -> dict[str, int]:
+        """A Presum's sums per aggregate field (summed's form)."""
+        raise NotImplementedError
 
     def output(self, batch: str, summary: dict[str, Any]) -> dict[str, Any]:
         """The data of the item put on the stage's stream when the batch is complete."""
@@ -165,42 +151,47 @@ class Barrier:
     def _take_backlog(self, deliveries: list[Delivery]) -> int:
         """A backlog: read on (batch_size entries per XREADGROUP) into parts of up to `gather` entries (and
         GATHER_BYTES of items), for at most CHECK_EVERY_S. Each part is applied (its dead letters, its folds, a
-        fired batch's output) on the fold thread while this one reads and decodes the next part: Python and Redis
-        overlap. Parts are applied one at a time, in order, each after the previous one finished, exactly as
-        `take` would apply them one after the other; the step returns when every part it read is applied. The
-        reads after the first are plain reads of new entries, left undecoded (`_prepare` decodes them the light
-        way, barrier_read); a reclaim due ends the step instead (a reclaim never runs while a part is in flight:
-        it could take this consumer's own entries of that part back)."""
-        size, taken, pending = self.settings.batch_size, 0, None
+        fired batch's output) on the fold thread while this one decodes the next part: Python and Redis overlap.
+        The next part is read before a part is handed to the fold thread, so that Redis is not busy with the
+        part's fold while this thread waits for the read (the fold then runs while the next part is decoded).
+        Parts are applied one at a time, in order, each after the previous one finished, exactly as `take` would
+        apply them one after the other; the step returns when every part it read is applied. The reads after the
+        first are plain reads of new entries, left undecoded (`_prepare` decodes them the light way,
+        barrier_read); a reclaim due ends the step instead (a reclaim never runs while a part is in flight: it
+        could take this consumer's own entries of that part back)."""
         until = time.monotonic() + CHECK_EVERY_S
-        full = True
-        part: list[Delivery | Entry] = list(deliveries)
+        part, full = self._read_part(list(deliveries))
+        taken, pending = 0, None
         try:
             while part:
-                held = sum(raw_size(x) for x in part)
-                while full and len(part) < self.gather and held < GATHER_BYTES:
-                    ask = min(size, self.gather - len(part))
-                    more = self.consumer.read_new_fields(ask)
-                    if more is None:  # a reclaim is due: the next step's read does it, every part applied by then
-                        full = False
-                        break
-                    part += more
-                    held += sum(raw_size(x) for x in more)
-                    full = len(more) == ask
                 prepared = self._prepare(part)
                 taken += len(part)
+                part = []
+                if full and time.monotonic() < until:
+                    part, full = self._read_part([])  # Redis reads it while nothing of ours is running there
                 if pending is not None:
                     pending, done = None, pending
                     done.result()  # the previous part is applied (or its error is raised here)
                 pending = self._fold_thread().submit(self._apply, *prepared)
-                if not full or time.monotonic() >= until:
-                    break
-                more = self.consumer.read_new_fields(size)
-                part, full = list(more or ()), more is not None and len(more) == size
         finally:
             if pending is not None:
                 pending.result()
         return taken
+
+    def _read_part(self, part: list[Delivery | Entry]) -> tuple[list[Delivery | Entry], bool]:
+        """Read on into `part` up to `gather` entries and GATHER_BYTES; (the part, whether the last read was
+        full: more may be waiting). A reclaim due stops the reads (not full)."""
+        size, held = self.settings.batch_size, sum(raw_size(x) for x in part)
+        while len(part) < self.gather and held < GATHER_BYTES:
+            ask = min(size, self.gather - len(part))
+            more = self.consumer.read_new_fields(ask)
+            if more is None:  # a reclaim is due: the next step's read does it, every part applied by then
+                return part, False
+            part += more
+            held += sum(len(fields.get(FIELD) or b"") for _, fields in more)
+            if len(more) < ask:
+                return part, False
+        return part, True
 
     def _fold_thread(self) -> ThreadPoolExecutor:
         if self._folding is None:
@@ -210,22 +201,43 @@ class Barrier:
     def take(self, deliveries: list[Delivery]) -> None:
         self._apply(*self._prepare(deliveries))
 
-    def _prepare(self, deliveries: list[Delivery] | list[Delivery | Entry],
-                 ) -> tuple[Commit, dict[str, list[tuple[Delivery | Pending, Arrival]]]]:
+    def _prepare(self, deliveries: list[Delivery] | list[Delivery | Entry]) -> tuple[Commit, dict[str, Part]]:
         """What a read does: its dead letters (malformed, no batch, refused by the kind), its arrivals by batch, in
-        the read's order. An undecoded entry (`_take_backlog`) whose document the kind folds the light way
-        (`arrival_doc`) is not decoded further; any other goes the usual way (core.batch_decode)."""
+        the read's order. An undecoded entry (`_take_backlog`) whose document the kind folds the light way is not
+        decoded further: pre-summed (`presum`) while every item of its batch in the part could be, else
+        `arrival_doc`; any other goes the usual way (core.batch_decode)."""
         rejects = Commit()
-        by_batch: dict[str, list[tuple[Delivery | Pending, Arrival]]] = defaultdict(list)
+        by_batch: dict[str, Part] = {}
+        presums = self.presum_state() is not None
         for d in deliveries:
+            doc: dict[str, Any] | None = None
             if type(d) is tuple:
-                entry_id, fields = d
-                light = light_document(fields)
-                arrival = self.arrival_doc(light[0]) if light is not None else None
-                if arrival is not None and arrival.size <= MAX_INCREMENTS:
-                    by_batch[light[0]["batch"]].append((Pending(entry_id, light[1] + 1), arrival))  # type: ignore
-                    continue
-                d = decode_deliveries([d], {})[0]
+                light = light_document(d[1])
+                if light is None:
+                    d = decode_deliveries([d], {})[0]
+                else:
+                    doc, carrier, size = light[0], Pending(d[0], light[1] + 1), len(d[1][FIELD])
+            elif presums and d.item is not None and d.item.batch:  # type: ignore[union-attr]
+                item = d.item  # type: ignore[union-attr]
+                doc = {"id": item.id, "name": item.id, "data": item.data, "version": item.version, "batch": item.batch}
+                carrier, size = d, len(d.raw)  # type: ignore[union-attr]
+            if doc is not None:
+                batch, part = doc["batch"], by_batch.get(doc["batch"])
+                if part is None and presums:
+                    part = by_batch[batch] = Presum(self.presum_state())
+                if type(part) is Presum:
+                    if doc["id"] not in part.ids and self.presum(doc, size, part):
+                        part.pending.append(carrier)
+                        part.ids[doc["id"]] = None
+                        part.docs.append(doc)
+                        continue
+                    part = by_batch[batch] = part.arrivals(self.arrival_doc)  # the usual form from here on
+                if type(d) is tuple:
+                    arrival = self.arrival_doc(doc)
+                    if arrival is not None and arrival.size <= MAX_INCREMENTS:
+                        by_batch.setdefault(batch, []).append((carrier, arrival))  # type: ignore[union-attr]
+                        continue
+                    d = decode_deliveries([d], {})[0]
             assert isinstance(d, Delivery)
             if d.item is None:
                 rejects.dead_letter(d, d.malformed or "malformed item")
@@ -237,18 +249,26 @@ class Barrier:
                     if arrival.size > MAX_INCREMENTS:
                         raise ValueError(f"{arrival.size} aggregate entries in one item, at most "
                                          f"{MAX_INCREMENTS:,}: split it upstream")
-                    by_batch[d.item.batch].append((d, arrival))
+                    part = by_batch.get(d.item.batch)
+                    if type(part) is Presum:
+                        part = by_batch[d.item.batch] = part.arrivals(self.arrival_doc)
+                    by_batch.setdefault(d.item.batch, []).append((d, arrival))  # type: ignore[union-attr]
                 except ValueError as exc:
                     rejects.dead_letter(d, f"{self.kind}: {exc}")
         return rejects, by_batch
 
-    def _apply(self, rejects: Commit, by_batch: dict[str, list[tuple[Delivery | Pending, Arrival]]]) -> None:
+    def _apply(self, rejects: Commit, by_batch: dict[str, Part]) -> None:
         self.consumer.commit(rejects)  # dead-lettered items count as resolved for the barrier: before the check
         for batch, arrivals in by_batch.items():
-            fired, late = False, 0
-            for chunk in chunks(arrivals):
-                now_fired, now_late = self._fold(batch, chunk)
-                fired, late = fired or now_fired, late + now_late
+            if not arrivals:  # a Presum that declined its first item, which was then refused
+                continue
+            if type(arrivals) is Presum:
+                fired, late = self._fold_presum(batch, arrivals)
+            else:
+                fired, late = False, 0
+                for chunk in chunks(arrivals):  # type: ignore[arg-type]
+                    now_fired, now_late = self._fold(batch, chunk)
+                    fired, late = fired or now_fired, late + now_late
             if fired:
                 self._finish(batch)
             if late:
@@ -278,20 +298,37 @@ class Barrier:
         if arrivals and not self.emits_held:
             sums = summed(arrivals)
             if sums is not None:
-                flat: list[bytes] = []
-                for field, total in sums[1].items():
-                    flat += (field.encode(), b"%d" % total)
-                reply = self._fold_sum(keys=self._step_keys(batch), args=[
-                    *self._step_args(arrivals), len(sums[0]), *sums[0], len(sums[1]), *flat])
-                if int(reply[0]) >= 0:
-                    folded, fired, late, _ = reply
-                    self.consumer.m_out.inc(int(folded))
-                    return bool(fired), int(late)
+                done = self._fold_sum_call(batch, [d.entry_id for d, _ in arrivals], sums[0], sums[1])
+                if done is not None:
+                    return done
         return self._fold_items(batch, arrivals)
 
-    def _step_args(self, arrivals: list[tuple[Delivery | Pending, Arrival]]) -> list[Any]:
+    def _fold_presum(self, batch: str, part: Presum) -> tuple[bool, int]:
+        """A Presum's items: FOLD_SUM (one call: the part's arguments are bounded), or STEP should it decline."""
+        done = self._fold_sum_call(batch, [p.entry_id for p in part.pending], part.ids, self.presum_fields(part))
+        return done if done is not None else self._fold_items(batch, part.arrivals(self.arrival_doc))
+
+    def _fold_sum_call(self, batch: str, entry_ids: list[bytes], ids: Iterable[str], sums: dict[str, int],
+                       ) -> tuple[bool, int] | None:
+        """FOLD_SUM of the items (their entry ids, their distinct item ids, their increments summed per field): (fired,
+        late), or None when a sum is beyond its domain (SMALL) or the script declines: fold them item by item."""
+        if any(not -SMALL < total < SMALL for total in sums.values()):
+            return None
+        flat: list[str] = []
+        for field, total in sums.items():
+            flat += (field, str(total))
+        ids = list(ids)
+        reply = self._fold_sum(keys=self._step_keys(batch), args=[
+            *self._step_args(entry_ids), len(ids), *ids, len(sums), *flat])
+        if int(reply[0]) < 0:
+            return None
+        folded, fired, late, _ = reply
+        self.consumer.m_out.inc(int(folded))
+        return bool(fired), int(late)
+
+    def _step_args(self, entry_ids: list[bytes]) -> list[Any]:
         return [self.stage, "" if self.plan.expected is None else self.plan.expected, f"{time.time():.3f}",
-                BATCH_TTL_S, len(arrivals), *(d.entry_id for d, _ in arrivals)]
+                BATCH_TTL_S, len(entry_ids), *entry_ids]
 
     def _step_keys(self, batch: str) -> list[str]:
         k = self.keys
@@ -306,7 +343,7 @@ class Barrier:
 
     def _fold_items(self, batch: str, arrivals: list[tuple[Delivery | Pending, Arrival]]) -> tuple[bool, int]:
         """STEP: the arrivals item by item (every case: duplicates, late items, holds, amounts that may fail)."""
-        args = self._step_args(arrivals)
+        args = self._step_args([d.entry_id for d, _ in arrivals])
         for d, a in arrivals:
             increments = a.all_increments()
             args += [a.id, a.hold, d.deliveries, "1" if a.small else "", len(increments),

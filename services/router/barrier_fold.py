@@ -1,10 +1,13 @@
 """What a barrier's fold is made of (services.router.barrier): one item's arrival, the pre-summed form of a
-chunk of them (barrier_scripts.FOLD_SUM), and the split of a step into script calls of bounded size."""
+chunk of them (barrier_scripts.FOLD_SUM) or of a part's items summed as they are decoded (Presum), and the split
+of a step into script calls of bounded size."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from services.core import Delivery
 from services.core.item import FIELD
@@ -97,3 +100,31 @@ def chunks(arrivals: list[tuple[Delivery | Pending, Arrival]]) -> list[list[tupl
         chunks[-1].append(pair)
         size += cost
     return chunks
+
+
+class Presum:
+    """A part's light items of one batch (Barrier._take_backlog), pre-summed as they are decoded, for a kind that
+    can (Reduce.presum: the same domain as summed's): their deliveries and ids in read order (every id once: a
+    second copy makes the batch go the usual way), their documents (for STEP, should FOLD_SUM decline), the kind's
+    running sums (`state`, its own layout) and the arguments the items cost (at most one script call's)."""
+
+    __slots__ = ("cost", "docs", "ids", "pending", "state")
+
+    def __init__(self, state: Any) -> None:
+        self.pending: list[Pending | Delivery] = []
+        self.ids: dict[str, None] = {}
+        self.docs: list[dict[str, Any]] = []
+        self.state, self.cost = state, 0
+
+    def arrivals(self, arrival_doc: Callable[[dict[str, Any]], Arrival | None],
+                 ) -> list[tuple[Pending | Delivery, Arrival]]:
+        """The items in the usual form (`arrival_doc` takes every document `presum` took)."""
+        out: list[tuple[Pending | Delivery, Arrival]] = []
+        for pending, doc in zip(self.pending, self.docs, strict=True):
+            arrival = arrival_doc(doc)
+            assert arrival is not None, doc["id"]
+            out.append((pending, arrival))
+        return out
+
+
+Part = list[tuple[Delivery | Pending, Arrival]] | Presum  # a part's arrivals of one batch (Barrier._prepare)

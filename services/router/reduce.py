@@ -21,6 +21,7 @@ from services.core.expressions import compile_expression, route_key, truthy
 from services.core.spec_barriers import FoldSpec, ReduceSpec
 
 from .barrier import Arrival, Barrier
+from .barrier_fold import MAX_ARGS, MAX_INCREMENTS, Presum
 from .document import document
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,9 @@ class Reduce(Barrier):
         self.operators = {name: fold.operator for name, fold in spec.fold.items()}
         self.path = self.settings.out_dir / spec.write if spec.write else None
         self._written: dict[str, tuple[int, float]] = {}  # batch -> (arrived, when) of its last running write
+        # pre-summing (presum) is for folds of counts and sums only (a histogram's keys are `increments`')
+        self._plan = [(f.op, f.name, f.expression) for f in self.folders] if all(
+            f.op in ("count", "sum") for f in self.folders) else None
 
     def arrival(self, delivery: Delivery) -> Arrival:
         assert delivery.item is not None
@@ -182,6 +186,63 @@ class Reduce(Barrier):
             if not folder.add_ints(doc, ints):
                 return None
         return Arrival(doc["id"], ints=ints)
+
+    def presum_state(self) -> list[list[Any]] | None:
+        """Per aggregate: [items counted, None] for a count; [sum of its integer values or None, {key: sum of an
+        object's values}] for a sum."""
+        return None if self._plan is None else [[0, None] if op == "count" else [None, {}] for op, _, _ in self._plan]
+
+    def presum(self, doc: dict[str, Any], raw_bytes: int, into: Presum) -> bool:
+        """`add_ints` of every aggregate, added to the batch's running sums instead of an item's own dict: the
+        same domain (a count; a sum of an integer or of an object of integers, each of at most MAX_DIGITS digits:
+        not checked when the item's JSON is shorter than that); False (into unchanged) for anything else."""
+        found: list[Any] = []
+        size = 0  # at least the item's `Arrival.size` (a count not truthy adds no field)
+        for op, _, expression in self._plan or ():
+            value = True if expression is None else expression.search(doc)
+            if op == "count":
+                value = truthy(value)
+                size += 1
+            elif type(value) is dict:
+                for v in value.values():
+                    if type(v) is not int:
+                        return False
+                if raw_bytes > MAX_DIGITS and not all(-_LIMIT < v < _LIMIT for v in value.values()):
+                    return False
+                size += len(value)
+            elif type(value) is int:
+                if raw_bytes > MAX_DIGITS and not -_LIMIT < value < _LIMIT:
+                    return False
+                size += 1
+            elif value is not None:
+                return False
+            found.append(value)
+        cost = 6 + 3 * size  # barrier_fold.chunks' count: the part stays one script call
+        if not found or size > MAX_INCREMENTS or into.pending and into.cost + cost > MAX_ARGS - 1000:
+            return False
+        into.cost += cost
+        for (op, _, _), value, sums in zip(self._plan or (), found, into.state, strict=True):
+            if op == "count":
+                sums[0] += value
+            elif type(value) is dict:
+                keyed = sums[1]
+                get = keyed.get
+                for key, v in value.items():
+                    keyed[key] = get(key, 0) + v
+            elif value is not None:
+                sums[0] = value if sums[0] is None else sums[0] + value
+        return True
+
+    def presum_fields(self, part: Presum) -> dict[str, int]:
+        fields: dict[str, int] = {}
+        for (op, name, _), (total, keyed) in zip(self._plan or (), part.state, strict=True):
+            if total is not None and (op == "sum" or total):  # a count that counted nothing adds no field
+                fields[name] = total
+            if keyed:
+                prefix = f"{name}{SEP}"
+                for key, v in keyed.items():
+                    fields[prefix + key] = v
+        return fields
 
     def result(self, batch: str, summary: dict[str, Any], *, final: bool) -> dict[str, Any]:
         agg = aggregate(self.client, self.keys, self.stage, batch, self.operators)
