@@ -35,15 +35,25 @@ log = logging.getLogger(__name__)
 # versions, then their n encoded items (names first: the HMGETs take them straight from ARGV, no table is built).
 # Returns {new, busy}.
 # The state change is core.progress's (states hash + counts hash in step), inlined: a script cannot call one.
-# Per call: one HMGET of the versions and one of the states for every candidate, one XADD per dispatched item, then
-# one HSET of the versions, one of the states and one SADD for all of them (a script is atomic: nobody sees the
-# stream entries before the states). A name given twice in one call is dispatched at most once: after its first
+# Per call: one HMGET of the states of every candidate and one of the versions of those that have a state, one XADD
+# per dispatched item, then one HSET of the versions, one of the states and one SADD for all of them (a script is
+# atomic: nobody sees the stream entries before the states). Only an item with a state can have a version: this
+# script is the only writer of versions and writes the state in the same call, and nothing removes a state (core.
+# progress moves it, a pipeline reset unlinks whole keys). So an item without a state is new, and a first pass
+# (every item new) looks up the states alone. A name given twice in one call is dispatched at most once: after its first
 # dispatch it is in flight (`queued`), as the per-item HGETs of a sequential check would see it.
 _DISPATCH = """
 local n = #ARGV / 3
 if n == 0 then return {0, 0} end
-local versions = redis.call('HMGET', KEYS[1], unpack(ARGV, 1, n))
 local states = redis.call('HMGET', KEYS[2], unpack(ARGV, 1, n))
+local versions, held, at = {}, {}, {}
+for i = 1, n do
+  if states[i] then at[#at + 1] = i; held[#at] = ARGV[i] end
+end
+if #at > 0 then
+  local got = redis.call('HMGET', KEYS[1], unpack(held))
+  for j = 1, #at do versions[at[j]] = got[j] end
+end
 local new, busy, left, sent = 0, 0, {}, {}
 local vpairs, spairs, members = {}, {}, {}
 local stream = KEYS[4]
