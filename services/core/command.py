@@ -309,8 +309,12 @@ def _write_item_file(item: WorkItem) -> str:
             if fresh:
                 raise
             continue
-        with os.fdopen(fd, "wb") as f:
-            f.write(document)
+        try:  # os.write, not a file object: no fstat, no buffer
+            view = memoryview(document)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
         return path
     raise AssertionError("unreachable")
 
