@@ -43,6 +43,7 @@ from .barrier_scripts import EMIT, FOLD_SUM, STEP
 log = logging.getLogger(__name__)
 
 CHECK_EVERY_S = 0.2  # how often recent batches are re-checked when no item arrives
+BACKLOG_STEP_S = 1.0  # a step's length under a backlog at most: its last fold overlaps nothing, a long step loses less
 RECENT_BATCHES = 20
 SWEEP_EVERY_S = 5.0  # how often every open batch is re-checked, not only the recent ones (and at start)
 EVENTS_KEPT = 10_000
@@ -85,8 +86,7 @@ class Barrier:
         return None
 
     def presum_state(self) -> Any:
-        """The light way, pre-summed (Presum): a fresh running sum of a batch's items in a part, or None (the
-        kind does not pre-sum: `arrival_doc`)."""
+        """A fresh running sum of a batch's items in a part (Presum), or None: the kind does not pre-sum."""
         return None
 
     def presum(self, doc: dict[str, Any], raw_bytes: int, into: Presum) -> bool:
@@ -150,16 +150,15 @@ class Barrier:
 
     def _take_backlog(self, deliveries: list[Delivery]) -> int:
         """A backlog: read on (batch_size entries per XREADGROUP) into parts of up to `gather` entries (and
-        GATHER_BYTES of items), for at most CHECK_EVERY_S. Each part is applied (its dead letters, its folds, a
+        GATHER_BYTES of items), for at most BACKLOG_STEP_S. Each part is applied (its dead letters, its folds, a
         fired batch's output) on the fold thread while this one decodes the next part: Python and Redis overlap.
-        The next part is read before a part is handed to the fold thread, so that Redis is not busy with the
-        part's fold while this thread waits for the read (the fold then runs while the next part is decoded).
-        Parts are applied one at a time, in order, each after the previous one finished, exactly as `take` would
-        apply them one after the other; the step returns when every part it read is applied. The reads after the
-        first are plain reads of new entries, left undecoded (`_prepare` decodes them the light way,
-        barrier_read); a reclaim due ends the step instead (a reclaim never runs while a part is in flight: it
-        could take this consumer's own entries of that part back)."""
-        until = time.monotonic() + CHECK_EVERY_S
+        The next part is read before a part is handed over: Redis is not busy with that part's fold while this
+        thread waits on the read. Parts are applied one at a time, in order, each after the previous one
+        finished, exactly as `take` would apply them one after the other; the step returns when every part it
+        read is applied. The reads after the first are plain reads of new entries, left undecoded (`_prepare`
+        decodes them the light way, barrier_read); a reclaim due ends the step instead (a reclaim never runs
+        while a part is in flight: it could take this consumer's own entries of that part back)."""
+        until = time.monotonic() + BACKLOG_STEP_S
         part, full = self._read_part(list(deliveries))
         taken, pending = 0, None
         try:
