@@ -135,7 +135,7 @@ class ProcessIo:
     def _read(self) -> bool:
         """One read of new (or reclaimed) entries, held. True when it came back short."""
         c = self.consumer
-        count = self.sizing.slots + self.sizing.read_ahead() - len(self.in_flight)
+        count = max(1, self.sizing.slots + self.sizing.read_ahead() - len(self.in_flight))  # sizing moves meanwhile
         # Nothing in hand: nothing to commit or prepare can come while the read waits for entries (block_ms).
         batch = c.read(count=count, block_ms=None if not self.in_flight else 0)
         good, dead = [], Commit()
