@@ -24,10 +24,11 @@ _EXPONENT = re.compile(rb"[eE]\+?0*[1-9]\d{2}")  # core.strict_json._SUSPECT's t
 
 def suspect(raw: bytes) -> bool:
     """core.strict_json.suspect, the same answer for every input, faster: its regex (NaN|Infinity|an exponent of
-    three digits) tried position by position costs ~2 us on a 200-byte item; two substring tests and the exponent
-    pattern only where an e/E occurs give the same result."""
-    return (b"NaN" in raw or b"Infinity" in raw
-            or ((b"e" in raw or b"E" in raw) and _EXPONENT.search(raw) is not None))
+    three digits) tried position by position costs ~2 us on a 200-byte item; two substring searches and the
+    exponent pattern only where an e/E occurs give the same result. (`bytes.find`, not `in`: `x in raw` first tries
+    x as an integer, and the TypeError it raises and clears costs more than the search.)"""
+    return (raw.find(b"NaN") >= 0 or raw.find(b"Infinity") >= 0
+            or ((raw.find(b"e") >= 0 or raw.find(b"E") >= 0) and _EXPONENT.search(raw) is not None))
 
 
 def light_document(fields: dict[bytes, bytes]) -> tuple[dict[str, Any], int] | None:

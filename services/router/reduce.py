@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -190,15 +191,18 @@ class Reduce(Barrier):
     def presum_state(self) -> list[list[Any]] | None:
         """Per aggregate: [items counted, None] for a count; [sum of its integer values or None, {key: sum of an
         object's values}] for a sum."""
-        return None if self._plan is None else [[0, None] if op == "count" else [None, {}] for op, _, _ in self._plan]
+        return None if self._plan is None else [[0, None] if op == "count" else [None, defaultdict(int)]
+                                                for op, _, _ in self._plan]
 
     def presum(self, doc: dict[str, Any], raw_bytes: int, into: Presum) -> bool:
         """`add_ints` of every aggregate, added to the batch's running sums instead of an item's own dict: the
         same domain (a count; a sum of an integer or of an object of integers, each of at most MAX_DIGITS digits:
         not checked when the item's JSON is shorter than that); False (into unchanged) for anything else."""
+        if self._plan is None:
+            return False
         found: list[Any] = []
         size = 0  # at least the item's `Arrival.size` (a count not truthy adds no field)
-        for op, _, expression in self._plan or ():
+        for op, _, expression in self._plan:
             value = True if expression is None else expression.search(doc)
             if op == "count":
                 value = truthy(value)
@@ -221,15 +225,18 @@ class Reduce(Barrier):
         if not found or size > MAX_INCREMENTS or into.pending and into.cost + cost > MAX_ARGS - 1000:
             return False
         into.cost += cost
-        for (op, _, _), value, sums in zip(self._plan or (), found, into.state, strict=True):
-            if op == "count":
-                sums[0] += value
+        state = into.state
+        for i, value in enumerate(found):
+            if value is None or value is False:  # nothing to sum, or not counted
+                continue
+            sums = state[i]
+            if value is True:  # counted (a sum's value is never a bool: refused above)
+                sums[0] += 1
             elif type(value) is dict:
                 keyed = sums[1]
-                get = keyed.get
                 for key, v in value.items():
-                    keyed[key] = get(key, 0) + v
-            elif value is not None:
+                    keyed[key] += v
+            else:
                 sums[0] = value if sums[0] is None else sums[0] + value
         return True
 
