@@ -1,15 +1,20 @@
 """The dispatch script looks up versions only for items that have a state (issue 12 first pass: a first pass looks up
 the states alone). The rule is unchanged: an item is work when its version differs from the one last dispatched,
 unless it is in flight (queued, running, failed). Covered here: items with a state but no version (an entry
-anyone XADDed and a worker marked), items with both, and items with neither, mixed in one call."""
+anyone XADDed and a worker marked), items with both, and items with neither, mixed in one call; and the pipe's
+EVALSHA calls after a SCRIPT FLUSH mid-page (answered NOSCRIPT, so not run: re-run with the text, each item once)."""
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import redis
 
 from services.core.keys import Keys
 from services.core.progress import Progress
 from services.manager import diff
+from services.manager.script_pipe import ScriptPipe
 
 
 def test_each_item_of_a_mixed_call_is_decided_by_its_state_and_version(client: redis.Redis,
@@ -36,3 +41,28 @@ def test_each_item_of_a_mixed_call_is_decided_by_its_state_and_version(client: r
     counts = progress.counts()
     assert (counts["queued"], counts["running"], counts["failed"], counts["done"]) == (3, 2, 1, 1)
     assert d.dispatch(page).new == 0  # all in flight or known now
+
+
+def test_calls_answered_noscript_after_a_script_flush_mid_page_run_once_each(client: redis.Redis,
+                                                                              pipeline_name: str,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    flushed: list[bool] = []
+
+    class FlushedAfterTwoCalls(ScriptPipe):  # the calls are EVALSHA: the ones Redis meets after the flush fail whole
+        def send(self, args: list) -> None:  # type: ignore[override]
+            super().send(args)
+            if len(self._sent) == 2 and not flushed:
+                flushed.append(bool(client.script_flush()))
+
+    monkeypatch.setattr(diff, "ScriptPipe", FlushedAfterTwoCalls)
+    keys = Keys(pipeline_name)
+    n = diff.FIRST_CHUNK + 4 * diff.SCRIPT_CHUNK
+    page = [{"name": f"i-{i}", "version": "1"} for i in range(n)]
+    d = diff.Dispatcher(client, keys, Progress(client, keys), batch="b")
+    stats = d.dispatch(page)
+    assert flushed == [True]
+    ids = [json.loads(fields[b"item"])["id"] for _, fields in client.xrange(keys.stream("source"))]
+    assert sorted(ids) == sorted(item["name"] for item in page)  # each once, none lost
+    assert (stats.new, stats.known, stats.invalid) == (n, 0, 0) and not d.reran  # a NOSCRIPT call had not run
+    assert Progress(client, keys).counts()["queued"] == n
+    assert d.dispatch(page).new == 0
