@@ -52,6 +52,14 @@ class Commit:
         self.complete(delivery)
         self.sink_results[delivery.item.id] = result
 
+    def record_many(self, deliveries: list[Delivery], result: bytes) -> None:
+        """`record` of each of `deliveries` (in order), all with the same result."""
+        ids = [d.item.id for d in deliveries if d.item is not None]
+        assert len(ids) == len(deliveries), "malformed deliveries are dead-lettered, never recorded"
+        self.acks += [d.entry_id for d in deliveries]
+        self.completed += len(deliveries)
+        self.sink_results.update(dict.fromkeys(ids, result))
+
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         self.dead.append((delivery, reason))
 

@@ -1,11 +1,12 @@
 """Decoding a whole read of stream entries at once: one validation call for the batch instead of one per entry.
 
 Same rules, same outcome per entry as `WorkItem.decode` (core.item), which stays the one definition: an entry
-with no `item` field, one over MAX_ITEM_BYTES, or one whose bytes might hold a non-strict number
-(core.strict_json.suspect) is decoded alone by `WorkItem.decode`; the rest are validated together as a list of
-JSON documents, each parsed on its own (never joined into one text, so one entry's bytes can never combine with
-its neighbour's). If any of them fails, they are all decoded again one by one, so a malformed entry gets exactly
-the reason `WorkItem.decode` gives. On a read of plain entries this halves the decoding cost per item."""
+with no `item` field, one over MAX_ITEM_BYTES, or one whose bytes might hold a non-strict number (the test of
+core.strict_json.suspect, made for the whole read at once by core.strict_json.suspects) is decoded alone by
+`WorkItem.decode`; the rest are validated together as a list of JSON documents, each parsed on its own (never
+joined into one text, so one entry's bytes can never combine with its neighbour's). If any of them fails, they
+are all decoded again one by one, so a malformed entry gets exactly the reason `WorkItem.decode` gives. On a read
+of plain entries this costs about a third of decoding them one by one."""
 
 from __future__ import annotations
 
@@ -24,27 +25,39 @@ _MANY: TypeAdapter[list[WorkItem]] = TypeAdapter(list[Json[WorkItem]])  # type: 
 
 def decode_many(entries: list[dict[bytes, bytes] | None]) -> list[WorkItem | MalformedItem]:
     """Each entry's fields decoded to a WorkItem, or the MalformedItem saying why it is not one (in order)."""
-    out: list[WorkItem | MalformedItem | None] = [None] * len(entries)
-    plain: list[int] = []
-    for i, fields in enumerate(entries):
-        raw = fields.get(FIELD) if fields else None
-        if raw is None or len(raw) > MAX_ITEM_BYTES or not isinstance(raw, bytes) or strict_json.suspect(raw):
-            out[i] = _one(fields)
-        else:
-            plain.append(i)
+    return decode_raws([fields.get(FIELD) if fields else None for fields in entries])
+
+
+def decode_raws(raws: list[bytes | None]) -> list[WorkItem | MalformedItem]:
+    """`decode_many` of entries given by their `item` field alone (None: the entry has none): in order."""
+    out: list[WorkItem | MalformedItem | None] = [None] * len(raws)
+    sized = [i for i, raw in enumerate(raws) if type(raw) is bytes and len(raw) <= MAX_ITEM_BYTES]
+    if len(sized) == len(raws):  # the usual read
+        suspect = strict_json.suspects(raws)  # type: ignore[arg-type]
+        plain = [i for i in sized if i not in suspect] if suspect else sized
+    else:
+        suspect = {sized[k] for k in strict_json.suspects([raws[i] for i in sized])}  # type: ignore[misc]
+        plain = [i for i in sized if i not in suspect]
+    if len(plain) == len(raws):  # nothing to pick out
+        try:
+            return _MANY.validate_python(raws)  # type: ignore[arg-type]
+        except ValidationError:
+            return [_one(raw) for raw in raws]
+    for i in set(range(len(raws))).difference(plain):
+        out[i] = _one(raws[i])
     if plain:
         try:
-            items = _MANY.validate_python([entries[i][FIELD] for i in plain])  # type: ignore[index]
+            items = _MANY.validate_python([raws[i] for i in plain])
         except ValidationError:
-            items = [_one(entries[i]) for i in plain]
+            items = [_one(raws[i]) for i in plain]
         for i, item in zip(plain, items, strict=True):
             out[i] = item
     return out  # type: ignore[return-value]
 
 
-def _one(fields: dict[bytes, bytes] | None) -> WorkItem | MalformedItem:
+def _one(raw: bytes | None) -> WorkItem | MalformedItem:
     try:
-        return WorkItem.decode(fields)
+        return WorkItem.decode(None if raw is None else {FIELD: raw})
     except MalformedItem as exc:
         return exc
 
@@ -53,14 +66,25 @@ def deliveries(entries: list[tuple[bytes, dict[bytes, bytes]]], times: dict[byte
                default_times: int = 1) -> list[Delivery]:
     """Stream entries (id, fields) as a consumer's deliveries, decoded in one call; `times`: deliveries so far per
     entry id (`default_times` for the others). A malformed entry's delivery has no item and says why."""
+    return _deliveries([e for e, _ in entries], [f.get(FIELD) if f else None for _, f in entries], times,
+                       default_times)
+
+
+def new_deliveries(flat: list[bytes | None]) -> list[Delivery]:
+    """`deliveries` of new entries (delivered once) given as [entry id, `item` field or None, entry id, ...], the
+    shape core.fast_commit's read ahead returns."""
+    return _deliveries(flat[::2], flat[1::2], {}, 1)  # type: ignore[arg-type]
+
+
+def _deliveries(ids: list[bytes], raws: list[bytes | None], times: dict[bytes, int], default_times: int
+                ) -> list[Delivery]:
     from .stage import Delivery
 
     batch = []
-    for (entry_id, fields), item in zip(entries, decode_many([f for _, f in entries]), strict=True):
-        raw = fields.get(FIELD, b"") if fields else b""
-        n = times.get(entry_id, default_times)
-        if isinstance(item, MalformedItem):
-            batch.append(Delivery(entry_id, None, n, raw, f"malformed item: {item}"))
+    for entry_id, raw, item in zip(ids, raws, decode_raws(raws), strict=True):
+        n = times.get(entry_id, default_times) if times else default_times
+        if type(item) is WorkItem:
+            batch.append(Delivery(entry_id, item, item.attempts + n, raw))  # type: ignore[arg-type]
         else:
-            batch.append(Delivery(entry_id, item, item.attempts + n, raw))
+            batch.append(Delivery(entry_id, None, n, raw or b"", f"malformed item: {item}"))
     return batch

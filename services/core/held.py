@@ -105,16 +105,27 @@ class Held:
                 pipe.execute_command(*command)
             pipe.execute()
 
-    def send_hold(self, consumer: StreamConsumer, deliveries: list[Delivery]) -> HoldReply | None:
+    def send_hold(self, consumer: StreamConsumer, deliveries: list[Delivery], *,
+                  running: bool = True) -> HoldReply | None:
         """`hold`, in two halves: the same commands are sent now, and their replies are read by
         `HoldReply.wait()`, which the caller calls before the batch's commit (the commit goes on the same
         connection pool, after it). So Redis applies the hold while the items run, instead of the worker waiting
         for it first. An error reply raises at `wait()`, before anything is committed: the batch stays pending
-        and is reclaimed, as when `hold` raises. None: nothing to hold."""
-        commands = self._hold_commands(consumer, deliveries)
+        and is reclaimed, as when `hold` raises. None: nothing to hold.
+
+        `running=False`: the index only; the caller marks the items running later, if at all (`running_command`).
+        """
+        commands = self._hold_commands(consumer, deliveries, running=running)
         return HoldReply(Wire(self.client).send(commands)) if commands else None
 
-    def _hold_commands(self, consumer: StreamConsumer, deliveries: list[Delivery]) -> list[tuple[object, ...]]:
+    def running_command(self, consumer: StreamConsumer, deliveries: list[Delivery]) -> tuple[object, ...] | None:
+        """The mark running of the well-formed `deliveries` (core.progress's script, keep-terminal: a late mark
+        never undoes a done item), as one command to send; None if there is none."""
+        ids = [d.item.id for d in deliveries if d.item is not None]
+        return consumer.progress.command(ids, RUNNING) if ids else None
+
+    def _hold_commands(self, consumer: StreamConsumer, deliveries: list[Delivery], *,
+                       running: bool = True) -> list[tuple[object, ...]]:
         """Mark running (core.progress's script) and HSET of the held index, for the well-formed deliveries."""
         ids: list[str] = []
         held: list[bytes] = []
@@ -122,7 +133,12 @@ class Held:
             if d.item is not None:
                 ids.append(d.item.id)
                 held += (d.entry_id, _kept(d))
-        return [consumer.progress.command(ids, RUNNING), ("HSET", self.key, *held)] if ids else []
+        commands: list[tuple[object, ...]] = []
+        if running and ids:
+            commands.append(consumer.progress.command(ids, RUNNING))
+        if held:
+            commands.append(("HSET", self.key, *held))
+        return commands
 
     def release(self, pipe: Pipeline, entry_ids: list[bytes]) -> None:
         """In the commit acknowledging `entry_ids`: they are no longer held."""

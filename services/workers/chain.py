@@ -27,6 +27,8 @@ class Chain:
         self.has_commands = any(a.is_command for a in adapters)
         self.has_functions = not all(a.is_command for a in adapters)  # in-process: timed by workers.watchdog
         self._dirs = [f"{i}-{_safe(a.name)}" for i, a in enumerate(adapters)]
+        # A chain of one function: the worker runs it in a batch loop of its own (workers.runtime), same outcomes.
+        self.function = adapters[0] if len(adapters) == 1 and isinstance(adapters[0], FunctionAdapter) else None
 
     def __len__(self) -> int:
         return len(self.adapters)

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,10 @@ from services.core.settings import Settings
 from services.core.spec import Pipeline, SpecError
 from services.core.stage import Commit, Delivery, StreamConsumer
 
+from .adapters import as_result, document
 from .chain import Chain, build_chain
 from .lease import Lease
+from .mark_later import DeferredMark
 from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,7 @@ class _Worker:
         self.stage, self.settings, self.chain, self.client = stage, settings, chain, client
         self.concurrency, self.timeout = work.concurrency, work.timeout
         self.watchdog: Watchdog | None = None  # set while the loop runs
+        self.marks: DeferredMark | None = None  # set while the loop runs, for chains without commands
         self.output = stage if pipeline.readers(stage) else None  # None: a sink records results instead
         self.out_root = settings.out_dir / stage
         self.count = settings.batch_size
@@ -122,6 +125,7 @@ class _Worker:
         lease = Lease(self.client, c.stream_key, c.group, c.consumer, self.settings.visibility_timeout_ms)
         # Functions cannot be killed at the stage timeout as commands are: a hung one ends the process (watchdog).
         self.watchdog = Watchdog(self.timeout, self.stage) if self.chain.has_functions else None
+        self.marks = DeferredMark(self.client, self.stage) if not self.chain.has_commands else None
         self.m_workers.inc()
         health = (health or RoleHealth(self.settings.pipeline, "worker", self.stage)).started()
         self._stop = stop
@@ -165,6 +169,8 @@ class _Worker:
             lease.close()
             if self.watchdog is not None:
                 self.watchdog.close()
+            if self.marks is not None:
+                self.marks.close()
             self.m_workers.dec()
             log.info("worker stopped", extra={"event": "worker.stop", "stage": self.stage, "consumer": c.consumer,
                                              "done": self.done, "failed": self.failed})
@@ -212,38 +218,99 @@ class _Worker:
             else:
                 items.append(d)
         c = self.consumer
-        # Running, and indexed in case the entries are deleted while pending (core.held): sent now, confirmed
-        # before the commit, so that Redis applies it while the items run.
-        held = c.held.send_hold(c, items)
+        # Indexed in case the entries are deleted while pending (core.held): sent now, confirmed before the commit,
+        # so that Redis applies it while the items run. Marked running: now for commands, after DELAY_S for
+        # functions (workers.mark_later: a batch done sooner goes from queued to done in its commit).
+        marks = self.marks
+        replies = [c.held.send_hold(c, items, running=marks is None)]
+        if marks is not None and items:
+            marks.arm(lambda: c.held.running_command(c, items))
         lease.hold([d.entry_id for d in items])
         began = time.perf_counter()
         self._spent = []  # each item's time, for the autoscaler's service time (stage stats)
         try:
-            outcomes = pool.map(self._run, items) if pool is not None else self._run_all(items)
-            sink = self.output is None
-            for d, outcome in zip(items, outcomes, strict=True):
-                if outcome.ok and sink and not outcome.result:  # a sink's empty result: nothing to encode
-                    commit.record(d, b"{}")
-                    self.done += 1
-                elif outcome.ok:
-                    self._finish(commit, d, outcome.result or {})
-                else:
-                    self._failed(commit, d, outcome.reason)
+            if pool is None and self.chain.function is not None:
+                self._run_batch(items, commit)
+            else:
+                self._run_outcomes(items, commit, pool)
+            if marks is not None:
+                replies.append(marks.settle())  # raises if sending the mark failed: the batch stays pending
             if self._spent:
                 metrics.observe_many(self.m_time, self._spent)  # one update per bucket for the batch
                 commit.stats += _service(self._spent)
-            if held is not None:
-                held, confirm = None, held
-                confirm.wait()
+            for reply in replies:
+                if reply is not None:
+                    reply.wait()
+            replies = []
             c.read_next = self.ahead_count(len(batch))  # the next batch, read in the commit's round trip
             c.commit(commit)
         finally:
-            if held is not None:
-                held.abandon()
+            if marks is not None:
+                with suppress(Exception):  # a failed batch: no mark from now on, none to read
+                    replies.append(marks.settle())
+            for reply in replies:
+                if reply is not None:
+                    reply.abandon()
             lease.release()
         if items:
             per_item = (time.perf_counter() - began) / len(items) * (self.concurrency if pool is not None else 1)
             self.item_s = per_item if self.item_s is None else 0.5 * self.item_s + 0.5 * per_item
+
+    def _run_outcomes(self, items: list[Delivery], commit: Commit, pool: ThreadPoolExecutor | None) -> None:
+        """Run the items (in the pool, or one after the other here) and put their outcomes into the commit."""
+        outcomes = pool.map(self._run, items) if pool is not None else self._run_all(items)
+        sink = self.output is None
+        for d, outcome in zip(items, outcomes, strict=True):
+            if outcome.ok and sink and not outcome.result:  # a sink's empty result: nothing to encode
+                commit.record(d, b"{}")
+                self.done += 1
+            elif outcome.ok:
+                self._finish(commit, d, outcome.result or {})
+            else:
+                self._failed(commit, d, outcome.reason)
+
+    def _run_batch(self, items: list[Delivery], commit: Commit) -> None:
+        """`_run_outcomes` for a chain of one function, in one loop: what FunctionAdapter.run and chain's guard
+        do per item (mkdir if it writes files, the call, `as_result`, any exception the item's failure with the
+        same reason), the outcome put into the commit at once, the watchdog told without a lock."""
+        fn, writes = self.chain.function.fn, self.chain.function.writes  # type: ignore[union-attr]
+        watchdog, root, spent, clock, plain = self.watchdog, self.out_root, self._spent, time.perf_counter, _PLAIN_ID
+        sink = self.output is None
+        empty: list[Delivery] = []  # a sink's empty results: recorded together
+        started = clock()
+        try:
+            for d in items:
+                item = d.item
+                assert item is not None
+                if watchdog is not None:
+                    watchdog.track(started, item.id)
+                if plain.fullmatch(item.id) is not None and _child is not None:
+                    out = _child(root, item.id)
+                else:
+                    out = root / item.dirname
+                try:
+                    if writes:
+                        out.mkdir(parents=True, exist_ok=True)
+                    result = fn(document(item), out)
+                except Exception as exc:  # the item's failure, never the worker's crash (as FunctionAdapter.run)
+                    ended = clock()
+                    spent.append(ended - started)
+                    started = ended
+                    self._failed(commit, d, f"{type(exc).__name__}: {exc}")
+                    continue
+                ended = clock()
+                spent.append(ended - started)
+                started = ended
+                if not result and sink and (result is None or isinstance(result, dict)):
+                    empty.append(d)
+                else:
+                    self._finish(commit, d, as_result(result))
+        finally:
+            if watchdog is not None:
+                watchdog.untrack()
+        if empty:
+            commit.record_many(empty, b"{}")
+            self.done += len(empty)
 
     def _run(self, delivery: Delivery) -> Outcome:
         """One item (in a pool's thread): timed into `_spent`."""

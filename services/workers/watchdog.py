@@ -24,6 +24,7 @@ class Watchdog:
     def __init__(self, timeout_s: float, stage: str, exit: Callable[[int], None] = os._exit) -> None:
         self.timeout_s, self.stage, self._exit = timeout_s + WATCHDOG_GRACE_S, stage, exit
         self._started: dict[int, tuple[float, str]] = {}  # thread id -> (monotonic start, item id)
+        self._solo: tuple[float, str] | None = None  # the loop thread's item (`track`): (perf_counter start, id)
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"watchdog-{stage}", daemon=True)
@@ -37,6 +38,15 @@ class Watchdog:
         with self._lock:
             self._started.pop(threading.get_ident(), None)
 
+    def track(self, started: float, item_id: str) -> None:
+        """`begin` for the worker's own loop thread, without a lock: one slot, replaced whole (the GIL makes the
+        assignment atomic), `started` from time.perf_counter. `track(..)` again for the next item; `untrack()`
+        when the batch is done."""
+        self._solo = (started, item_id)
+
+    def untrack(self) -> None:
+        self._solo = None
+
     def close(self) -> None:
         self._closed.set()
         self._thread.join()
@@ -46,6 +56,9 @@ class Watchdog:
             now = time.monotonic()
             with self._lock:
                 late = [(item, now - began) for began, item in self._started.values() if now - began > self.timeout_s]
+            solo = self._solo
+            if solo is not None and time.perf_counter() - solo[0] > self.timeout_s:
+                late.append((solo[1], time.perf_counter() - solo[0]))
             if late:
                 item, seconds = late[0]
                 log.error("an in-process worker exceeded the stage timeout; exiting so its entries are reclaimed",
