@@ -70,12 +70,6 @@ def deliveries(entries: list[tuple[bytes, dict[bytes, bytes]]], times: dict[byte
                        default_times)
 
 
-def new_deliveries(flat: list[bytes | None]) -> list[Delivery]:
-    """`deliveries` of new entries (delivered once) given as [entry id, `item` field or None, entry id, ...], the
-    shape core.fast_commit's read ahead returns."""
-    return _deliveries(flat[::2], flat[1::2], {}, 1)  # type: ignore[arg-type]
-
-
 def _deliveries(ids: list[bytes], raws: list[bytes | None], times: dict[bytes, int], default_times: int
                 ) -> list[Delivery]:
     from .stage import Delivery
