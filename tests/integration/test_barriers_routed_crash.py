@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import redis
 import yaml
+from router_pace import PACE
 
 from services.core import Keys, Progress, Settings, WorkItem
 from services.core.spec import load_pipeline
@@ -29,21 +30,11 @@ from services.router import build_barrier
 REPO = Path(__file__).resolve().parents[2]
 
 # `batchmesh router` as a container runs it. With ROUTER_HANG_AT=n the n-th commit is never made: the process
-# writes ROUTER_MARKER and sleeps, its batch read and pending, until it is killed. With ROUTER_PACE_S=s it waits s
-# seconds after each step that routed something (its next call already in flight under a backlog), so it is still
-# routing when the test kills it however fast routing is.
-LAUNCHER = """
+# writes ROUTER_MARKER and sleeps, its batch read and pending, until it is killed. ROUTER_PACE_S: see router_pace.
+LAUNCHER = PACE + """
 import os, sys, time
 from services.core import stage
 from services.router.base import Router
-pace = float(os.environ.get("ROUTER_PACE_S", "0"))
-real_step = Router.step
-def step(self, block_ms=0):
-    taken = real_step(self, block_ms)
-    if taken and pace:
-        time.sleep(pace)
-    return taken
-Router.step = step
 hang_at = int(os.environ.get("ROUTER_HANG_AT", "0"))
 commits = [0]
 real_commit = stage.StreamConsumer.commit

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from router_pace import PACE
 
 from services.core import Keys, Settings, WorkItem
 from services.core.spec_routers import CopySpec
@@ -24,21 +25,12 @@ from services.core.spec_routers import CopySpec
 REPO = Path(__file__).resolve().parents[2]
 
 # Runs one router like a container does. With ROUTER_HANG_AT=n, the n-th commit is never made: the process
-# writes ROUTER_MARKER and sleeps, holding its batch read and pending, until it is killed. With ROUTER_PACE_S=s it
-# waits s seconds after each step that routed something (its next call already in flight under a backlog), so it
-# is still routing when the test kills it however fast routing is: N / batch steps take N / 50 * s at least.
-LAUNCHER = """
+# writes ROUTER_MARKER and sleeps, holding its batch read and pending, until it is killed. ROUTER_PACE_S (see
+# router_pace): N / batch steps take N / 50 * s at least, so the router is still routing when the test kills it.
+LAUNCHER = PACE + """
 import json, os, signal, sys, threading, time
 from services.core import stage
 from services.router.base import Router
-pace = float(os.environ.get("ROUTER_PACE_S", "0"))
-real_step = Router.step
-def step(self, block_ms=0):
-    taken = real_step(self, block_ms)
-    if taken and pace:
-        time.sleep(pace)
-    return taken
-Router.step = step
 from services.core.settings import Settings
 from services.core.spec_routers import ROUTER_SPECS
 from services.router import run_router
