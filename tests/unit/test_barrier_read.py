@@ -1,10 +1,12 @@
 """The barrier's light decoding (services.router.barrier_read) against the one definition, WorkItem.decode: for
 any bytes, either it declines (the entry then goes the usual way, with WorkItem.decode's reason) or it gives exactly
-the document and attempts the decoded WorkItem gives. Its `suspect` answers as core.strict_json.suspect."""
+the document and attempts the decoded WorkItem gives. core.strict_json.suspect, the fast test it uses, answers as
+the rule's one regex (RULE)."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from hypothesis import given, settings
@@ -12,7 +14,9 @@ from hypothesis import strategies as st
 
 from services.core import WorkItem, strict_json
 from services.core.item import MalformedItem
-from services.router.barrier_read import light_document, suspect
+from services.router.barrier_read import light_document
+
+RULE = re.compile(rb"NaN|Infinity|[eE]\+?0*[1-9]\d{2}")  # core.strict_json's rule for a suspect document
 
 _values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-10**30, max_value=10**30) | st.floats(allow_nan=True)
@@ -52,7 +56,7 @@ def test_light_document_is_the_work_item_or_declines(doc: dict[str, Any]) -> Non
 def test_light_document_on_any_bytes_and_suspect_matches_strict_json(raw: bytes) -> None:
     _check(raw)
     _check(b'{"id":"a","batch":"b","data":{"k":' + raw + b"}}")
-    assert suspect(raw) == strict_json.suspect(raw)
+    assert strict_json.suspect(raw) == (RULE.search(raw) is not None)
 
 
 def test_plain_items_are_taken_the_light_way_and_hostile_ones_declined() -> None:
