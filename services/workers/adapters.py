@@ -23,6 +23,11 @@ def document(item: WorkItem) -> dict[str, Any]:
             "attempt": item.attempts + 1}
 
 
+def failure_reason(exc: BaseException) -> str:
+    """An item's failure reason for an exception its adapter raised: "TypeName: message"."""
+    return f"{type(exc).__name__}: {exc}"
+
+
 def as_result(value: Any) -> dict[str, Any]:
     """A function's return value as a result, like a command's stdout: None = {}, a non-dict = {"result": value}."""
     if value is None:
@@ -62,13 +67,17 @@ class FunctionAdapter(Adapter):
         self.name = name or getattr(fn, "__name__", "function")
         self.writes = writes_files(fn)
 
-    def run(self, item: WorkItem, output_dir: Path) -> Outcome:
+    def call(self, item: WorkItem, output_dir: Path) -> dict[str, Any]:
+        """The function's result for `item` (`as_result`); raises whatever the function (or the mkdir) raises."""
         if self.writes:
             output_dir.mkdir(parents=True, exist_ok=True)
+        return as_result(self.fn(document(item), output_dir))
+
+    def run(self, item: WorkItem, output_dir: Path) -> Outcome:
         try:
-            result = as_result(self.fn(document(item), output_dir))
+            result = self.call(item, output_dir)
         except Exception as exc:  # any exception is the item's failure, never the worker's crash
-            return Outcome(False, reason=f"{type(exc).__name__}: {exc}")
+            return Outcome(False, reason=failure_reason(exc))
         # Not checked for JSON here: whoever encodes the result (the stage's commit, the next command of a chain,
         # the one-shot worker) turns an unencodable one into the item's failure, and the hot path encodes once.
         return Outcome(True, result=result)

@@ -15,7 +15,7 @@ from services.core.command import Outcome
 from services.core.item import WorkItem
 from services.core.spec import SpecError, WorkSpec
 
-from .adapters import Adapter, CommandAdapter, FunctionAdapter
+from .adapters import Adapter, CommandAdapter, FunctionAdapter, failure_reason
 from .registry import load_plugins, resolve
 
 
@@ -75,7 +75,7 @@ def _guarded(adapter: Adapter, item: WorkItem, output_dir: Path) -> Outcome:
     try:
         return adapter.run(item, output_dir)
     except Exception as exc:
-        return Outcome(False, reason=f"{type(exc).__name__}: {exc}")
+        return Outcome(False, reason=failure_reason(exc))
 
 
 def _safe(name: str) -> str:

@@ -33,7 +33,7 @@ from services.core.settings import Settings
 from services.core.spec import Pipeline, SpecError
 from services.core.stage import Commit, Delivery, StreamConsumer
 
-from .adapters import as_result, document
+from .adapters import failure_reason
 from .chain import Chain, build_chain
 from .lease import Lease
 from .mark_later import DeferredMark
@@ -270,11 +270,11 @@ class _Worker:
                 self._failed(commit, d, outcome.reason)
 
     def _run_batch(self, items: list[Delivery], commit: Commit) -> None:
-        """`_run_outcomes` for a chain of one function, in one loop: what FunctionAdapter.run and chain's guard
-        do per item (mkdir if it writes files, the call, `as_result`, any exception the item's failure with the
-        same reason), the outcome put into the commit at once, the watchdog told without a lock."""
-        fn, writes = self.chain.function.fn, self.chain.function.writes  # type: ignore[union-attr]
-        watchdog, root, spent, clock, plain = self.watchdog, self.out_root, self._spent, time.perf_counter, _PLAIN_ID
+        """`_run_outcomes` for a chain of one function, in one loop: FunctionAdapter.call per item (any exception
+        the item's failure with chain's reason), the outcome put into the commit at once, the watchdog told
+        without a lock."""
+        call = self.chain.function.call  # type: ignore[union-attr]
+        watchdog, root, spent, clock = self.watchdog, self.out_root, self._spent, time.perf_counter
         sink = self.output is None
         empty: list[Delivery] = []  # a sink's empty results: recorded together
         started = clock()
@@ -284,27 +284,20 @@ class _Worker:
                 assert item is not None
                 if watchdog is not None:
                     watchdog.track(started, item.id)
-                if plain.fullmatch(item.id) is not None and _child is not None:
-                    out = _child(root, item.id)
-                else:
-                    out = root / item.dirname
+                reason = None
                 try:
-                    if writes:
-                        out.mkdir(parents=True, exist_ok=True)
-                    result = fn(document(item), out)
+                    result = call(item, _item_dir(root, item))
                 except Exception as exc:  # the item's failure, never the worker's crash (as FunctionAdapter.run)
-                    ended = clock()
-                    spent.append(ended - started)
-                    started = ended
-                    self._failed(commit, d, f"{type(exc).__name__}: {exc}")
-                    continue
+                    reason = failure_reason(exc)
                 ended = clock()
                 spent.append(ended - started)
                 started = ended
-                if not result and sink and (result is None or isinstance(result, dict)):
+                if reason is not None:
+                    self._failed(commit, d, reason)
+                elif not result and sink:
                     empty.append(d)
                 else:
-                    self._finish(commit, d, as_result(result))
+                    self._finish(commit, d, result)
         finally:
             if watchdog is not None:
                 watchdog.untrack()
