@@ -32,12 +32,8 @@ def decode_raws(raws: list[bytes | None]) -> list[WorkItem | MalformedItem]:
     """`decode_many` of entries given by their `item` field alone (None: the entry has none): in order."""
     out: list[WorkItem | MalformedItem | None] = [None] * len(raws)
     sized = [i for i, raw in enumerate(raws) if type(raw) is bytes and len(raw) <= MAX_ITEM_BYTES]
-    if len(sized) == len(raws):  # the usual read
-        suspect = strict_json.suspects(raws)  # type: ignore[arg-type]
-        plain = [i for i in sized if i not in suspect] if suspect else sized
-    else:
-        suspect = {sized[k] for k in strict_json.suspects([raws[i] for i in sized])}  # type: ignore[misc]
-        plain = [i for i in sized if i not in suspect]
+    suspect = strict_json.suspects([raws[i] for i in sized])  # type: ignore[misc]  # positions in `sized`
+    plain = [i for k, i in enumerate(sized) if k not in suspect] if suspect else sized
     if len(plain) == len(raws):  # nothing to pick out
         try:
             return _MANY.validate_python(raws)  # type: ignore[arg-type]
