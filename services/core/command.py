@@ -37,6 +37,11 @@ class Outcome:
     reason: str = ""
 
 
+def failure_reason(exc: BaseException) -> str:
+    """An item's failure reason for an exception raised while running it: "TypeName: message"."""
+    return f"{type(exc).__name__}: {exc}"
+
+
 def item_document(item: WorkItem) -> bytes:
     """What the worker reads from WORK_ITEM_FILE."""
     return encode_json({"id": item.id, "name": item.id, "data": item.data, "version": item.version,

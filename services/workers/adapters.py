@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from services.core.command import Outcome, run_command
+from services.core.command import Outcome, failure_reason, run_command
 from services.core.item import WorkItem
 
 from .registry import WorkerFn, writes_files
@@ -21,11 +21,6 @@ def document(item: WorkItem) -> dict[str, Any]:
     (core.command.item_document), built directly instead of encoded and parsed again, for speed."""
     return {"id": item.id, "name": item.id, "data": item.data, "version": item.version, "batch": item.batch,
             "attempt": item.attempts + 1}
-
-
-def failure_reason(exc: BaseException) -> str:
-    """An item's failure reason for an exception its adapter raised: "TypeName: message"."""
-    return f"{type(exc).__name__}: {exc}"
 
 
 def as_result(value: Any) -> dict[str, Any]:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from services.core.command import Outcome
+from services.core.command import Outcome, failure_reason
 from services.core.item import WorkItem
 from services.core.spec import SpecError, WorkSpec
 
-from .adapters import Adapter, CommandAdapter, FunctionAdapter, failure_reason
+from .adapters import Adapter, CommandAdapter, FunctionAdapter
 from .registry import load_plugins, resolve
 
 

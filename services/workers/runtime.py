@@ -21,7 +21,7 @@ from typing import Any
 import redis
 
 from services.core import metrics
-from services.core.command import Outcome
+from services.core.command import Outcome, failure_reason
 from services.core.embedded import redis_url
 from services.core.health import RoleHealth
 from services.core.item import WorkItem, encode_json
@@ -33,7 +33,6 @@ from services.core.settings import Settings
 from services.core.spec import Pipeline, SpecError
 from services.core.stage import Commit, Delivery, StreamConsumer
 
-from .adapters import failure_reason
 from .chain import Chain, build_chain
 from .lease import Lease
 from .mark_later import DeferredMark

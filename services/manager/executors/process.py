@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from services.core import Commit, Delivery, StreamConsumer
 from services.core import metrics as core_metrics
-from services.core.command import Child, Outcome, Prepared, prepare, run_command
+from services.core.command import Child, Outcome, Prepared, failure_reason, prepare, run_command
 from services.core.masking import command_env
 from services.core.results import finish
 from services.core.retry import retry_policy
@@ -132,7 +132,7 @@ class ProcessExecutor(Executor):
         try:
             outcome = self.execute(delivery)
         except Exception as exc:  # e.g. the output dir cannot be written: a failed attempt, not a crash
-            outcome = Outcome(False, reason=f"{type(exc).__name__}: {exc}")
+            outcome = Outcome(False, reason=failure_reason(exc))
         self.done.put((delivery, outcome, time.perf_counter() - began))
 
     def execute(self, delivery: Delivery) -> Outcome:
@@ -274,4 +274,4 @@ class ProcessExecutor(Executor):
         try:
             return delivery, prepare(item, f"{self._out_root}/{item.dirname}", self.env, base=self._base_env)
         except Exception as exc:  # e.g. the output dir cannot be written: a failed attempt, not a crash
-            return delivery, Outcome(False, reason=f"{type(exc).__name__}: {exc}")
+            return delivery, Outcome(False, reason=failure_reason(exc))
