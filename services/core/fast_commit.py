@@ -31,9 +31,10 @@ from redis import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
 from .guard import CommitError
+from .item import FIELD
 from .progress import DONE, MARK_STATE_LUA
 from .rewind import StaleCommit
-from .wire import Wire
+from .wire import Wire, packed
 
 if TYPE_CHECKING:
     from .batch import Commit, Delivery
@@ -168,7 +169,7 @@ class FastCommitCall:
         if read and self.read is not None:
             group, consumer, count = self.read
             commands.append(("XREADGROUP", "GROUP", group, consumer, "COUNT", count, "STREAMS", self.keys[0], ">"))
-        replies = Wire(self.client).send(commands).replies()
+        replies = Wire(self.client).send_packed(packed(commands), len(commands), commands).replies()
         if len(replies) > 3:  # read after EXEC whatever the commit did: the entries are ours either way
             if isinstance(replies[3], ResponseError):
                 self.read_error = replies[3]
@@ -210,7 +211,8 @@ class FastCommit:
                 "S" if results else "-", "h" if acks else "-", "h" if results else "-", "h" if stats else "-",
                 "h" if outputs else "-"] + ["s"] * len(index)
         same = live is acks or live == acks
-        all_empty = all(v == b"{}" for v in results.values())
+        values = list(results.values())
+        all_empty = values.count(b"{}") == len(values)  # in C (the batch loop gives them all one b"{}" object)
         # The stale-commit check (core.rewind.pending_checks): when publishing to a stream this commit does not ack.
         stale = any(":s:" in key and key != self.fixed[0] for key in index) and bool(live)
         args: list[Any] = [self.group, self.consumer, 1 if stale else 0, 0, "".join(spec), len(acks),
@@ -250,11 +252,24 @@ def parse_read(reply: Any) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
     return out
 
 
+def _plain_read(reply: Any) -> tuple[list[bytes], list[bytes]] | None:
+    """The entry ids and `item` fields of a raw XREADGROUP reply (as `parse_read` takes it) whose every entry is
+    exactly one field, `item` (what the stages and the dispatcher write), without a dict per entry; None when any
+    entry is otherwise (deleted, addressed to a stage with `to`, foreign): then `parse_read` and the full path."""
+    entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+    ids: list[bytes] = []
+    raws: list[bytes] = []
+    for entry_id, flat in entries:
+        if flat is None or len(flat) != 2 or flat[0] != FIELD:
+            return None
+        ids.append(entry_id)
+        raws.append(flat[1])
+    return ids, raws
+
+
 def commit_completions(consumer: StreamConsumer, commit: Commit, read_next: int) -> None:
     """`StreamConsumer.commit` of completions only: one call of the script, and the read ahead of `read_next`
     new entries after it (0: none), left for the consumer's next read() even if the commit was refused."""
-    from .item import FIELD
-
     acks = commit.acks
     live = [a for a in acks if a not in commit.gone] if commit.gone else acks
     stats = [("out", commit.completed)] if commit.completed else []
@@ -271,7 +286,7 @@ def commit_completions(consumer: StreamConsumer, commit: Commit, read_next: int)
 
 
 def _read_ahead(consumer: StreamConsumer, call: FastCommitCall) -> list[Delivery]:
-    from .batch_decode import deliveries
+    from .batch_decode import _deliveries, deliveries
 
     if call.read_error is not None:  # the commit stands; the read after it failed (the group vanished)
         consumer._nogroup(call.read_error)
@@ -279,6 +294,10 @@ def _read_ahead(consumer: StreamConsumer, call: FastCommitCall) -> list[Delivery
     if call.read is None:
         return []
     consumer._reclaimed_last = False
-    batch = deliveries(consumer._ours(parse_read(call.entries)), {}) if call.entries else []
+    plain = _plain_read(call.entries) if call.entries else ([], [])
+    if plain is not None:  # every entry one `item` field, so none addressed to another stage (consumer._ours)
+        batch = _deliveries(*plain, {}, 1)
+    else:
+        batch = deliveries(consumer._ours(parse_read(call.entries)), {})
     consumer.m_in.inc(len(batch))
     return batch

@@ -17,7 +17,16 @@ and the retry's commit would leave the item held and nowhere else. So a consumer
 then (`sweep`, one script per page): an entry still indexed but neither pending nor in the stream can only be such
 an orphan (a commit acknowledges and un-indexes in one MULTI), and once it has been one for ORPHAN_AGE_S the
 script puts its item into the retry set, due at once, and un-indexes it, in one step (the delivery cap is not
-charged for a deletion the item did not cause). An item kept without its data is left for the log."""
+charged for a deletion the item did not cause). An item kept without its data is left for the log.
+
+The index is written as a hash table, never as Redis' compact small-hash encoding (ziplist/listpack, used for a
+hash of at most `hash-max-ziplist-entries` = 512 fields whose fields and values are all at most
+`hash-max-ziplist-value` = 64 bytes: the usual no-op batch of 256 small items). In that encoding every HSET field
+scans the whole list and every HDEL moves its tail, so holding and releasing a batch cost O(batch²): about half
+of Redis' work per item on the worker side (callgrind). An HSET with one field longer than that limit makes Redis
+convert the hash first, and a hash table stays one until the hash is deleted; so the hold sets `WIDE` (a field no
+entry id can be) with its fields and deletes it in the same MULTI/EXEC: nobody ever sees it, the index holds what
+it held. With a bigger server limit the hint does nothing and the index is as before."""
 
 from __future__ import annotations
 
@@ -31,7 +40,7 @@ from redis.exceptions import ResponseError
 from .item import FIELD, MalformedItem, WorkItem
 from .keys import Keys
 from .progress import RUNNING
-from .wire import Sent, Wire
+from .wire import Sent, Wire, packed
 
 # KEYS: held hash, stream, retry set, suspects hash. ARGV: group, min age (ms), entry ids...
 # An orphan is requeued on the first sweep that finds it orphaned for min age already (the first sighting only
@@ -70,6 +79,7 @@ if TYPE_CHECKING:
     from .stage import Delivery, StreamConsumer
 
 HELD_MAX = 64 * 1024  # bytes of an encoded item kept whole in the index
+WIDE = b"~batchmesh:held:encoding-hint:" + b"~" * 40  # 70 bytes (> 64): set and deleted in the hold's MULTI
 LOST = "entry lost: deleted from the stream while pending (XDEL or MAXLEN trimming), before it was processed"
 
 
@@ -98,12 +108,9 @@ class Held:
 
     def hold(self, consumer: StreamConsumer, deliveries: list[Delivery]) -> None:
         """The items are being processed: mark them running and index their entries (one round trip)."""
-        commands = self._hold_commands(consumer, deliveries)
-        if commands:
-            pipe = self.client.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)
-            pipe.execute()
+        reply = self.send_hold(consumer, deliveries)
+        if reply is not None:
+            reply.wait()
 
     def send_hold(self, consumer: StreamConsumer, deliveries: list[Delivery], *,
                   running: bool = True) -> HoldReply | None:
@@ -116,7 +123,7 @@ class Held:
         `running=False`: the index only; the caller marks the items running later, if at all (`running_command`).
         """
         commands = self._hold_commands(consumer, deliveries, running=running)
-        return HoldReply(Wire(self.client).send(commands)) if commands else None
+        return HoldReply(Wire(self.client).send_packed(packed(commands), len(commands), commands)) if commands else None
 
     def running_command(self, consumer: StreamConsumer, deliveries: list[Delivery]) -> tuple[object, ...] | None:
         """The mark running of the well-formed `deliveries` (core.progress's script, keep-terminal: a late mark
@@ -132,12 +139,13 @@ class Held:
         for d in deliveries:
             if d.item is not None:
                 ids.append(d.item.id)
-                held += (d.entry_id, _kept(d))
+                raw = d.raw
+                held += (d.entry_id, raw if len(raw) <= HELD_MAX else _kept(d))
         commands: list[tuple[object, ...]] = []
         if running and ids:
             commands.append(consumer.progress.command(ids, RUNNING))
-        if held:
-            commands.append(("HSET", self.key, *held))
+        if held:  # a hash table from the first field on, WIDE never seen (see the module docstring)
+            commands += [("MULTI",), ("HSET", self.key, WIDE, b"", *held), ("HDEL", self.key, WIDE), ("EXEC",)]
         return commands
 
     def release(self, pipe: Pipeline, entry_ids: list[bytes]) -> None:
@@ -179,10 +187,16 @@ class HoldReply:
         self._sent = sent
 
     def wait(self) -> None:
-        """Read the replies; raises the first error reply (a ResponseError) or a connection error."""
+        """Read the replies; raises the first error reply (a ResponseError, also one inside EXEC's reply) or a
+        connection error."""
         for reply in self._sent.replies():
             if isinstance(reply, ResponseError):
                 raise reply
+            if type(reply) is list:  # EXEC's: one reply per queued command
+                for inner in reply:
+                    if isinstance(inner, ResponseError):
+                        raise inner
+        # (a nil EXEC reply cannot happen: nothing is WATCHed on the connection)
 
     def abandon(self) -> None:
         """The batch failed before `wait()`: drop the connection (its replies unread)."""

@@ -21,16 +21,22 @@ TERMINAL = (DONE, DEAD)
 # done/dead with `keep_terminal` (a late duplicate cannot undo them) or an id never dispatched that is a derived
 # one; a repeated id counts as changed by this call. The counts change once per state for the whole call (not
 # once per id) and the states are written 500 fields to a call. `call` is redis.call or a caller's wrapper that
-# counts failures. Returns how many ids changed state.
+# counts failures. Returns how many ids changed state. The old states are read 500 to an HMGET (one call, not one
+# HGET per id): what it reads is what HGET would, as this call writes only ids it has seen (`seen` answers those).
 MARK_STATE_LUA = """
 local function mark_state(call, states, counts, derived, new, keep_terminal, ids, first)
   local changed, left, fields, seen = 0, {}, {}, {}
+  local olds, base = {}, first
   local function flush()
     if #fields > 0 then call('HSET', states, unpack(fields)); fields = {} end
   end
   for i = first, #ids do
     local id = ids[i]
-    local old = seen[id] or redis.call('HGET', states, id)
+    if i - base >= #olds then
+      base = i
+      olds = redis.call('HMGET', states, unpack(ids, i, math.min(i + 499, #ids)))
+    end
+    local old = seen[id] or olds[i - base + 1]
     local terminal = old == 'done' or old == 'dead'
     if old ~= new and not (terminal and keep_terminal) and (old or redis.call('SISMEMBER', derived, id) == 0) then
       seen[id] = new

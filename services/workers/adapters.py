@@ -66,7 +66,8 @@ class FunctionAdapter(Adapter):
         """The function's result for `item` (`as_result`); raises whatever the function (or the mkdir) raises."""
         if self.writes:
             output_dir.mkdir(parents=True, exist_ok=True)
-        return as_result(self.fn(document(item), output_dir))
+        value = self.fn(document(item), output_dir)
+        return value if type(value) is dict else as_result(value)  # (a plain dict, the usual: as_result's own)
 
     def run(self, item: WorkItem, output_dir: Path) -> Outcome:
         try:
