@@ -33,55 +33,61 @@ log = logging.getLogger(__name__)
 
 # KEYS: versions, states, counts, stream, the batch's item set, arrivals hash. ARGV: the n names, then their n
 # versions, then their n encoded items (names first: the HMGETs take them straight from ARGV, no table is built).
-# Returns {new, busy}.
+# The n names are distinct: the caller splits a chunk where a name repeats (`_send`), so the script keeps no
+# table of what it sent. Returns {new, busy}.
 # The state change is core.progress's (states hash + counts hash in step), inlined: a script cannot call one.
 # Per call: one HMGET of the states of every candidate and one of the versions of those that have a state, one XADD
-# per dispatched item, then one HSET of the versions, one of the states and one SADD for all of them (a script is
-# atomic: nobody sees the stream entries before the states). Only an item with a state can have a version: this
+# per dispatched item, then one HSET of the versions, one SADD and one HSET of the states for all of them (a script
+# is atomic: nobody sees the stream entries before the states). Only an item with a state can have a version: this
 # script is the only writer of versions and writes the state in the same call, and nothing removes a state (core.
 # progress moves it, a pipeline reset unlinks whole keys). So an item without a state is new, and a first pass
-# (every item new) looks up the states alone. A name given twice in one call is dispatched at most once: after its first
-# dispatch it is in flight (`queued`), as the per-item HGETs of a sequential check would see it.
+# (every item new) looks up the states alone.
+# Instructions per item count here (Redis is the bound of a first pass): ARGV and redis.call are locals, one table
+# of name/version pairs serves both HSETs (its values become 'queued' for the second), and when every candidate is
+# dispatched the SADD takes the names straight from ARGV.
 _DISPATCH = """
-local n = #ARGV / 3
+local argv, call = ARGV, redis.call
+local n = #argv / 3
 if n == 0 then return {0, 0} end
-local states = redis.call('HMGET', KEYS[2], unpack(ARGV, 1, n))
+local states = call('HMGET', KEYS[2], unpack(argv, 1, n))
 local versions, held, at = {}, {}, {}
 for i = 1, n do
-  if states[i] then at[#at + 1] = i; held[#at] = ARGV[i] end
+  if states[i] then at[#at + 1] = i; held[#at] = argv[i] end
 end
 if #at > 0 then
-  local got = redis.call('HMGET', KEYS[1], unpack(held))
+  local got = call('HMGET', KEYS[1], unpack(held))
   for j = 1, #at do versions[at[j]] = got[j] end
 end
-local new, busy, left, sent = 0, 0, {}, {}
-local vpairs, spairs, members = {}, {}, {}
+local new, busy, left, kv = 0, 0, {}, {}
 local stream = KEYS[4]
 for i = 1, n do
-  local name, version = ARGV[i], ARGV[n + i]
-  local last, old = versions[i], states[i]
-  if sent[name] then last, old = sent[name], 'queued' end
-  if last ~= version then
+  local version = argv[n + i]
+  if versions[i] ~= version then
+    local old = states[i]
     if old == 'queued' or old == 'running' or old == 'failed' then
       busy = busy + 1
     else
-      redis.call('XADD', stream, '*', 'item', ARGV[2 * n + i])
-      sent[name] = version
+      call('XADD', stream, '*', 'item', argv[2 * n + i])
       new = new + 1
-      members[new] = name
-      vpairs[2 * new - 1], vpairs[2 * new] = name, version
-      spairs[2 * new - 1], spairs[2 * new] = name, 'queued'
+      kv[2 * new - 1], kv[2 * new] = argv[i], version
       if old then left[old] = (left[old] or 0) + 1 end
     end
   end
 end
 if new > 0 then
-  redis.call('HSET', KEYS[1], unpack(vpairs))
-  redis.call('HSET', KEYS[2], unpack(spairs))
-  redis.call('SADD', KEYS[5], unpack(members))
-  for state, k in pairs(left) do redis.call('HINCRBY', KEYS[3], state, -k) end
-  redis.call('HINCRBY', KEYS[3], 'queued', new)
-  redis.call('HINCRBY', KEYS[6], KEYS[4], new)
+  call('HSET', KEYS[1], unpack(kv))
+  if new == n then
+    call('SADD', KEYS[5], unpack(argv, 1, n))
+  else
+    local members = {}
+    for j = 1, new do members[j] = kv[2 * j - 1] end
+    call('SADD', KEYS[5], unpack(members))
+  end
+  for j = 2, 2 * new, 2 do kv[j] = 'queued' end
+  call('HSET', KEYS[2], unpack(kv))
+  for state, k in pairs(left) do call('HINCRBY', KEYS[3], state, -k) end
+  call('HINCRBY', KEYS[3], 'queued', new)
+  call('HINCRBY', KEYS[6], KEYS[4], new)
 end
 return {new, busy}
 """
@@ -113,6 +119,21 @@ class DiffStats:
 def version_of(item: dict[str, Any]) -> str:
     version = item.get("version")
     return "" if version is None else str(version)
+
+
+def _send(pipe: ScriptPipe, names: list[str], versions: list[str], encoded: list[bytes]) -> None:
+    """One dispatch call per run of distinct names (the script's rule): a name that repeats within a chunk starts a
+    new call, which sees the earlier dispatch (`queued`) as a later HMGET would. Checked once per chunk (a C set)."""
+    if len(set(names)) == len(names):
+        pipe.send([*names, *versions, *encoded])
+        return
+    start, seen = 0, set()
+    for i, name in enumerate(names):
+        if name in seen:
+            pipe.send([*names[start:i], *versions[start:i], *encoded[start:i]])
+            start, seen = i, set()
+        seen.add(name)
+    pipe.send([*names[start:], *versions[start:], *encoded[start:]])
 
 
 class Dispatcher:
@@ -163,11 +184,11 @@ class Dispatcher:
                 versions.append(version)
                 encoded.append(data)
                 if len(names) == chunk:  # sent now: Redis runs it while the next chunk is encoded
-                    pipe.send([*names, *versions, *encoded])
+                    _send(pipe, names, versions, encoded)
                     names, versions, encoded = [], [], []
                     chunk = min(2 * chunk, SCRIPT_CHUNK)
             if names:
-                pipe.send([*names, *versions, *encoded])
+                _send(pipe, names, versions, encoded)
             for new, busy in pipe.replies():
                 stats.new += int(new)
                 stats.busy += int(busy)

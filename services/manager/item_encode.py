@@ -71,9 +71,20 @@ _PROBES: list[Any] = [
 ]
 
 
+def _refuses_other_keys() -> bool:
+    """orjson raises TypeError on a key that is not a str (its default, relied on by `fast_encode`)."""
+    for key in (1, 1.5, None, True, (1,)):
+        try:
+            orjson.dumps({"k": {key: 0}})
+        except TypeError:
+            continue
+        return False
+    return True
+
+
 def _orjson_agrees() -> bool:
     try:
-        return all(orjson.dumps(p) == _encode_json(p).encode() for p in _PROBES)
+        return all(orjson.dumps(p) == _encode_json(p).encode() for p in _PROBES) and _refuses_other_keys()
     except Exception:  # noqa: BLE001 - any failure: not used
         return False
 
@@ -86,10 +97,6 @@ def fast_encode(name: str, version: str, item: dict[str, Any], batch: str | None
     the model refuses, a non-string key, a non-finite float, a value JSON cannot hold, text that is not UTF-8."""
     if len(name) > MAX_ID:
         return None
-    try:
-        "".join(item)  # every top-level key is a str (TypeError otherwise): one C loop, no generator
-    except TypeError:
-        return None
     work: dict[str, Any] = {"id": name}
     if item:
         work["data"] = item
@@ -99,9 +106,13 @@ def fast_encode(name: str, version: str, item: dict[str, Any], batch: str | None
         work["batch"] = batch
     if _ORJSON is not None and type(item) is dict and _flat(item):
         try:
-            return _ORJSON(work)
-        except TypeError:  # an integer beyond 64 bits, a lone surrogate: the standard library decides
+            return _ORJSON(work)  # a key that is not a str raises here (orjson's default): no key check needed
+        except TypeError:  # a key that is not a str, an integer beyond 64 bits, a lone surrogate: see below
             pass
+    try:
+        "".join(item)  # every top-level key is a str (TypeError otherwise): one C loop, no generator
+    except TypeError:
+        return None
     try:
         return _encode_json(work).encode()
     except (ValueError, TypeError, RecursionError):  # NaN/Infinity (ValueError), a set or bytes, lone surrogates
