@@ -4,7 +4,9 @@ XADD loop measured in the same run on the same Redis; and the hop latency throug
     python -m bench.routers [--n 50000] [--url redis://...] [--rate 10000] [--seconds 5]
 
 Throughput: the input stream is filled first (not timed), then the router is stepped until it has taken every
-entry; msg/s counts input messages (a copier writes two outputs per input). Latency: a producer process stamps
+entry; msg/s counts input messages (a copier writes two outputs per input). The raw loop runs just before and just
+after each router; its rate is the two loops' total (2n / their time); a row's ratio is the median of the runs'
+ratios (the run whose ratio it is, for `python -m bench`). Latency: a producer process stamps
 each item with its send time at a paced rate, a router process routes, and this process reads the router's
 outputs and measures receive time - send time (the first second of sending is warm-up)."""
 
@@ -178,10 +180,15 @@ def run(redis_url: str, n: int, *, batch: int = 256, rate: int = 10_000, seconds
         for server_side in (True, False):
             if server_side and name.endswith("(jmespath)"):
                 continue  # not simple: Python only
-            raw = raw_xadd(client, n)  # re-measured next to each router: the machine's load drifts
+            # The baseline is re-measured around each router, once before and once after: the machine's load
+            # drifts, and a drift during the pair then weighs on both sides alike (before only, as it was, a
+            # rise or fall of the load between the two counted against one side). The two loops' total time.
+            before = raw_xadd(client, n)
             rate_ = router_rate(client, redis_url, spec, server_side, n, batch)
+            after = raw_xadd(client, n)
+            raw = 2 / (1 / before + 1 / after)
             rows.append({"router": name, "path": "lua" if server_side else "python", "msg_s": rate_,
-                         "raw_xadd_msg_s": raw, "ratio": rate_ / raw})
+                         "raw_xadd_msg_s": raw, "raw_before": before, "raw_after": after, "ratio": rate_ / raw})
     for side in (None, True, False):
         rows.append(latency(redis_url, side, rate, seconds))
     return rows
@@ -214,8 +221,13 @@ def bench_routers(url: str, n: int, runs: int, say: Any = None,
             continue
         ours, raw = [r[i]["msg_s"] for r in results], [r[i]["raw_xadd_msg_s"] for r in results]
         server_side = first["path"] == "lua"  # the issue's >= 1.2x is asked of the server-side routers only
-        rows.append(Row(f"(r) router {first['router']} ({first['path']}), n={n:,}", statistics.median(ours),
-                        "items/s", statistics.median(raw), "pipelined XADD loop",
+        # The row is the run whose ratio is the median (the lower one of an even count): a router and its
+        # baseline measured side by side. The median router run over the median baseline run can pair figures
+        # from runs at different loads.
+        ratios = [o / b for o, b in zip(ours, raw, strict=True)]
+        pair = ratios.index(statistics.median_low(ratios))
+        rows.append(Row(f"(r) router {first['router']} ({first['path']}), n={n:,}", ours[pair],
+                        "items/s", raw[pair], "pipelined XADD loop",
                         "ratio>=" if server_side else "info", RATIO_TARGET if server_side else None, ours, raw))
     hop = {r["path"]: i for i, r in enumerate(results[0]) if "p99_ms" in r}
     p99 = {path: [r[i]["p99_ms"] for r in results] for path, i in hop.items()}
