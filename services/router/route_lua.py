@@ -20,7 +20,7 @@ from services.core.item import MAX_ITEM_BYTES
 #          microseconds the call took (by the server's clock)}.
 ROUTE_LUA = r"""
 local rcall, sbyte, sfind, ssub, type, pcall = redis.call, string.byte, string.find, string.sub, type, pcall
-local decode = cjson.decode  -- (locals: a global is a table lookup at every use, twice for math.max)
+local decode = cjson.decode  -- (locals: a global is a table lookup at every use, two for string.byte)
 local t0 = rcall('TIME')  -- how long this call held Redis goes back to the caller (the next batch's size)
 local function elapsed_us()
   local t = redis.call('TIME')
@@ -153,7 +153,8 @@ local function document(raw)
     return nil, 'item is larger than MAX_ITEM_BYTES bytes (' .. n .. ' bytes)'
   end
   -- The ASCII prefix in one anchored match (no '$': nothing to backtrack); almost every item is all of it.
-  -- About twice as fast as math.max over string.byte, which converts every byte to a Lua number.
+  -- Faster than math.max over string.byte, which pushes every byte as a Lua number (a 68-byte item: 420 -> 277
+  -- ns on 6.2, 406 -> 372 ns on 7.0; perf-routers3).
   local _, ascii_to = sfind(raw, '^[^\128-\255]*')
   if ascii_to < n and not valid_utf8(raw, ascii_to + 1) then return nil, 'item is not a JSON object' end
   local ok, doc = pcall(decode, raw)
