@@ -14,8 +14,6 @@ from urllib.request import url2pathname
 import cv2
 import numpy as np
 
-from . import stored_png
-
 # Where a step finds its image in `data`: a blurred copy beats the original (originals are deleted after the
 # join, and recognition must never see unblurred plates), a source item only has its uri.
 IMAGE_KEYS = ("blurred", "image")
@@ -36,9 +34,8 @@ def image_path(data: dict[str, Any]) -> Path:
 
 # Stored, not deflated, and unfiltered by default: the next stages decode every blurred copy again. A 1280x720
 # frame then encodes in ~3 ms and decodes in ~2.6 ms, against ~22 / ~9 ms with libpng's adaptive row filters
-# (which buy nothing when nothing is compressed) and ~27 / ~11 ms at level 1 (files ~2.7x smaller); read()
-# decodes such a file in about half libpng's time again (stored_png). IMAGING_PNG_LEVEL=1..9 trades speed back
-# for size (and is decoded by libpng).
+# (which buy nothing when nothing is compressed) and ~27 / ~11 ms at level 1 (files ~2.7x smaller).
+# IMAGING_PNG_LEVEL=1..9 trades speed back for size.
 PNG_LEVEL = int(os.environ.get("IMAGING_PNG_LEVEL", "0"))
 PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL] + \
     ([cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE] if PNG_LEVEL == 0 else [])
@@ -82,24 +79,10 @@ def read(path: Path) -> np.ndarray:
         return _CACHE[key]
     image = _frame(key)
     if image is None:
-        image = _decode(path)
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"{path}: not a readable image")
     return _remember(key, image)
-
-
-def _decode(path: Path) -> np.ndarray | None:
-    """cv2.imread's pixels; a PNG this example wrote (stored, unfiltered) by the fast path in stored_png."""
-    if path.suffix.lower() != ".png":
-        return cv2.imread(str(path), cv2.IMREAD_COLOR)
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    image = stored_png.decode(data)
-    if image is None:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return image
 
 
 def write_png(image: np.ndarray, path: Path, share: bool = False) -> Path:
