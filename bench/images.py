@@ -37,7 +37,7 @@ from .report import Row, merge_save, table
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "images"
-WARM = 16  # enough that each of the 10 heavy worker processes gets some: one with none would load its
+WARM = 16  # enough that each of the 8 heavy worker processes gets some: one with none would load its
 # cascades and enrol the face gallery (~1-2 s CPU) inside the timed batch
 CORES = 2
 TARGET = 1.7
